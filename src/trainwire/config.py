@@ -1,0 +1,254 @@
+"""Config schemas (one dataclass per option of each group) and composition without the CLI.
+
+The YAML tree lives in ``trainwire.configs``; each YAML option extends its schema here, so a
+wrong key or a wrong type fails when Hydra composes the config, with the key named.
+Schemas are registered in Hydra's ConfigStore when ``compose`` or the CLI runs, never at import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig
+
+from trainwire.errors import ConfigError
+from trainwire.trainer import TrainerSettings
+
+CONFIG_MODULE = "trainwire.configs"
+GROUPS = ("lr", "stopping", "gradient", "sink", "optimizer", "objective", "model", "data")
+
+
+# lr ------------------------------------------------------------------------------------------
+@dataclass
+class WarmupCosineConfig:
+    type: str = "warmup_cosine"
+    warmup_epochs: Optional[int] = None
+    warmup_steps: Optional[int] = None
+    start_factor: float = 1e-3
+    min_lr: float = 0.0
+    interval: str = "step"
+
+
+@dataclass
+class ConstantLRConfig:
+    type: str = "constant"
+
+
+@dataclass
+class CosineRestartsConfig:
+    type: str = "cosine_restarts"
+    T0: int = 10
+    T_mult: int = 2
+    min_lr: float = 0.0
+    interval: str = "epoch"
+
+
+@dataclass
+class PlateauConfig:
+    type: str = "plateau"
+    monitor: str = "val/loss"
+    mode: str = "min"
+    factor: float = 0.1
+    patience: int = 10
+    min_lr: float = 0.0
+
+
+# stopping ------------------------------------------------------------------------------------
+@dataclass
+class PatienceConfig:
+    type: str = "patience"
+    monitor: str = "val/loss"
+    mode: str = "min"
+    patience: int = 10
+    min_delta: float = 0.0
+    goal: Optional[float] = None
+
+
+@dataclass
+class NoStoppingConfig:
+    type: str = "none"
+
+
+# gradient ------------------------------------------------------------------------------------
+@dataclass
+class NormClipConfig:
+    type: str = "norm_clip"
+    max_norm: Optional[float] = 1.0
+    norm_type: float = 2.0
+
+
+@dataclass
+class ValueClipConfig:
+    type: str = "value_clip"
+    clip_value: float = 1.0
+
+
+@dataclass
+class NoClipConfig:
+    type: str = "none"
+
+
+# sink ----------------------------------------------------------------------------------------
+@dataclass
+class NullSinkConfig:
+    type: str = "null"
+
+
+@dataclass
+class WandbSinkConfig:
+    type: str = "wandb"
+    project: Optional[str] = "trainwire"
+    entity: Optional[str] = None
+    name: Optional[str] = None
+    mode: str = "online"
+    tags: list[str] = field(default_factory=list)
+    dir: Optional[str] = None  # null: the run directory
+
+
+# optimizer -----------------------------------------------------------------------------------
+@dataclass
+class AdamWConfig:
+    type: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class AdamConfig:
+    type: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class SGDConfig:
+    type: str = "sgd"
+    lr: float = 0.1
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = False
+
+
+# objective, model, data ----------------------------------------------------------------------
+@dataclass
+class ClassificationConfig:
+    type: str = "classification"
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class RegressionConfig:
+    type: str = "regression"
+
+
+@dataclass
+class MLPConfig:
+    type: str = "mlp"
+    in_features: int = MISSING
+    out_features: int = MISSING
+    hidden: list[int] = field(default_factory=lambda: [128])
+    activation: str = "relu"
+    dropout: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    type: str = MISSING
+    batch_size: int = 64
+    val_fraction: float = 0.2
+    num_workers: int = 0
+    in_features: int = MISSING  # facts of the data set, read by model configs
+    out_features: int = MISSING
+
+
+# root ----------------------------------------------------------------------------------------
+@dataclass
+class LogConfig:
+    format: str = "auto"  # auto: human-readable on a terminal, JSON otherwise
+    level: str = "info"
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    run_dir: Optional[str] = None  # the CLI sets the Hydra run directory
+    trainer: TrainerSettings = field(default_factory=TrainerSettings)
+    log: LogConfig = field(default_factory=LogConfig)
+    lr: Any = MISSING
+    stopping: Any = MISSING
+    gradient: Any = MISSING
+    sink: Any = MISSING
+    optimizer: Any = MISSING
+    objective: Any = MISSING
+    model: Any = MISSING
+    data: Any = MISSING
+
+
+SCHEMAS: dict[str, dict[str, type]] = {
+    "lr": {"warmup_cosine": WarmupCosineConfig, "constant": ConstantLRConfig,
+           "cosine_restarts": CosineRestartsConfig, "plateau": PlateauConfig},
+    "stopping": {"patience": PatienceConfig, "none": NoStoppingConfig},
+    "gradient": {"norm_clip": NormClipConfig, "value_clip": ValueClipConfig, "none": NoClipConfig},
+    "sink": {"null": NullSinkConfig, "wandb": WandbSinkConfig},
+    "optimizer": {"adamw": AdamWConfig, "adam": AdamConfig, "sgd": SGDConfig},
+    "objective": {"classification": ClassificationConfig, "regression": RegressionConfig},
+    "model": {"mlp": MLPConfig},
+    "data": {"digits": DataConfig, "diabetes": DataConfig},
+}
+
+
+def register_schemas() -> None:
+    """Stores every schema in Hydra's ConfigStore under ``schema/<group>/<option>``. Idempotent."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig)
+    for group, options in SCHEMAS.items():
+        for option, schema in options.items():
+            store.store(group=f"schema/{group}", name=option, node=schema)
+
+
+def options(group: str) -> list[str]:
+    """The packaged options of ``group`` (the YAML files in ``configs/<group>/``)."""
+    folder = resources.files(CONFIG_MODULE).joinpath(group)
+    return sorted(entry.name[: -len(".yaml")] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+
+
+def check_choices(overrides: list[str]) -> list[str]:
+    """Checks that each override that picks a group option names one that exists; returns them ready for Hydra.
+
+    Hydra would fail too, but over several lines; this names the key, the value and the
+    choices in one. ``sink=null`` is quoted on the way, because Hydra reads a bare null as "no
+    option" for a group.
+    """
+    checked = []
+    for override in overrides:
+        key, sep, value = override.lstrip("+~").partition("=")
+        if sep and key in GROUPS and not any(mark in value for mark in "${[("):  # not sweep functions
+            choices = [choice.strip("'\"") for choice in value.split(",")]  # a,b is a multirun sweep
+            valid = options(key)
+            for choice in choices:
+                if choice not in valid:
+                    raise ConfigError(f"{key}={choice!r} is not an option; choose one of: {', '.join(valid)}")
+            override = f"{override.partition('=')[0]}=" + ",".join(f"'{choice}'" for choice in choices)
+        checked.append(override)
+    return checked
+
+
+def compose(overrides: list[str] | None = None) -> DictConfig:
+    """Composes the packaged config with ``overrides`` (Hydra's override syntax), without the CLI.
+
+    For services and tests; the CLI composes the same tree through ``@hydra.main``.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    overrides = check_choices(list(overrides or []))
+    register_schemas()
+    # The context saves Hydra's global state and puts it back, so a caller's own Hydra app is undisturbed.
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=overrides)

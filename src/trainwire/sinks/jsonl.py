@@ -1,0 +1,71 @@
+"""The local run record: ``config.yaml``, ``metrics.jsonl`` and ``summary.json`` in the run directory."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from trainwire.sinks.base import MetricsSink
+
+
+def _json_value(value: Any) -> Any:
+    # JSON has no NaN or inf; null keeps each line valid for every reader.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` so that a reader sees the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class JsonlSink(MetricsSink):
+    """Appends one JSON object a line to ``metrics.jsonl``, each with integer ``step`` and ``epoch``.
+
+    Each line is flushed as it is written, so a crash loses at most the line being written.
+    ``config`` (the resolved config as YAML text), when given, is written to ``config.yaml``.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str], config_yaml: str | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.config_yaml = config_yaml
+        self._file: IO[str] | None = None
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.run_dir / "summary.json"
+
+    def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.config_yaml is not None:
+            write_atomic(self.run_dir / "config.yaml", self.config_yaml)
+        self._file = open(self.metrics_path, "a", encoding="utf-8")
+
+    def log(self, metrics: Mapping[str, float], *, step: int, epoch: int) -> None:
+        record = {"step": int(step), "epoch": int(epoch)}
+        record.update((key, _json_value(value)) for key, value in metrics.items())
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def summary(self, values: Mapping[str, Any]) -> None:
+        clean = {key: _json_value(value) for key, value in values.items()}
+        write_atomic(self.summary_path, json.dumps(clean, indent=2, sort_keys=True) + "\n")
+
+    def finish(self, status: str = "finished") -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
