@@ -146,7 +146,9 @@ class WarmupCosine(_SchedulerPolicy):
         warmup, key = self._warmup_units(per_epoch)
         if warmup >= total:
             unit = "optimizer steps" if self.interval == "step" else "epochs"
-            raise ConfigError(f"{key} must be shorter than the run ({total} {unit})")
+            raise ConfigError(
+                f"{key} must be shorter than the run (trainer.max_epochs={total // per_epoch}: {total} {unit})"
+            )
         cosine = CosineAnnealingLR(optimizer, T_max=total - warmup, eta_min=self.min_lr)
         if warmup == 0:
             return cosine

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import functools
+import os
+
+import pytest
+import structlog
+import torch
+from torch import nn
+
+from trainwire import Classification, Trainer, TrainerSettings
+
+
+@pytest.fixture(autouse=True)
+def _quiet_structlog():
+    """Keeps the per-epoch log lines out of the test output (the library never configures logging)."""
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(open(os.devnull, "w")))
+    yield
+    structlog.reset_defaults()
+
+
+def blobs(n: int = 256, features: int = 8, classes: int = 3, seed: int = 0):
+    """Separable Gaussian blobs: a small classification task that trains in milliseconds."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(classes, features, generator=g) * 3
+    y = torch.randint(0, classes, (n,), generator=g)
+    x = centers[y] + torch.randn(n, features, generator=g)
+    return x, y
+
+
+def batches(x, y, size: int):
+    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
+
+
+@pytest.fixture
+def task():
+    x, y = blobs()
+    return batches(x[:192], y[:192], 16), batches(x[192:], y[192:], 32)
+
+
+def make_model(seed: int = 0, features: int = 8, classes: int = 3) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(features, 16), nn.ReLU(), nn.Linear(16, classes))
+
+
+def make_trainer(**overrides) -> Trainer:
+    settings = overrides.pop("settings", None) or TrainerSettings(max_epochs=3, device="cpu", log_every_n_steps=1)
+    return Trainer(
+        objective=overrides.pop("objective", Classification()),
+        optimizer=overrides.pop("optimizer", functools.partial(torch.optim.SGD, lr=0.1)),
+        settings=settings,
+        **overrides,
+    )
