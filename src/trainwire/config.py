@@ -225,6 +225,8 @@ def check_choices(overrides: list[str]) -> list[str]:
     choices in one. ``sink=null`` is quoted on the way, because Hydra reads a bare null as "no
     option" for a group.
     """
+    if any(override.startswith(("hydra.searchpath", "+hydra.searchpath")) for override in overrides):
+        return overrides  # the user's own config folders may add options: Hydra judges those
     checked = []
     for override in overrides:
         key, sep, value = override.lstrip("+~").partition("=")

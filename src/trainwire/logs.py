@@ -20,7 +20,7 @@ def configure(format: str = "auto", level: str = "info", **context: str) -> None
     if level not in LEVELS:
         raise ConfigError(f"log.level={level!r} is not one of {', '.join(LEVELS)}")
     human = format == "console" or (format == "auto" and sys.stdout.isatty())
-    renderer = structlog.dev.ConsoleRenderer() if human else structlog.processors.JSONRenderer()
+    renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty()) if human else structlog.processors.JSONRenderer()
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

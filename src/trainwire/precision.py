@@ -70,12 +70,15 @@ class Precision:
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
 
-    def step(self, optimizer: Optimizer) -> None:
+    def step(self, optimizer: Optimizer) -> bool:
+        """Steps the optimizer; returns False when the grad scaler skipped the step (inf/NaN gradients)."""
         if self.scaler is None:
             optimizer.step()
-        else:
-            self.scaler.step(optimizer)  # skips the step when the gradients hold inf/NaN
-            self.scaler.update()
+            return True
+        scale = self.scaler.get_scale()  # fp16 syncs here anyway: the scaler must read found_inf
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        return self.scaler.get_scale() >= scale  # the scaler lowers its scale exactly when it skipped
 
     def state_dict(self) -> dict[str, Any]:
         return {} if self.scaler is None else {"scaler": self.scaler.state_dict()}

@@ -104,7 +104,7 @@ class PatienceStopper(StoppingPolicy):
             self.bad_epochs += 1
         if math.isfinite(value) and self._reached_goal(value):
             return Verdict(improved, stop=True, reason="goal")
-        if self.bad_epochs >= self.patience:
+        if not improved and self.bad_epochs >= max(self.patience, 1):  # patience 0: the first bad epoch stops
             return Verdict(improved, stop=True, reason="patience")
         return Verdict(improved)
 

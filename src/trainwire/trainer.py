@@ -213,8 +213,10 @@ class Trainer:
                 precision.unscale(optimizer)
                 grads = self.gradients.apply(params)
                 lr = optimizer.param_groups[0]["lr"]
-                precision.step(optimizer)
+                taken = precision.step(optimizer)
                 optimizer.zero_grad(set_to_none=True)
+                if not taken:  # fp16 overflow: the scaler has lowered its scale; the schedule waits
+                    continue
                 self.lr_policy.after_step()
                 state.step += 1
                 if state.step % log_every == 0:  # the only per-step device sync, and only here

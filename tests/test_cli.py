@@ -1,0 +1,111 @@
+"""The command line, end to end, in real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+
+def trainwire(*args: str, cwd, module: bool = False) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "trainwire"] if module else [os.path.join(os.path.dirname(sys.executable), "trainwire")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
+    return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_default_job_reaches_095_and_writes_the_run_record(tmp_path):
+    run_dir = tmp_path / "run"
+    done = trainwire("train", f"hydra.run.dir={run_dir}", "log.format=json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["monitor"] == "val/loss"
+    assert summary["val/accuracy"] >= 0.95
+    assert summary["epochs_completed"] >= 1 and summary["stop_reason"] in ("max_epochs", "patience")
+    for key in ("best_epoch", "best_value", "avg_epoch_time_s", "val/loss"):
+        assert summary[key] is not None, key
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    assert all(isinstance(r["step"], int) and isinstance(r["epoch"], int) for r in records)
+    step_records = [r for r in records if "train/loss" in r]
+    epoch_records = [r for r in records if "val/loss" in r]
+    assert len(epoch_records) == summary["epochs_completed"]
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/grad_norm_clipped"} <= set(step_records[0])
+    assert {"val/loss", "val/accuracy", "train/epoch_loss", "time/epoch_s"} <= set(epoch_records[0])
+    assert all(r["train/grad_norm_clipped"] <= 1.0 + 1e-5 for r in step_records)
+    assert epoch_records[summary["best_epoch"]]["val/loss"] == summary["best_value"]
+    resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert resolved["model"]["in_features"] == 64 and resolved["run_dir"] == str(run_dir)
+    # Structured logs: JSON lines with the run id, one per epoch, and the end of training.
+    logs = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert sum(1 for line in logs if line["event"] == "epoch") == summary["epochs_completed"]
+    assert logs[-1]["event"] == "train_end" and logs[-1]["run_id"] == run_dir.name
+
+
+def test_python_m_trains_regression_on_the_bundled_set(tmp_path):
+    run_dir = tmp_path / "reg"
+    done = trainwire("train", "data=diabetes", "objective=regression", "trainer.max_epochs=40",
+                     f"hydra.run.dir={run_dir}", cwd=tmp_path, module=True)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["val/r2"] > 0.3 and summary["val/mae"] > 0
+
+
+def test_console_logs_and_early_stop_line(tmp_path):
+    done = trainwire("train", "stopping.patience=0", "stopping.min_delta=10", "log.format=console",
+                     f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "early_stop" in done.stdout and "reason=patience" in done.stdout
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["epochs_completed"] == 2
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("lr.warmup_epochs=60", "lr.warmup_epochs=60 must be shorter than the run (trainer.max_epochs=60"),
+        ("stopping.patience=-1", "stopping.patience=-1 must be >= 0"),
+        ("gradient.max_norm=0", "gradient.max_norm=0.0 must be > 0"),
+        ("optimizer.lr=0", "optimizer.lr=0.0 must be > 0"),
+        ("optimizer.lr=-0.1", "optimizer.lr=-0.1 must be > 0"),
+        ("lr=cosine", "lr='cosine' is not an option; choose one of: constant, cosine_restarts, plateau, warmup_cosine"),
+        ("sink=tensorboard", "sink='tensorboard' is not an option; choose one of: null, wandb"),
+        ("stopping.mode=up", "stopping.mode='up' is not one of min, max"),
+        ("trainer.precision=8", "trainer.precision='8' is not one of 32, bf16, 16"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0 must be an integer >= 1"),
+    ],
+)
+def test_bad_values_fail_with_one_line_and_no_traceback(tmp_path, override, expected):
+    done = trainwire("train", override, f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert lines == [f"trainwire: error: {expected}" + lines[0].split(expected, 1)[1]] if lines else False
+    assert expected in lines[0]
+    assert "Traceback" not in done.stderr + done.stdout
+    assert not (tmp_path / "r" / "metrics.jsonl").exists() or not (tmp_path / "r" / "metrics.jsonl").read_text()
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [("lr.warmup_epoch=3", "Key 'warmup_epoch' not in 'WarmupCosineConfig'"),
+     ("trainer.max_epochs=ten", "trainer.max_epochs"),
+     ("+trainer.epochs=3", "Key 'epochs' is not in struct")],
+)
+def test_wrong_keys_and_types_fail_at_composition_naming_the_key(tmp_path, override, expected):
+    done = trainwire("train", override, f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert done.returncode != 0
+    assert expected in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()
+
+
+def test_usage_errors(tmp_path):
+    assert trainwire("fly", cwd=tmp_path).returncode == 2
+    assert "usage: trainwire train" in trainwire("--help", cwd=tmp_path).stdout

@@ -1,0 +1,96 @@
+"""The container: every option of every group composes and builds; slots swap by override."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from dependency_injector import containers, providers
+
+from trainwire import (
+    Classification, Constant, CosineWarmRestarts, NeverStop, NoClip, NormClipper, NullSink, PatienceStopper,
+    Regression, ReduceOnPlateau, Trainer, ValueClipper, WarmupCosine,
+)
+from trainwire.config import GROUPS, compose, options
+from trainwire.containers import TrainerContainer, build_container, run
+from trainwire.models import MLP
+from trainwire.testing import RecordingHook, RecordingSink, ScriptedStopper
+
+EXPECTED = {
+    ("lr", "warmup_cosine"): WarmupCosine, ("lr", "constant"): Constant,
+    ("lr", "cosine_restarts"): CosineWarmRestarts, ("lr", "plateau"): ReduceOnPlateau,
+    ("stopping", "patience"): PatienceStopper, ("stopping", "none"): NeverStop,
+    ("gradient", "norm_clip"): NormClipper, ("gradient", "value_clip"): ValueClipper, ("gradient", "none"): NoClip,
+    ("objective", "classification"): Classification, ("objective", "regression"): Regression,
+    ("model", "mlp"): MLP,
+}
+SLOT = {"lr": "lr_policy", "stopping": "stopping_policy", "gradient": "gradient_policy", "sink": "metrics_sink",
+        "optimizer": "optimizer", "objective": "objective", "model": "model", "data": "data"}
+
+
+def every_option():
+    return [(group, option) for group in GROUPS for option in options(group)]
+
+
+def test_every_group_has_the_required_options():
+    required = {
+        "lr": {"warmup_cosine", "constant", "cosine_restarts"}, "stopping": {"patience", "none"},
+        "gradient": {"norm_clip", "value_clip", "none"}, "sink": {"null", "wandb"},
+        "optimizer": {"adamw", "adam", "sgd"}, "objective": {"classification", "regression"},
+    }
+    for group, names in required.items():
+        assert names <= set(options(group)), group
+
+
+@pytest.mark.parametrize(("group", "option"), every_option())
+def test_every_option_composes_and_builds(group, option, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    overrides = [f"{group}={option}", f"run_dir={tmp_path}"]
+    if group == "data" and option == "diabetes":
+        overrides.append("objective=regression")
+    cfg = compose(overrides)
+    assert cfg[group].type == option
+    container = build_container(cfg)
+    built = getattr(container, SLOT[group])()
+    if (group, option) in EXPECTED:
+        assert isinstance(built, EXPECTED[(group, option)])
+    assert isinstance(container.trainer(), Trainer)
+
+
+def test_overriding_slots_with_fakes(tmp_path):
+    container = build_container(compose([f"run_dir={tmp_path}", "trainer.max_epochs=3", "lr.warmup_epochs=1", "data.batch_size=256"]))
+    sink, stopper, hook = RecordingSink(), ScriptedStopper(improved=[0], stop_at=1), RecordingHook()
+    with container.metrics_sink.override(sink), container.stopping_policy.override(stopper), \
+            container.hooks.override(providers.List(providers.Object(hook))):
+        result = run(container)
+    assert result.epochs_completed == 2 and result.stop_reason == "scripted" and result.best_epoch == 0
+    assert sink.status == "finished" and len(stopper.seen) == 2
+    assert ("on_train_start", 0, 0) == hook.events[0]
+    # The run record is written whatever sink fills the slot.
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len(sink.records)
+    assert [json.loads(line)["step"] for line in lines] == [r.step for r in sink.records]
+
+
+def test_a_users_own_policy_by_target_in_config(tmp_path):
+    cfg = compose([f"run_dir={tmp_path}"])
+    cfg.lr = {"_target_": "trainwire.lr.CosineWarmRestarts", "T0": 4, "T_mult": 1}
+    container = build_container(cfg)
+    policy = container.lr_policy()
+    assert isinstance(policy, CosineWarmRestarts) and policy.T0 == 4
+
+
+def test_a_users_own_policy_by_subclassing_the_container(tmp_path):
+    @containers.copy(TrainerContainer)  # re-links `trainer` to the replaced provider
+    class MyContainer(TrainerContainer):
+        gradient_policy = providers.Factory(NormClipper, max_norm=0.25)
+
+    container = build_container(compose([f"run_dir={tmp_path}"]), MyContainer)
+    assert container.trainer().gradients.max_norm == 0.25
+
+
+def test_null_sink_keeps_the_local_record(tmp_path):
+    container = build_container(compose([f"run_dir={tmp_path}", "trainer.max_epochs=2", "lr.warmup_epochs=1"]))
+    assert isinstance(container.metrics_sink(), NullSink)
+    run(container)
+    assert (tmp_path / "summary.json").exists() and (tmp_path / "config.yaml").exists()

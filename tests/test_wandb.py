@@ -1,0 +1,105 @@
+"""W&B through the real client in offline mode, read back from the run's own .wandb file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from wandb_records import read_run
+
+pytestmark = pytest.mark.slow
+
+STEP_KEYS = {"train/loss", "train/lr", "train/grad_norm", "train/grad_norm_clipped"}
+EPOCH_KEYS = {"val/loss", "val/accuracy", "train/epoch_loss", "time/epoch_s"}
+
+
+def run_cli(*args, cwd, env_extra=None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(env_extra or {})
+    trainwire = os.path.join(os.path.dirname(sys.executable), "trainwire")
+    return subprocess.run([trainwire, "train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_every_metric_reaches_wandb_offline(tmp_path):
+    run_dir = tmp_path / "run"
+    done = run_cli(
+        "sink=wandb", "sink.mode=offline", "sink.project=proj", "sink.entity=team", "sink.name=digits-mlp",
+        "trainer.max_epochs=4", "lr.warmup_epochs=1", "trainer.log_every_n_steps=5", f"hydra.run.dir={run_dir}",
+        cwd=tmp_path, env_extra={"WANDB_DIR": str(tmp_path / "wandb_home")},
+    )
+    assert done.returncode == 0, done.stderr
+    logged = read_run(run_dir)  # the sink puts W&B's files in the run directory
+    assert (logged.project, logged.entity, logged.name) == ("proj", "team", "digits-mlp")
+    assert logged.config["optimizer"]["type"] == "adamw" and logged.config["trainer"]["max_epochs"] == 4
+    assert logged.exit_code == 0
+
+    local = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    # W&B merges the records of one step into one row; the local record keeps them apart.
+    by_step: dict[int, dict] = {}
+    for record in local:
+        by_step.setdefault(record["step"], {}).update(record)
+    rows = {row["_step"]: row for row in logged.history}
+    assert sorted(rows) == sorted(by_step)
+    for step, expected in by_step.items():
+        for key, value in expected.items():
+            if key != "step":
+                assert rows[step][key] == pytest.approx(value), (step, key)
+    assert any(STEP_KEYS <= set(row) for row in rows.values())
+    assert sum(EPOCH_KEYS <= set(row) for row in rows.values()) == 4
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert logged.summary["best_value"] == pytest.approx(summary["best_value"])
+    assert logged.summary["avg_epoch_time_s"] == pytest.approx(summary["avg_epoch_time_s"])
+    assert logged.summary["best_epoch"] == summary["best_epoch"]
+
+
+def test_wandb_finish_marks_a_failed_run(tmp_path):
+    """An exception inside fit still finishes the W&B run, with a failing exit code."""
+    script = f"""
+import torch, functools
+from trainwire import Trainer, TrainerSettings, Classification, WandbSink
+class Boom:
+    def on_epoch_end(self, state, metrics):
+        raise RuntimeError("boom")
+sink = WandbSink(project="p", mode="offline", dir={str(tmp_path)!r}, config={{"a": 1}})
+trainer = Trainer(objective=Classification(), optimizer=functools.partial(torch.optim.SGD, lr=0.1),
+                  settings=TrainerSettings(max_epochs=2, device="cpu", log_every_n_steps=1), sink=sink, hooks=[Boom()])
+data = [(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))]
+try:
+    trainer.fit(torch.nn.Linear(3, 2), data)
+except RuntimeError:
+    print("raised")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("WANDB_")})
+    assert "raised" in done.stdout, done.stderr
+    logged = read_run(tmp_path)
+    assert logged.exit_code == 1
+    assert logged.history and "train/loss" in logged.history[0]
+
+
+def test_without_wandb_sink_wandb_is_never_imported(tmp_path):
+    script = f"""
+import sys
+from trainwire.config import compose
+from trainwire.containers import run
+result = run(compose(["run_dir={tmp_path / 'r'}", "trainer.max_epochs=2", "lr.warmup_epochs=1"]))
+assert result.epochs_completed == 2
+print("wandb imported:", "wandb" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "wandb imported: False" in done.stdout
+    assert (tmp_path / "r" / "metrics.jsonl").read_text()
+
+
+def test_disabled_mode_makes_every_call_a_no_op(tmp_path):
+    done = run_cli("sink=wandb", "sink.mode=disabled", "trainer.max_epochs=2", "lr.warmup_epochs=1",
+                   f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert not list((tmp_path / "r").rglob("*.wandb"))
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["epochs_completed"] == 2
