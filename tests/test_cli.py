@@ -80,14 +80,14 @@ def test_console_logs_and_early_stop_line(tmp_path):
         ("stopping.mode=up", "stopping.mode='up' is not one of min, max"),
         ("trainer.precision=8", "trainer.precision='8' is not one of 32, bf16, 16"),
         ("trainer.max_epochs=0", "trainer.max_epochs=0 must be an integer >= 1"),
+        ("+trainer.epochs=3", "trainer.epochs is not a key of trainer; its keys are: max_epochs"),
     ],
 )
 def test_bad_values_fail_with_one_line_and_no_traceback(tmp_path, override, expected):
     done = trainwire("train", override, f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
-    assert lines == [f"trainwire: error: {expected}" + lines[0].split(expected, 1)[1]] if lines else False
-    assert expected in lines[0]
+    assert len(lines) == 1 and lines[0].startswith(f"trainwire: error: {expected}"), done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     assert not (tmp_path / "r" / "metrics.jsonl").exists() or not (tmp_path / "r" / "metrics.jsonl").read_text()
 
@@ -95,8 +95,7 @@ def test_bad_values_fail_with_one_line_and_no_traceback(tmp_path, override, expe
 @pytest.mark.parametrize(
     ("override", "expected"),
     [("lr.warmup_epoch=3", "Key 'warmup_epoch' not in 'WarmupCosineConfig'"),
-     ("trainer.max_epochs=ten", "trainer.max_epochs"),
-     ("+trainer.epochs=3", "Key 'epochs' is not in struct")],
+     ("trainer.max_epochs=ten", "trainer.max_epochs")],
 )
 def test_wrong_keys_and_types_fail_at_composition_naming_the_key(tmp_path, override, expected):
     done = trainwire("train", override, f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
