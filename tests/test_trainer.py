@@ -229,3 +229,42 @@ def test_bad_settings_name_the_key():
         TrainerSettings(max_epochs=0)
     with pytest.raises(ConfigError, match="trainer.precision='8'"):
         make_trainer(settings=TrainerSettings(precision="8", device="cpu")).fit(make_model(), [(torch.zeros(1, 8), torch.zeros(1, dtype=torch.long))])
+
+
+class _HostReads(torch.overrides.TorchFunctionMode):
+    """Counts the calls that copy a tensor's value to the host (each one a device sync on CUDA)."""
+
+    READS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "cpu"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.READS:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_no_host_reads_on_steps_where_nothing_is_logged(task):
+    train, _ = task
+    reads = _HostReads()
+    per_batch = []
+
+    class Probe:
+        def on_batch_end(self, state, loss):
+            per_batch.append((state.step, reads.count))
+
+        def on_epoch_end(self, state, metrics):
+            per_batch.append((state.step, reads.count))
+
+    settings = TrainerSettings(max_epochs=1, device="cpu", log_every_n_steps=4)
+    with reads:
+        make_trainer(gradient_policy=NormClipper(1.0), hooks=[Probe()], settings=settings).fit(make_model(), train)
+    # on_batch_end runs before the batch's optimizer step, so the reads between entries k and k+1
+    # are those of step k+1 (and, for the last, of the end of the epoch).
+    added = {step: later - count for (step, count), (_, later) in zip(per_batch, per_batch[1:])}
+    assert len(added) == len(train) == 12
+    # Logged steps 4, 8, 12 read loss and the two norms (lr is already a float); the epoch's
+    # end reads its mean loss once; every other step reads nothing.
+    assert added == {k: (3 if k in (3, 7) else 4 if k == 11 else 0) for k in range(12)}
