@@ -99,7 +99,7 @@ class TrainerContainer(containers.DeclarativeContainer):
     objective = _slot(
         config.objective,
         classification=providers.Factory(_build, objectives.Classification, config.objective),
-        regression=providers.Factory(objectives.Regression),
+        regression=providers.Factory(_build, objectives.Regression, config.objective),
     )
     model = _slot(config.model, mlp=providers.Factory(_build, MLP, config.model))
     data = _slot(

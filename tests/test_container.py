@@ -11,7 +11,7 @@ from trainwire import (
     Classification, Constant, CosineWarmRestarts, NeverStop, NoClip, NormClipper, NullSink, PatienceStopper,
     Regression, ReduceOnPlateau, Trainer, ValueClipper, WarmupCosine,
 )
-from trainwire.config import GROUPS, compose, options
+from trainwire.config import GROUPS, SUBGROUPS, compose, options
 from trainwire.containers import TrainerContainer, build_container, run
 from trainwire.models import MLP
 from trainwire.testing import RecordingHook, RecordingSink, ScriptedStopper
@@ -54,6 +54,16 @@ def test_every_option_composes_and_builds(group, option, tmp_path, monkeypatch):
     built = getattr(container, SLOT[group])()
     if (group, option) in EXPECTED:
         assert isinstance(built, EXPECTED[(group, option)])
+    assert isinstance(container.trainer(), Trainer)
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g in SUBGROUPS for o in options(g)])
+def test_every_option_of_a_nested_group_composes_and_builds(group, option, tmp_path):
+    parent, _, key = group.partition("/")
+    cfg = compose([f"run_dir={tmp_path}", "data=diabetes", "objective=regression", f"{group}={option}"])
+    assert cfg[parent][key].name == option
+    container = build_container(cfg)
+    assert getattr(container, SLOT[parent])().loss.name == option
     assert isinstance(container.trainer(), Trainer)
 
 

@@ -7,6 +7,7 @@ Schemas are registered in Hydra's ConfigStore when ``compose`` or the CLI runs, 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Optional
@@ -143,6 +144,42 @@ class ClassificationConfig:
 @dataclass
 class RegressionConfig:
     type: str = "regression"
+    loss: Any = MISSING  # an option of objective/loss, chosen in regression.yaml's defaults
+
+
+# objective/loss (a group nested in objective/regression) -------------------------------------
+@dataclass
+class MSELossConfig:
+    name: str = "mse"
+    reduction: str = "mean"
+
+
+@dataclass
+class MAELossConfig:
+    name: str = "mae"
+    reduction: str = "mean"
+
+
+@dataclass
+class HuberLossConfig:
+    name: str = "huber"
+    delta: float = 1.0
+    reduction: str = "mean"
+
+
+@dataclass
+class MAPELossConfig:
+    name: str = "mape"
+    epsilon: float = 1e-6
+    reduction: str = "mean"
+
+
+@dataclass
+class PhysicsInformedLossConfig:
+    name: str = "physics_informed"
+    monotonicity: float = 0.1
+    smoothness: float = 0.1
+    reduction: str = "mean"
 
 
 @dataclass
@@ -199,6 +236,12 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"mlp": MLPConfig},
     "data": {"digits": DataConfig, "diabetes": DataConfig},
 }
+# Groups nested inside an option of a slot's group: their options are schemas too, but no slot selects on them.
+SUBGROUP_SCHEMAS: dict[str, dict[str, type]] = {
+    "objective/loss": {"mse": MSELossConfig, "mae": MAELossConfig, "huber": HuberLossConfig,
+                       "mape": MAPELossConfig, "physics_informed": PhysicsInformedLossConfig},
+}
+SUBGROUPS = tuple(SUBGROUP_SCHEMAS)
 
 
 def register_schemas() -> None:
@@ -207,15 +250,19 @@ def register_schemas() -> None:
 
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
-    for group, options in SCHEMAS.items():
+    for group, options in {**SCHEMAS, **SUBGROUP_SCHEMAS}.items():
         for option, schema in options.items():
             store.store(group=f"schema/{group}", name=option, node=schema)
 
 
 def options(group: str) -> list[str]:
     """The packaged options of ``group`` (the YAML files in ``configs/<group>/``)."""
-    folder = resources.files(CONFIG_MODULE).joinpath(group)
+    folder = resources.files(CONFIG_MODULE).joinpath(*group.split("/"))
     return sorted(entry.name[: -len(".yaml")] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+
+
+CHOICE_GROUPS = (*GROUPS, *SUBGROUPS)
+_DOTTED_SUBGROUPS = {group.replace("/", "."): group for group in SUBGROUPS}
 
 
 def check_choices(overrides: list[str]) -> list[str]:
@@ -230,7 +277,11 @@ def check_choices(overrides: list[str]) -> list[str]:
     checked = []
     for override in overrides:
         key, sep, value = override.lstrip("+~").partition("=")
-        if sep and key in GROUPS and not any(mark in value for mark in "${[("):  # not sweep functions
+        if sep and key.replace("/", ".") in _DOTTED_SUBGROUPS and re.fullmatch(r"[\w,'\"]+", value):
+            # `objective.loss=huber` reads as the issue wrote it; Hydra selects a nested group as `objective/loss`.
+            key = _DOTTED_SUBGROUPS[key.replace("/", ".")]
+            override = override[: len(override) - len(override.lstrip("+~"))] + f"{key}={value}"
+        if sep and key in CHOICE_GROUPS and not any(mark in value for mark in "${[("):  # not sweep functions
             choices = [choice.strip("'\"") for choice in value.split(",")]  # a,b is a multirun sweep
             valid = options(key)
             for choice in choices:
