@@ -14,7 +14,7 @@ from typing import Any
 from dependency_injector import containers, providers
 
 from trainwire import data as datasets
-from trainwire import gradients, lr, objectives, stopping
+from trainwire import gradients, lr, objectives, paradigms, pretraining, stopping
 from trainwire.models import MLP
 from trainwire.optim import optimizer_factory
 from trainwire.sinks import FanOut, JsonlSink, NullSink
@@ -41,7 +41,7 @@ def _slot(node: providers.Provider, **builtins: providers.Provider) -> providers
 
 def _loaders(load: Any, node: dict[str, Any], seed: int) -> datasets.Loaders:
     return load(batch_size=node["batch_size"], val_fraction=node["val_fraction"], seed=seed,
-                num_workers=node["num_workers"])
+                num_workers=node["num_workers"], train_samples=node.get("train_samples"))
 
 
 def _run_dir(configured: str | None) -> Path:
@@ -53,6 +53,10 @@ def _wandb_sink(node: dict[str, Any], config: dict[str, Any], run_dir: Path) -> 
     from trainwire.sinks.wandb import WandbSink  # imports wandb: only when this sink is chosen
 
     return _build(WandbSink, {**node, "dir": node["dir"] or str(run_dir)}, config=config)
+
+
+def _under(run_dir: Path, path: str) -> Path:
+    return run_dir / path  # an absolute path stays as it is
 
 
 def _yaml(config: dict[str, Any]) -> str:
@@ -100,8 +104,14 @@ class TrainerContainer(containers.DeclarativeContainer):
         config.objective,
         classification=providers.Factory(_build, objectives.Classification, config.objective),
         regression=providers.Factory(_build, objectives.Regression, config.objective),
+        masked_reconstruction=providers.Factory(_build, pretraining.MaskedReconstruction, config.objective),
     )
-    model = _slot(config.model, mlp=providers.Factory(_build, MLP, config.model))
+    model = _slot(
+        config.model,
+        mlp=providers.Factory(_build, MLP, config.model),
+        masked_autoencoder=providers.Factory(_build, pretraining.MaskedAutoencoder, config.model),
+        predictor=providers.Factory(_build, pretraining.Predictor.build, config.model),
+    )
     data = _slot(
         config.data,
         digits=providers.Factory(_loaders, datasets.digits, config.data, config.seed),
@@ -120,4 +130,9 @@ class TrainerContainer(containers.DeclarativeContainer):
         gradient_policy=gradient_policy,
         sink=providers.Factory(FanOut, run_record, metrics_sink),
         hooks=hooks,
+    )
+    paradigm = _slot(
+        config.paradigm,
+        supervised=providers.Factory(paradigms.Supervised, trainer),
+        pretrain=providers.Factory(paradigms.Pretrain, trainer, providers.Callable(_under, run_dir, config.paradigm.save_to)),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from dependency_injector import containers, providers
 
 from trainwire import (
@@ -14,6 +15,8 @@ from trainwire import (
 from trainwire.config import GROUPS, SUBGROUPS, compose, options
 from trainwire.containers import TrainerContainer, build_container, run
 from trainwire.models import MLP
+from trainwire.paradigms import Paradigm, Pretrain, Supervised
+from trainwire.pretraining import MaskedAutoencoder, MaskedReconstruction, Predictor
 from trainwire.testing import RecordingHook, RecordingSink, ScriptedStopper
 
 EXPECTED = {
@@ -22,10 +25,13 @@ EXPECTED = {
     ("stopping", "patience"): PatienceStopper, ("stopping", "none"): NeverStop,
     ("gradient", "norm_clip"): NormClipper, ("gradient", "value_clip"): ValueClipper, ("gradient", "none"): NoClip,
     ("objective", "classification"): Classification, ("objective", "regression"): Regression,
-    ("model", "mlp"): MLP,
+    ("model", "mlp"): MLP, ("model", "masked_autoencoder"): MaskedAutoencoder, ("model", "predictor"): Predictor,
+    ("objective", "masked_reconstruction"): MaskedReconstruction,
+    ("paradigm", "supervised"): Supervised, ("paradigm", "pretrain"): Pretrain,
 }
 SLOT = {"lr": "lr_policy", "stopping": "stopping_policy", "gradient": "gradient_policy", "sink": "metrics_sink",
-        "optimizer": "optimizer", "objective": "objective", "model": "model", "data": "data"}
+        "optimizer": "optimizer", "objective": "objective", "model": "model", "data": "data",
+        "paradigm": "paradigm"}
 
 
 def every_option():
@@ -65,6 +71,16 @@ def test_every_option_of_a_nested_group_composes_and_builds(group, option, tmp_p
     container = build_container(cfg)
     assert getattr(container, SLOT[parent])().loss.name == option
     assert isinstance(container.trainer(), Trainer)
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes_and_builds_its_paradigm_and_model(experiment, tmp_path):
+    overrides = [f"experiment={experiment}", f"run_dir={tmp_path}"]
+    if experiment == "finetune":
+        overrides.append("freeze_base=false")  # no encoder file here: the from-scratch baseline
+    container = build_container(compose(overrides))
+    assert isinstance(container.paradigm(), Paradigm)
+    assert isinstance(container.model(), torch.nn.Module)
 
 
 def test_overriding_slots_with_fakes(tmp_path):

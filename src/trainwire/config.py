@@ -18,7 +18,7 @@ from trainwire.errors import ConfigError
 from trainwire.trainer import TrainerSettings
 
 CONFIG_MODULE = "trainwire.configs"
-GROUPS = ("lr", "stopping", "gradient", "sink", "optimizer", "objective", "model", "data")
+GROUPS = ("lr", "stopping", "gradient", "sink", "optimizer", "objective", "model", "data", "paradigm")
 
 
 # lr ------------------------------------------------------------------------------------------
@@ -183,6 +183,33 @@ class PhysicsInformedLossConfig:
 
 
 @dataclass
+class MaskedReconstructionConfig:
+    type: str = "masked_reconstruction"
+    mask_ratio: float = 0.5
+
+
+@dataclass
+class MaskedAutoencoderConfig:
+    type: str = "masked_autoencoder"
+    in_features: int = MISSING
+    hidden: list[int] = field(default_factory=lambda: [128])
+    embedding: int = 64
+    activation: str = "relu"
+
+
+@dataclass
+class PredictorConfig:
+    type: str = "predictor"
+    in_features: int = MISSING
+    out_features: int = MISSING
+    hidden: list[int] = field(default_factory=lambda: [128])  # the encoder's; must match the saved encoder
+    embedding: int = 64
+    activation: str = "relu"
+    encoder: Optional[str] = None  # a stage-1 encoder.pt; null: a fresh encoder (training from scratch)
+    freeze_base: bool = False
+
+
+@dataclass
 class MLPConfig:
     type: str = "mlp"
     in_features: int = MISSING
@@ -198,8 +225,21 @@ class DataConfig:
     batch_size: int = 64
     val_fraction: float = 0.2
     num_workers: int = 0
+    train_samples: Optional[int] = None  # keep only this many training samples (null: all)
     in_features: int = MISSING  # facts of the data set, read by model configs
     out_features: int = MISSING
+
+
+# paradigm ------------------------------------------------------------------------------------
+@dataclass
+class SupervisedConfig:
+    type: str = "supervised"
+
+
+@dataclass
+class PretrainConfig:
+    type: str = "pretrain"
+    save_to: str = "encoder.pt"  # relative paths are under the run directory
 
 
 # root ----------------------------------------------------------------------------------------
@@ -223,6 +263,11 @@ class TrainConfig:
     objective: Any = MISSING
     model: Any = MISSING
     data: Any = MISSING
+    paradigm: Any = MISSING
+    # Staged training's stage-2 keys, at the root so the command reads
+    # `experiment=finetune encoder=<path> freeze_base=true`; model=predictor reads them.
+    encoder: Optional[str] = None
+    freeze_base: bool = False
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
@@ -232,9 +277,11 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "gradient": {"norm_clip": NormClipConfig, "value_clip": ValueClipConfig, "none": NoClipConfig},
     "sink": {"null": NullSinkConfig, "wandb": WandbSinkConfig},
     "optimizer": {"adamw": AdamWConfig, "adam": AdamConfig, "sgd": SGDConfig},
-    "objective": {"classification": ClassificationConfig, "regression": RegressionConfig},
-    "model": {"mlp": MLPConfig},
+    "objective": {"classification": ClassificationConfig, "regression": RegressionConfig,
+                  "masked_reconstruction": MaskedReconstructionConfig},
+    "model": {"mlp": MLPConfig, "masked_autoencoder": MaskedAutoencoderConfig, "predictor": PredictorConfig},
     "data": {"digits": DataConfig, "diabetes": DataConfig},
+    "paradigm": {"supervised": SupervisedConfig, "pretrain": PretrainConfig},
 }
 # Groups nested inside an option of a slot's group: their options are schemas too, but no slot selects on them.
 SUBGROUP_SCHEMAS: dict[str, dict[str, type]] = {
@@ -261,7 +308,8 @@ def options(group: str) -> list[str]:
     return sorted(entry.name[: -len(".yaml")] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
 
 
-CHOICE_GROUPS = (*GROUPS, *SUBGROUPS)
+# experiment/ holds `# @package _global_` presets that pick options of the groups above.
+CHOICE_GROUPS = (*GROUPS, *SUBGROUPS, "experiment")
 _DOTTED_SUBGROUPS = {group.replace("/", "."): group for group in SUBGROUPS}
 
 

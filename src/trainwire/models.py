@@ -8,7 +8,7 @@ from torch import nn
 
 from trainwire.errors import ConfigError
 
-_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
 
 class MLP(nn.Sequential):
@@ -16,14 +16,14 @@ class MLP(nn.Sequential):
 
     def __init__(self, in_features: int, out_features: int, hidden: Sequence[int] = (128,),
                  activation: str = "relu", dropout: float = 0.0) -> None:
-        if activation not in _ACTIVATIONS:
-            raise ConfigError(f"model.activation={activation!r} is not one of {', '.join(_ACTIVATIONS)}")
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"model.activation={activation!r} is not one of {', '.join(ACTIVATIONS)}")
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"model.dropout={dropout} must be in [0, 1)")
         layers: list[nn.Module] = []
         width = in_features
         for size in hidden:
-            layers += [nn.Linear(width, size), _ACTIVATIONS[activation]()]
+            layers += [nn.Linear(width, size), ACTIVATIONS[activation]()]
             if dropout:
                 layers.append(nn.Dropout(dropout))
             width = size
