@@ -14,7 +14,7 @@ from typing import Any
 from dependency_injector import containers, providers
 
 from trainwire import data as datasets
-from trainwire import gradients, lr, objectives, paradigms, pretraining, stopping
+from trainwire import generative, gradients, lr, objectives, paradigms, pretraining, stopping
 from trainwire.models import MLP
 from trainwire.optim import optimizer_factory
 from trainwire.sinks import FanOut, JsonlSink, NullSink
@@ -105,12 +105,14 @@ class TrainerContainer(containers.DeclarativeContainer):
         classification=providers.Factory(_build, objectives.Classification, config.objective),
         regression=providers.Factory(_build, objectives.Regression, config.objective),
         masked_reconstruction=providers.Factory(_build, pretraining.MaskedReconstruction, config.objective),
+        nll=providers.Factory(generative.NegativeLogLikelihood),
     )
     model = _slot(
         config.model,
         mlp=providers.Factory(_build, MLP, config.model),
         masked_autoencoder=providers.Factory(_build, pretraining.MaskedAutoencoder, config.model),
         predictor=providers.Factory(_build, pretraining.Predictor.build, config.model),
+        gaussian_density=providers.Factory(_build, generative.GaussianDensity, config.model),
     )
     data = _slot(
         config.data,

@@ -189,6 +189,18 @@ class MaskedReconstructionConfig:
 
 
 @dataclass
+class NLLConfig:
+    type: str = "nll"
+
+
+@dataclass
+class GaussianDensityConfig:
+    type: str = "gaussian_density"
+    features: int = MISSING
+    min_scale: float = 0.05
+
+
+@dataclass
 class MaskedAutoencoderConfig:
     type: str = "masked_autoencoder"
     in_features: int = MISSING
@@ -278,8 +290,9 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "sink": {"null": NullSinkConfig, "wandb": WandbSinkConfig},
     "optimizer": {"adamw": AdamWConfig, "adam": AdamConfig, "sgd": SGDConfig},
     "objective": {"classification": ClassificationConfig, "regression": RegressionConfig,
-                  "masked_reconstruction": MaskedReconstructionConfig},
-    "model": {"mlp": MLPConfig, "masked_autoencoder": MaskedAutoencoderConfig, "predictor": PredictorConfig},
+                  "masked_reconstruction": MaskedReconstructionConfig, "nll": NLLConfig},
+    "model": {"mlp": MLPConfig, "masked_autoencoder": MaskedAutoencoderConfig, "predictor": PredictorConfig,
+              "gaussian_density": GaussianDensityConfig},
     "data": {"digits": DataConfig, "diabetes": DataConfig},
     "paradigm": {"supervised": SupervisedConfig, "pretrain": PretrainConfig},
 }
