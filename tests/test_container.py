@@ -14,6 +14,8 @@ from trainwire import (
 )
 from trainwire.config import GROUPS, SUBGROUPS, compose, options
 from trainwire.containers import TrainerContainer, build_container, run
+from trainwire.gan import GAN, GANTrainer
+from trainwire.generative import GaussianDensity, NegativeLogLikelihood
 from trainwire.models import MLP
 from trainwire.paradigms import Paradigm, Pretrain, Supervised
 from trainwire.pretraining import MaskedAutoencoder, MaskedReconstruction, Predictor
@@ -27,7 +29,8 @@ EXPECTED = {
     ("objective", "classification"): Classification, ("objective", "regression"): Regression,
     ("model", "mlp"): MLP, ("model", "masked_autoencoder"): MaskedAutoencoder, ("model", "predictor"): Predictor,
     ("objective", "masked_reconstruction"): MaskedReconstruction,
-    ("paradigm", "supervised"): Supervised, ("paradigm", "pretrain"): Pretrain,
+    ("paradigm", "supervised"): Supervised, ("paradigm", "pretrain"): Pretrain, ("paradigm", "gan"): GANTrainer,
+    ("model", "gan"): GAN, ("model", "gaussian_density"): GaussianDensity, ("objective", "nll"): NegativeLogLikelihood,
 }
 SLOT = {"lr": "lr_policy", "stopping": "stopping_policy", "gradient": "gradient_policy", "sink": "metrics_sink",
         "optimizer": "optimizer", "objective": "objective", "model": "model", "data": "data",

@@ -201,6 +201,16 @@ class GaussianDensityConfig:
 
 
 @dataclass
+class GANModelConfig:
+    type: str = "gan"
+    features: int = MISSING
+    classes: int = MISSING
+    latent_dim: int = 16
+    hidden: list[int] = field(default_factory=lambda: [128])
+    activation: str = "relu"
+
+
+@dataclass
 class MaskedAutoencoderConfig:
     type: str = "masked_autoencoder"
     in_features: int = MISSING
@@ -254,6 +264,21 @@ class PretrainConfig:
     save_to: str = "encoder.pt"  # relative paths are under the run directory
 
 
+@dataclass
+class GANParadigmConfig:
+    type: str = "gan"
+    critic_steps: int = 2            # critic updates per generator update
+    loss: str = "logistic"           # logistic (non-saturating) or wasserstein_gp
+    gp_weight: float = 10.0          # gradient-penalty weight (wasserstein_gp only)
+    generator_lr: Optional[float] = None  # null: optimizer.lr
+    critic_lr: Optional[float] = None     # null: optimizer.lr
+    eval_samples: int = 512          # samples compared with the validation data each epoch
+    stage: bool = True               # run the classification stage first, and again when the trigger fires
+    stage_epochs: int = 3
+    goal: float = 0.9                # the classifier's val/accuracy goal ...
+    tolerance: float = 0.05          # ... the stage re-runs when accuracy < goal - tolerance
+
+
 # root ----------------------------------------------------------------------------------------
 @dataclass
 class LogConfig:
@@ -292,9 +317,9 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "objective": {"classification": ClassificationConfig, "regression": RegressionConfig,
                   "masked_reconstruction": MaskedReconstructionConfig, "nll": NLLConfig},
     "model": {"mlp": MLPConfig, "masked_autoencoder": MaskedAutoencoderConfig, "predictor": PredictorConfig,
-              "gaussian_density": GaussianDensityConfig},
+              "gaussian_density": GaussianDensityConfig, "gan": GANModelConfig},
     "data": {"digits": DataConfig, "diabetes": DataConfig},
-    "paradigm": {"supervised": SupervisedConfig, "pretrain": PretrainConfig},
+    "paradigm": {"supervised": SupervisedConfig, "pretrain": PretrainConfig, "gan": GANParadigmConfig},
 }
 # Groups nested inside an option of a slot's group: their options are schemas too, but no slot selects on them.
 SUBGROUP_SCHEMAS: dict[str, dict[str, type]] = {
