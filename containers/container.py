@@ -14,7 +14,7 @@ from typing import Any
 from dependency_injector import containers, providers
 
 from trainwire import data as datasets
-from trainwire import gan, generative, gradients, lr, objectives, paradigms, pretraining, stopping
+from trainwire import adversarial, gan, generative, gradients, lr, objectives, paradigms, pretraining, stopping
 from trainwire.models import MLP
 from trainwire.optim import optimizer_factory
 from trainwire.sinks import FanOut, JsonlSink, NullSink
@@ -126,6 +126,7 @@ class TrainerContainer(containers.DeclarativeContainer):
         regression=providers.Factory(_build, objectives.Regression, config.objective),
         masked_reconstruction=providers.Factory(_build, pretraining.MaskedReconstruction, config.objective),
         nll=providers.Factory(generative.NegativeLogLikelihood),
+        adversarial=providers.Factory(_build, adversarial.adversarial_classification, config.objective),
     )
     model = _slot(
         config.model,

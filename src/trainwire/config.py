@@ -189,6 +189,16 @@ class MaskedReconstructionConfig:
 
 
 @dataclass
+class AdversarialConfig:
+    type: str = "adversarial"
+    attack: str = "pgd"                  # fgsm or pgd
+    epsilon: float = 0.1                 # L-inf radius, in input units (digits' pixels are in [0, 1])
+    steps: int = 5                       # pgd only
+    step_size: Optional[float] = None    # pgd only; null: 2.5 * epsilon / steps
+    label_smoothing: float = 0.0
+
+
+@dataclass
 class NLLConfig:
     type: str = "nll"
 
@@ -315,7 +325,8 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "sink": {"null": NullSinkConfig, "wandb": WandbSinkConfig},
     "optimizer": {"adamw": AdamWConfig, "adam": AdamConfig, "sgd": SGDConfig},
     "objective": {"classification": ClassificationConfig, "regression": RegressionConfig,
-                  "masked_reconstruction": MaskedReconstructionConfig, "nll": NLLConfig},
+                  "masked_reconstruction": MaskedReconstructionConfig, "nll": NLLConfig,
+                  "adversarial": AdversarialConfig},
     "model": {"mlp": MLPConfig, "masked_autoencoder": MaskedAutoencoderConfig, "predictor": PredictorConfig,
               "gaussian_density": GaussianDensityConfig, "gan": GANModelConfig},
     "data": {"digits": DataConfig, "diabetes": DataConfig},
