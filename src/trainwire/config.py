@@ -249,6 +249,7 @@ class MLPConfig:
     hidden: list[int] = field(default_factory=lambda: [128])
     activation: str = "relu"
     dropout: float = 0.0
+    checkpointing: bool = False  # gradient checkpointing: recompute each hidden block in backward
 
 
 @dataclass
