@@ -9,7 +9,7 @@ import torch
 from dependency_injector import containers, providers
 
 from trainwire import (
-    Classification, Constant, CosineWarmRestarts, NeverStop, NoClip, NormClipper, NullSink, PatienceStopper,
+    Classification, ConfigError, Constant, CosineWarmRestarts, NeverStop, NoClip, NormClipper, NullSink, PatienceStopper,
     Regression, ReduceOnPlateau, Trainer, ValueClipper, WarmupCosine,
 )
 from trainwire.config import GROUPS, SUBGROUPS, compose, options
@@ -84,6 +84,11 @@ def test_every_experiment_composes_and_builds_its_paradigm_and_model(experiment,
     container = build_container(compose(overrides))
     assert isinstance(container.paradigm(), Paradigm)
     assert isinstance(container.model(), torch.nn.Module)
+
+
+def test_an_unknown_experiment_is_one_line_naming_the_choices():
+    with pytest.raises(ConfigError, match="experiment='nope' is not an option; choose one of: adversarial, checkpointing"):
+        compose(["experiment=nope"])
 
 
 def test_overriding_slots_with_fakes(tmp_path):

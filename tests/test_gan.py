@@ -31,6 +31,8 @@ def test_experiment_gan_moves_the_samples_toward_the_data(tmp_path):
                                          "trainer.max_epochs=5"]))
     model, loaders = container.model(), container.data()
     container.model.override(providers.Object(model))
+    built = container.paradigm()
+    assert isinstance(built, GANTrainer) and built.generator_lr is not built.critic_lr  # one lr policy per network
     before = distance_now(model, loaders.val)
     result = run(container)
     after = [h["val/mean_cov_distance"] for h in result.history]

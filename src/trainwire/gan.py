@@ -59,7 +59,7 @@ class GAN(nn.Module):
         self.latent_dim = latent_dim
         self.generator = nn.Sequential(*_mlp([latent_dim, *hidden], activation), nn.Linear(hidden[-1], features),
                                        nn.Sigmoid())
-        body = nn.Sequential(*_mlp([features, *hidden], "relu" if activation == "relu" else activation))
+        body = nn.Sequential(*_mlp([features, *hidden], activation))
         self.critic = nn.Sequential(body, nn.Linear(hidden[-1], 1))
         self.classifier = nn.Sequential(body, nn.Linear(hidden[-1], classes))
 
