@@ -96,5 +96,7 @@ def test_stage_two_errors_are_one_line_config_errors(encoder_file, tmp_path):
         finetune(tmp_path, f"encoder={encoder_file}", "model.embedding=32")
     with pytest.raises(ConfigError, match="is not a file"):
         finetune(tmp_path, f"encoder={tmp_path / 'nope.pt'}")
+    with pytest.raises(ConfigError, match=r"data.train_samples=0 must be in \[1, 1438\]"):
+        finetune(tmp_path, "freeze_base=false", "data.train_samples=0")
     with pytest.raises(ConfigError, match="paradigm=pretrain needs a model with an .encoder"):
         run(compose([f"run_dir={tmp_path}", "paradigm=pretrain"]))
