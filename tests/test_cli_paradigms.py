@@ -26,13 +26,13 @@ def summary(run_dir):
 
 def test_pretrain_then_finetune_with_a_frozen_base(tmp_path):
     stage1, stage2 = tmp_path / "pretrain", tmp_path / "finetune"
-    done = trainwire("experiment=pretrain", "trainer.max_epochs=3", f"hydra.run.dir={stage1}", cwd=tmp_path)
+    done = trainwire("experiment=pretrain", "trainer.max_epochs=5", f"hydra.run.dir={stage1}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert (stage1 / "encoder.pt").is_file() and summary(stage1)["val/loss"] > 0
     done = trainwire("experiment=finetune", f"encoder={stage1 / 'encoder.pt'}", "freeze_base=true",
-                     "trainer.max_epochs=5", f"hydra.run.dir={stage2}", cwd=tmp_path)
+                     "trainer.max_epochs=20", f"hydra.run.dir={stage2}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert summary(stage2)["val/accuracy"] > 0.3
+    assert summary(stage2)["val/accuracy"] > 0.4  # measured 0.635 (a linear head on a 5-epoch encoder)
     resolved = yaml.safe_load((stage2 / "config.yaml").read_text())
     assert resolved["model"]["encoder"] == str(stage1 / "encoder.pt") and resolved["model"]["freeze_base"] is True
     assert resolved["data"]["train_samples"] == 50
