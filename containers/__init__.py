@@ -68,7 +68,7 @@ def run(cfg: DictConfig | dict[str, Any] | Container) -> FitResult:
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(container.config.seed())
-        trainer = container.trainer()
+        paradigm = container.paradigm()  # the Trainer's fit, or a loop of another shape (trainwire.paradigms)
         loaders = container.data()
         model = container.model()
-        return trainer.fit(model, loaders.train, loaders.val)
+        return paradigm.run(model, loaders.train, loaders.val)

@@ -14,7 +14,7 @@ from typing import Any
 from dependency_injector import containers, providers
 
 from trainwire import data as datasets
-from trainwire import gradients, lr, objectives, stopping
+from trainwire import adversarial, gan, generative, gradients, lr, objectives, paradigms, pretraining, stopping
 from trainwire.models import MLP
 from trainwire.optim import optimizer_factory
 from trainwire.sinks import FanOut, JsonlSink, NullSink
@@ -41,7 +41,7 @@ def _slot(node: providers.Provider, **builtins: providers.Provider) -> providers
 
 def _loaders(load: Any, node: dict[str, Any], seed: int) -> datasets.Loaders:
     return load(batch_size=node["batch_size"], val_fraction=node["val_fraction"], seed=seed,
-                num_workers=node["num_workers"])
+                num_workers=node["num_workers"], train_samples=node.get("train_samples"))
 
 
 def _run_dir(configured: str | None) -> Path:
@@ -53,6 +53,30 @@ def _wandb_sink(node: dict[str, Any], config: dict[str, Any], run_dir: Path) -> 
     from trainwire.sinks.wandb import WandbSink  # imports wandb: only when this sink is chosen
 
     return _build(WandbSink, {**node, "dir": node["dir"] or str(run_dir)}, config=config)
+
+
+def _gan_trainer(node: dict[str, Any], trainer: dict[str, Any], optimizer: dict[str, Any], generator_lr: Any,
+                 critic_lr: Any, gradient_policy: Any, sink: Any, hooks: list[Any]) -> gan.GANTrainer:
+    def factory(lr: float | None) -> Any:
+        return _build(optimizer_factory, {**optimizer, **({"lr": lr} if lr is not None else {})},
+                      type=optimizer["type"])
+
+    settings = gan.GANSettings(max_epochs=trainer["max_epochs"], critic_steps=node["critic_steps"], loss=node["loss"],
+                               gp_weight=node["gp_weight"], log_every_n_steps=trainer["log_every_n_steps"],
+                               device=trainer["device"], eval_samples=node["eval_samples"])
+    stage = None
+    if node["stage"]:  # the classification stage is the ordinary Trainer, on the GAN's classifier
+        stage = Trainer(objective=objectives.Classification(), optimizer=factory(None),
+                        settings=TrainerSettings(max_epochs=node["stage_epochs"], device=trainer["device"]))
+    return gan.GANTrainer(
+        generator_optimizer=factory(node["generator_lr"]), critic_optimizer=factory(node["critic_lr"]),
+        settings=settings, generator_lr=generator_lr, critic_lr=critic_lr, gradient_policy=gradient_policy,
+        sink=sink, hooks=hooks, stage=stage, trigger=gan.AccuracyTrigger(node["goal"], node["tolerance"]),
+    )
+
+
+def _under(run_dir: Path, path: str) -> Path:
+    return run_dir / path  # an absolute path stays as it is
 
 
 def _yaml(config: dict[str, Any]) -> str:
@@ -99,9 +123,19 @@ class TrainerContainer(containers.DeclarativeContainer):
     objective = _slot(
         config.objective,
         classification=providers.Factory(_build, objectives.Classification, config.objective),
-        regression=providers.Factory(objectives.Regression),
+        regression=providers.Factory(_build, objectives.Regression, config.objective),
+        masked_reconstruction=providers.Factory(_build, pretraining.MaskedReconstruction, config.objective),
+        nll=providers.Factory(generative.NegativeLogLikelihood),
+        adversarial=providers.Factory(_build, adversarial.adversarial_classification, config.objective),
     )
-    model = _slot(config.model, mlp=providers.Factory(_build, MLP, config.model))
+    model = _slot(
+        config.model,
+        mlp=providers.Factory(_build, MLP, config.model),
+        masked_autoencoder=providers.Factory(_build, pretraining.MaskedAutoencoder, config.model),
+        predictor=providers.Factory(_build, pretraining.Predictor.build, config.model),
+        gaussian_density=providers.Factory(_build, generative.GaussianDensity, config.model),
+        gan=providers.Factory(_build, gan.GAN, config.model),
+    )
     data = _slot(
         config.data,
         digits=providers.Factory(_loaders, datasets.digits, config.data, config.seed),
@@ -120,4 +154,12 @@ class TrainerContainer(containers.DeclarativeContainer):
         gradient_policy=gradient_policy,
         sink=providers.Factory(FanOut, run_record, metrics_sink),
         hooks=hooks,
+    )
+    paradigm = _slot(
+        config.paradigm,
+        supervised=providers.Factory(paradigms.Supervised, trainer),
+        pretrain=providers.Factory(paradigms.Pretrain, trainer, providers.Callable(_under, run_dir, config.paradigm.save_to)),
+        # A loop of another shape, from the same slots: two lr policies (one per network), the gradient policy, sinks, hooks.
+        gan=providers.Factory(_gan_trainer, config.paradigm, config.trainer, config.optimizer, lr_policy, lr_policy,
+                              gradient_policy, providers.Factory(FanOut, run_record, metrics_sink), hooks),
     )

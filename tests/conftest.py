@@ -51,3 +51,13 @@ def make_trainer(**overrides) -> Trainer:
         settings=settings,
         **overrides,
     )
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for the module: tiny models gain nothing from more, and on a shared 2-core
+    machine two threads per process contend and run several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

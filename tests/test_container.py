@@ -5,15 +5,20 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from dependency_injector import containers, providers
 
 from trainwire import (
-    Classification, Constant, CosineWarmRestarts, NeverStop, NoClip, NormClipper, NullSink, PatienceStopper,
+    Classification, ConfigError, Constant, CosineWarmRestarts, NeverStop, NoClip, NormClipper, NullSink, PatienceStopper,
     Regression, ReduceOnPlateau, Trainer, ValueClipper, WarmupCosine,
 )
-from trainwire.config import GROUPS, compose, options
+from trainwire.config import GROUPS, SUBGROUPS, compose, options
 from trainwire.containers import TrainerContainer, build_container, run
+from trainwire.gan import GAN, GANTrainer
+from trainwire.generative import GaussianDensity, NegativeLogLikelihood
 from trainwire.models import MLP
+from trainwire.paradigms import Paradigm, Pretrain, Supervised
+from trainwire.pretraining import MaskedAutoencoder, MaskedReconstruction, Predictor
 from trainwire.testing import RecordingHook, RecordingSink, ScriptedStopper
 
 EXPECTED = {
@@ -22,10 +27,14 @@ EXPECTED = {
     ("stopping", "patience"): PatienceStopper, ("stopping", "none"): NeverStop,
     ("gradient", "norm_clip"): NormClipper, ("gradient", "value_clip"): ValueClipper, ("gradient", "none"): NoClip,
     ("objective", "classification"): Classification, ("objective", "regression"): Regression,
-    ("model", "mlp"): MLP,
+    ("model", "mlp"): MLP, ("model", "masked_autoencoder"): MaskedAutoencoder, ("model", "predictor"): Predictor,
+    ("objective", "masked_reconstruction"): MaskedReconstruction,
+    ("paradigm", "supervised"): Supervised, ("paradigm", "pretrain"): Pretrain, ("paradigm", "gan"): GANTrainer,
+    ("model", "gan"): GAN, ("model", "gaussian_density"): GaussianDensity, ("objective", "nll"): NegativeLogLikelihood,
 }
 SLOT = {"lr": "lr_policy", "stopping": "stopping_policy", "gradient": "gradient_policy", "sink": "metrics_sink",
-        "optimizer": "optimizer", "objective": "objective", "model": "model", "data": "data"}
+        "optimizer": "optimizer", "objective": "objective", "model": "model", "data": "data",
+        "paradigm": "paradigm"}
 
 
 def every_option():
@@ -55,6 +64,31 @@ def test_every_option_composes_and_builds(group, option, tmp_path, monkeypatch):
     if (group, option) in EXPECTED:
         assert isinstance(built, EXPECTED[(group, option)])
     assert isinstance(container.trainer(), Trainer)
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g in SUBGROUPS for o in options(g)])
+def test_every_option_of_a_nested_group_composes_and_builds(group, option, tmp_path):
+    parent, _, key = group.partition("/")
+    cfg = compose([f"run_dir={tmp_path}", "data=diabetes", "objective=regression", f"{group}={option}"])
+    assert cfg[parent][key].name == option
+    container = build_container(cfg)
+    assert getattr(container, SLOT[parent])().loss.name == option
+    assert isinstance(container.trainer(), Trainer)
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes_and_builds_its_paradigm_and_model(experiment, tmp_path):
+    overrides = [f"experiment={experiment}", f"run_dir={tmp_path}"]
+    if experiment == "finetune":
+        overrides.append("freeze_base=false")  # no encoder file here: the from-scratch baseline
+    container = build_container(compose(overrides))
+    assert isinstance(container.paradigm(), Paradigm)
+    assert isinstance(container.model(), torch.nn.Module)
+
+
+def test_an_unknown_experiment_is_one_line_naming_the_choices():
+    with pytest.raises(ConfigError, match="experiment='nope' is not an option; choose one of: adversarial, checkpointing"):
+        compose(["experiment=nope"])
 
 
 def test_overriding_slots_with_fakes(tmp_path):

@@ -7,6 +7,7 @@ Schemas are registered in Hydra's ConfigStore when ``compose`` or the CLI runs, 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Optional
@@ -17,7 +18,7 @@ from trainwire.errors import ConfigError
 from trainwire.trainer import TrainerSettings
 
 CONFIG_MODULE = "trainwire.configs"
-GROUPS = ("lr", "stopping", "gradient", "sink", "optimizer", "objective", "model", "data")
+GROUPS = ("lr", "stopping", "gradient", "sink", "optimizer", "objective", "model", "data", "paradigm")
 
 
 # lr ------------------------------------------------------------------------------------------
@@ -143,6 +144,101 @@ class ClassificationConfig:
 @dataclass
 class RegressionConfig:
     type: str = "regression"
+    loss: Any = MISSING  # an option of objective/loss, chosen in regression.yaml's defaults
+
+
+# objective/loss (a group nested in objective/regression) -------------------------------------
+@dataclass
+class MSELossConfig:
+    name: str = "mse"
+    reduction: str = "mean"
+
+
+@dataclass
+class MAELossConfig:
+    name: str = "mae"
+    reduction: str = "mean"
+
+
+@dataclass
+class HuberLossConfig:
+    name: str = "huber"
+    delta: float = 1.0
+    reduction: str = "mean"
+
+
+@dataclass
+class MAPELossConfig:
+    name: str = "mape"
+    epsilon: float = 1e-6
+    reduction: str = "mean"
+
+
+@dataclass
+class PhysicsInformedLossConfig:
+    name: str = "physics_informed"
+    monotonicity: float = 0.1
+    smoothness: float = 0.1
+    reduction: str = "mean"
+
+
+@dataclass
+class MaskedReconstructionConfig:
+    type: str = "masked_reconstruction"
+    mask_ratio: float = 0.5
+
+
+@dataclass
+class AdversarialConfig:
+    type: str = "adversarial"
+    attack: str = "pgd"                  # fgsm or pgd
+    epsilon: float = 0.1                 # L-inf radius, in input units (digits' pixels are in [0, 1])
+    steps: int = 5                       # pgd only
+    step_size: Optional[float] = None    # pgd only; null: 2.5 * epsilon / steps
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class NLLConfig:
+    type: str = "nll"
+
+
+@dataclass
+class GaussianDensityConfig:
+    type: str = "gaussian_density"
+    features: int = MISSING
+    min_scale: float = 0.05
+
+
+@dataclass
+class GANModelConfig:
+    type: str = "gan"
+    features: int = MISSING
+    classes: int = MISSING
+    latent_dim: int = 16
+    hidden: list[int] = field(default_factory=lambda: [128])
+    activation: str = "relu"
+
+
+@dataclass
+class MaskedAutoencoderConfig:
+    type: str = "masked_autoencoder"
+    in_features: int = MISSING
+    hidden: list[int] = field(default_factory=lambda: [128])
+    embedding: int = 64
+    activation: str = "relu"
+
+
+@dataclass
+class PredictorConfig:
+    type: str = "predictor"
+    in_features: int = MISSING
+    out_features: int = MISSING
+    hidden: list[int] = field(default_factory=lambda: [128])  # the encoder's; must match the saved encoder
+    embedding: int = 64
+    activation: str = "relu"
+    encoder: Optional[str] = None  # a stage-1 encoder.pt; null: a fresh encoder (training from scratch)
+    freeze_base: bool = False
 
 
 @dataclass
@@ -153,6 +249,7 @@ class MLPConfig:
     hidden: list[int] = field(default_factory=lambda: [128])
     activation: str = "relu"
     dropout: float = 0.0
+    checkpointing: bool = False  # gradient checkpointing: recompute each hidden block in backward
 
 
 @dataclass
@@ -161,8 +258,36 @@ class DataConfig:
     batch_size: int = 64
     val_fraction: float = 0.2
     num_workers: int = 0
+    train_samples: Optional[int] = None  # keep only this many training samples (null: all)
     in_features: int = MISSING  # facts of the data set, read by model configs
     out_features: int = MISSING
+
+
+# paradigm ------------------------------------------------------------------------------------
+@dataclass
+class SupervisedConfig:
+    type: str = "supervised"
+
+
+@dataclass
+class PretrainConfig:
+    type: str = "pretrain"
+    save_to: str = "encoder.pt"  # relative paths are under the run directory
+
+
+@dataclass
+class GANParadigmConfig:
+    type: str = "gan"
+    critic_steps: int = 2            # critic updates per generator update
+    loss: str = "logistic"           # logistic (non-saturating) or wasserstein_gp
+    gp_weight: float = 10.0          # gradient-penalty weight (wasserstein_gp only)
+    generator_lr: Optional[float] = None  # null: optimizer.lr
+    critic_lr: Optional[float] = None     # null: optimizer.lr
+    eval_samples: int = 512          # samples compared with the validation data each epoch
+    stage: bool = True               # run the classification stage first, and again when the trigger fires
+    stage_epochs: int = 3
+    goal: float = 0.9                # the classifier's val/accuracy goal ...
+    tolerance: float = 0.05          # ... the stage re-runs when accuracy < goal - tolerance
 
 
 # root ----------------------------------------------------------------------------------------
@@ -186,6 +311,11 @@ class TrainConfig:
     objective: Any = MISSING
     model: Any = MISSING
     data: Any = MISSING
+    paradigm: Any = MISSING
+    # Staged training's stage-2 keys, at the root so the command reads
+    # `experiment=finetune encoder=<path> freeze_base=true`; model=predictor reads them.
+    encoder: Optional[str] = None
+    freeze_base: bool = False
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
@@ -195,10 +325,20 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "gradient": {"norm_clip": NormClipConfig, "value_clip": ValueClipConfig, "none": NoClipConfig},
     "sink": {"null": NullSinkConfig, "wandb": WandbSinkConfig},
     "optimizer": {"adamw": AdamWConfig, "adam": AdamConfig, "sgd": SGDConfig},
-    "objective": {"classification": ClassificationConfig, "regression": RegressionConfig},
-    "model": {"mlp": MLPConfig},
+    "objective": {"classification": ClassificationConfig, "regression": RegressionConfig,
+                  "masked_reconstruction": MaskedReconstructionConfig, "nll": NLLConfig,
+                  "adversarial": AdversarialConfig},
+    "model": {"mlp": MLPConfig, "masked_autoencoder": MaskedAutoencoderConfig, "predictor": PredictorConfig,
+              "gaussian_density": GaussianDensityConfig, "gan": GANModelConfig},
     "data": {"digits": DataConfig, "diabetes": DataConfig},
+    "paradigm": {"supervised": SupervisedConfig, "pretrain": PretrainConfig, "gan": GANParadigmConfig},
 }
+# Groups nested inside an option of a slot's group: their options are schemas too, but no slot selects on them.
+SUBGROUP_SCHEMAS: dict[str, dict[str, type]] = {
+    "objective/loss": {"mse": MSELossConfig, "mae": MAELossConfig, "huber": HuberLossConfig,
+                       "mape": MAPELossConfig, "physics_informed": PhysicsInformedLossConfig},
+}
+SUBGROUPS = tuple(SUBGROUP_SCHEMAS)
 
 
 def register_schemas() -> None:
@@ -207,15 +347,20 @@ def register_schemas() -> None:
 
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
-    for group, options in SCHEMAS.items():
+    for group, options in {**SCHEMAS, **SUBGROUP_SCHEMAS}.items():
         for option, schema in options.items():
             store.store(group=f"schema/{group}", name=option, node=schema)
 
 
 def options(group: str) -> list[str]:
     """The packaged options of ``group`` (the YAML files in ``configs/<group>/``)."""
-    folder = resources.files(CONFIG_MODULE).joinpath(group)
+    folder = resources.files(CONFIG_MODULE).joinpath(*group.split("/"))
     return sorted(entry.name[: -len(".yaml")] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+
+
+# experiment/ holds `# @package _global_` presets that pick options of the groups above.
+CHOICE_GROUPS = (*GROUPS, *SUBGROUPS, "experiment")
+_DOTTED_SUBGROUPS = {group.replace("/", "."): group for group in SUBGROUPS}
 
 
 def check_choices(overrides: list[str]) -> list[str]:
@@ -230,7 +375,11 @@ def check_choices(overrides: list[str]) -> list[str]:
     checked = []
     for override in overrides:
         key, sep, value = override.lstrip("+~").partition("=")
-        if sep and key in GROUPS and not any(mark in value for mark in "${[("):  # not sweep functions
+        if sep and key.replace("/", ".") in _DOTTED_SUBGROUPS and re.fullmatch(r"[\w,'\"]+", value):
+            # `objective.loss=huber` reads as the issue wrote it; Hydra selects a nested group as `objective/loss`.
+            key = _DOTTED_SUBGROUPS[key.replace("/", ".")]
+            override = override[: len(override) - len(override.lstrip("+~"))] + f"{key}={value}"
+        if sep and key in CHOICE_GROUPS and not any(mark in value for mark in "${[("):  # not sweep functions
             choices = [choice.strip("'\"") for choice in value.split(",")]  # a,b is a multirun sweep
             valid = options(key)
             for choice in choices:

@@ -35,9 +35,13 @@ def _split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.
 
 
 def _loaders(x: torch.Tensor, y: torch.Tensor, val_idx: torch.Tensor, train_idx: torch.Tensor,
-             batch_size: int, seed: int, num_workers: int) -> Loaders:
+             batch_size: int, seed: int, num_workers: int, train_samples: int | None = None) -> Loaders:
     if batch_size < 1:
         raise ConfigError(f"data.batch_size={batch_size} must be >= 1")
+    if train_samples is not None:
+        if not 1 <= train_samples <= len(train_idx):
+            raise ConfigError(f"data.train_samples={train_samples} must be in [1, {len(train_idx)}] (the training split)")
+        train_idx = train_idx[:train_samples]  # the split is already shuffled: a random subset, the same for a seed
     train = DataLoader(
         TensorDataset(x[train_idx], y[train_idx]), batch_size=batch_size, shuffle=True,
         generator=torch.Generator().manual_seed(seed), num_workers=num_workers,
@@ -48,15 +52,21 @@ def _loaders(x: torch.Tensor, y: torch.Tensor, val_idx: torch.Tensor, train_idx:
     return Loaders(train, val)
 
 
-def digits(batch_size: int = 64, val_fraction: float = 0.2, seed: int = 0, num_workers: int = 0) -> Loaders:
-    """8×8 digits as 64 features scaled to [0, 1]; targets are class indices 0–9."""
+def digits(batch_size: int = 64, val_fraction: float = 0.2, seed: int = 0, num_workers: int = 0,
+           train_samples: int | None = None) -> Loaders:
+    """8×8 digits as 64 features scaled to [0, 1]; targets are class indices 0–9.
+
+    ``train_samples`` keeps only that many training samples (e.g. a small labelled subset); the
+    validation split is unchanged.
+    """
     raw = _load("digits")
     x, y = raw["x"].float() / 16.0, raw["y"].long()
     train_idx, val_idx = _split(len(x), val_fraction, seed)
-    return _loaders(x, y, val_idx, train_idx, batch_size, seed, num_workers)
+    return _loaders(x, y, val_idx, train_idx, batch_size, seed, num_workers, train_samples)
 
 
-def diabetes(batch_size: int = 32, val_fraction: float = 0.2, seed: int = 0, num_workers: int = 0) -> Loaders:
+def diabetes(batch_size: int = 32, val_fraction: float = 0.2, seed: int = 0, num_workers: int = 0,
+             train_samples: int | None = None) -> Loaders:
     """Diabetes progression: 10 features and the target, standardised with the training split's statistics."""
     raw = _load("diabetes")
     x, y = raw["x"], raw["y"]
@@ -64,4 +74,4 @@ def diabetes(batch_size: int = 32, val_fraction: float = 0.2, seed: int = 0, num
     x_mean, x_std = x[train_idx].mean(0), x[train_idx].std(0)
     y_mean, y_std = y[train_idx].mean(), y[train_idx].std()
     x, y = (x - x_mean) / x_std, ((y - y_mean) / y_std).unsqueeze(-1)
-    return _loaders(x, y, val_idx, train_idx, batch_size, seed, num_workers)
+    return _loaders(x, y, val_idx, train_idx, batch_size, seed, num_workers, train_samples)

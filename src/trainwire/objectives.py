@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from trainwire.errors import ConfigError
+from trainwire.losses import Loss, as_loss
 
 
 class Objective(ABC):
@@ -52,12 +55,30 @@ class Classification(Objective):
 
 
 class Regression(Objective):
-    """Mean squared error on ``(inputs, targets)`` batches; reports loss (MSE), MAE, RMSE and R²."""
+    """A registered loss (``mse`` by default, see ``trainwire.losses``) on ``(inputs, targets)`` batches.
+
+    Reports, over the whole validation set: ``loss`` (the mean of the loss's unreduced values),
+    ``mse``, ``rmse``, ``mae``, ``mape`` (a fraction, |error| / max(|target|, MAPE_EPSILON)) and ``r2``.
+    """
+
+    MAPE_EPSILON = 1.17e-6  # as torchmetrics and scikit-learn, so the numbers compare
+
+    def __init__(self, loss: Loss | str | Mapping[str, Any] | Callable[[Tensor, Tensor], Tensor] = "mse") -> None:
+        self.loss = as_loss(loss)
+        if getattr(self.loss, "reduction", "mean") == "none":
+            raise ConfigError("objective.loss.reduction='none' cannot train: the Trainer needs a scalar loss (mean or sum)")
 
     def training_loss(self, model: nn.Module, batch: Any) -> Tensor:
         inputs, targets = batch
         predictions = model(inputs)
-        return F.mse_loss(predictions, targets.reshape(predictions.shape).to(predictions.dtype))
+        return self.loss(predictions, targets.reshape(predictions.shape).to(predictions.dtype))
+
+    def _loss_sum(self, predictions: Tensor, targets: Tensor) -> tuple[Tensor, int]:
+        if isinstance(self.loss, Loss):
+            values = self.loss.unreduced(predictions, targets)
+            return values.sum(), values.numel()
+        # Any other callable is taken to return a batch mean: weight it by the batch's size.
+        return self.loss(predictions, targets) * len(targets), len(targets)
 
     def evaluate(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
         sums: Tensor | None = None
@@ -65,20 +86,25 @@ class Regression(Objective):
             predictions = model(inputs).float()
             targets = targets.reshape(predictions.shape).float()
             error = predictions - targets
+            loss_sum, loss_count = self._loss_sum(predictions, targets)
             batch_sums = torch.stack(
                 [error.square().sum(), error.abs().sum(), targets.sum(), targets.square().sum(),
-                 torch.tensor(targets.numel(), dtype=torch.float32, device=targets.device)]
+                 torch.tensor(targets.numel(), dtype=torch.float32, device=targets.device),
+                 (error.abs() / targets.abs().clamp(min=self.MAPE_EPSILON)).sum(),
+                 loss_sum.float(), torch.tensor(loss_count, dtype=torch.float32, device=targets.device)]
             ).double()
+            # Sums stay on the device: one sync at the end of the pass, not one per batch.
             sums = batch_sums if sums is None else sums + batch_sums
         if sums is None or sums[4] == 0:
             raise ValueError("validation data is empty (0 samples)")
-        sse, sae, total, total_sq, n = sums.tolist()
+        sse, sae, total, total_sq, n, sape, loss_total, loss_n = sums.tolist()
         mse = sse / n
         variance_sum = total_sq - total * total / n
         return {
-            "loss": mse,
+            "loss": loss_total / loss_n,
             "mse": mse,
             "rmse": mse**0.5,
             "mae": sae / n,
+            "mape": sape / n,
             "r2": 1.0 - sse / variance_sum if variance_sum > 0 else float("nan"),
         }

@@ -1,0 +1,288 @@
+"""GAN-style training: a loop of another shape, composed from the same ports as the Trainer's.
+
+``GANTrainer`` is a ``Paradigm``: per batch it takes one critic step, and after every
+``critic_steps`` critic steps one generator step. Each network has its own optimizer and its
+own ``LRPolicy``; the ``GradientPolicy`` is applied to each network's gradients before its
+step; metrics go to a ``MetricsSink`` and hooks see the usual events. ``Trainer.fit`` is not
+touched: the classification stage that the ``AccuracyTrigger`` re-runs *is* a ``Trainer``.
+
+The model is a ``GAN``: a ``generator`` (noise → samples in [0, 1]) and a ``critic`` whose
+feature ``body`` is shared with a ``classifier`` (body + class head). Adversarial updates move
+the shared body, which can cost the classifier accuracy; after each epoch the trigger compares
+the classifier's validation accuracy with its goal and, when it has fallen more than
+``tolerance`` below, the classification stage runs again.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from trainwire.errors import ConfigError
+from trainwire.gradients import GradientPolicy, NoClip
+from trainwire.lr import Constant, LRPolicy
+from trainwire.models import ACTIVATIONS
+from trainwire.objectives import Classification
+from trainwire.paradigms import Paradigm
+from trainwire.precision import resolve_device
+from trainwire.sinks.base import MetricsSink, NullSink
+from trainwire.trainer import FitResult, OptimizerFactory, Trainer, TrainState
+
+GAN_LOSSES = ("logistic", "wasserstein_gp")
+
+
+def _mlp(widths: Sequence[int], activation: str) -> list[nn.Module]:
+    layers: list[nn.Module] = []
+    for width_in, width_out in zip(widths[:-1], widths[1:]):
+        layers += [nn.Linear(width_in, width_out), ACTIVATIONS[activation]()]
+    return layers
+
+
+class GAN(nn.Module):
+    """A generator, a critic, and a classifier that shares the critic's body."""
+
+    def __init__(self, features: int, classes: int, latent_dim: int = 16, hidden: Sequence[int] = (128,),
+                 activation: str = "relu") -> None:
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"model.activation={activation!r} is not one of {', '.join(ACTIVATIONS)}")
+        if latent_dim < 1:
+            raise ConfigError(f"model.latent_dim={latent_dim} must be >= 1")
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.generator = nn.Sequential(*_mlp([latent_dim, *hidden], activation), nn.Linear(hidden[-1], features),
+                                       nn.Sigmoid())
+        body = nn.Sequential(*_mlp([features, *hidden], activation))
+        self.critic = nn.Sequential(body, nn.Linear(hidden[-1], 1))
+        self.classifier = nn.Sequential(body, nn.Linear(hidden[-1], classes))
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        device = next(self.generator.parameters()).device
+        noise = torch.randn(n, self.latent_dim, generator=generator).to(device)
+        return self.generator(noise)
+
+
+def mean_cov_distance(a: Tensor, b: Tensor) -> float:
+    """‖mean(a) − mean(b)‖² + ‖cov(a) − cov(b)‖²_F: how far two samples' first two moments are apart."""
+    a, b = a.double(), b.double()
+    return ((a.mean(0) - b.mean(0)).square().sum() + (torch.cov(a.T) - torch.cov(b.T)).square().sum()).item()
+
+
+def critic_loss(loss: str, critic: nn.Module, real: Tensor, fake: Tensor, gp_weight: float) -> Tensor:
+    """Critic's loss on real and (detached) generated samples."""
+    if loss == "logistic":
+        return F.softplus(-critic(real)).mean() + F.softplus(critic(fake)).mean()
+    mix = torch.rand(len(real), 1, device=real.device)
+    between = (mix * real + (1 - mix) * fake).requires_grad_(True)
+    grad, = torch.autograd.grad(critic(between).sum(), between, create_graph=True)
+    penalty = (grad.norm(dim=1) - 1).square().mean()
+    return critic(fake).mean() - critic(real).mean() + gp_weight * penalty
+
+
+def generator_loss(loss: str, critic: nn.Module, fake: Tensor) -> Tensor:
+    """Generator's loss on fresh generated samples (non-saturating for ``logistic``)."""
+    return F.softplus(-critic(fake)).mean() if loss == "logistic" else -critic(fake).mean()
+
+
+@dataclass(frozen=True)
+class AccuracyTrigger:
+    """Answers after each epoch: has ``monitor`` fallen more than ``tolerance`` below ``goal``?"""
+
+    goal: float = 0.9
+    tolerance: float = 0.05
+    monitor: str = "val/accuracy"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.goal <= 1:
+            raise ConfigError(f"paradigm.goal={self.goal} must be in (0, 1]")
+        if self.tolerance < 0:
+            raise ConfigError(f"paradigm.tolerance={self.tolerance} must be >= 0")
+
+    def should_rerun(self, metrics: dict[str, float]) -> bool:
+        return metrics[self.monitor] < self.goal - self.tolerance
+
+
+@dataclass
+class GANSettings:
+    """How the adversarial loop runs; ``step`` counts generator steps."""
+
+    max_epochs: int = 20
+    critic_steps: int = 5
+    loss: str = "logistic"
+    gp_weight: float = 10.0
+    log_every_n_steps: int = 10
+    device: str = "auto"
+    eval_samples: int = 512
+
+    def __post_init__(self) -> None:
+        for key in ("max_epochs", "critic_steps", "log_every_n_steps", "eval_samples"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"paradigm.{key}={value!r} must be an integer >= 1")
+        if self.loss not in GAN_LOSSES:
+            raise ConfigError(f"paradigm.loss={self.loss!r} is not one of {', '.join(GAN_LOSSES)}")
+        if self.gp_weight < 0:
+            raise ConfigError(f"paradigm.gp_weight={self.gp_weight} must be >= 0")
+
+
+class GANTrainer(Paradigm):
+    """Runs the adversarial loop on a ``GAN``; ``run(model, train, val)`` like any paradigm.
+
+    ``stage`` is a Trainer for the classification stage (``None``: no stage, no trigger); it
+    runs once before the adversarial loop and again whenever ``trigger`` says so.
+    """
+
+    def __init__(self, *, generator_optimizer: OptimizerFactory, critic_optimizer: OptimizerFactory,
+                 settings: GANSettings | None = None, generator_lr: LRPolicy | None = None,
+                 critic_lr: LRPolicy | None = None, gradient_policy: GradientPolicy | None = None,
+                 sink: MetricsSink | None = None, hooks: Sequence[Any] = (), stage: Trainer | None = None,
+                 trigger: AccuracyTrigger | None = None, logger: Any = None) -> None:
+        self.generator_optimizer, self.critic_optimizer = generator_optimizer, critic_optimizer
+        self.settings = settings or GANSettings()
+        self.generator_lr, self.critic_lr = generator_lr or Constant(), critic_lr or Constant()
+        self.gradients = gradient_policy or NoClip()
+        self.sink = sink or NullSink()
+        self.hooks = list(hooks)
+        self.stage, self.trigger = stage, (trigger or AccuracyTrigger()) if stage is not None else None
+        self.log = logger or structlog.get_logger("trainwire")
+
+    def _emit(self, event: str, *args: Any) -> None:
+        for hook in self.hooks:
+            method = getattr(hook, event, None)
+            if method is not None:
+                method(*args)
+
+    def run(self, model: nn.Module, train_data: Iterable[Any], val_data: Iterable[Any] | None = None) -> FitResult:
+        """The loop, in short::
+
+            stage.fit(classifier)                                    # when a stage is given
+            for epoch in range(max_epochs):
+                for batch in train_data:
+                    critic step (gradient policy, critic optimizer, critic lr policy)
+                    every critic_steps critic steps: generator step (the same, for the generator)
+                evaluate: val/mean_cov_distance of samples vs the validation data; val/accuracy
+                if trigger.should_rerun(metrics): stage.fit(classifier) again
+        """
+        if not isinstance(model, GAN):
+            raise ConfigError(f"paradigm=gan needs model=gan; got {type(model).__name__}")
+        if val_data is None:
+            raise ConfigError("paradigm=gan needs validation data (data.val_fraction > 0) to measure its samples")
+        settings = self.settings
+        n_batches = len(train_data)  # type: ignore[arg-type]
+        if n_batches < settings.critic_steps:
+            raise ConfigError(f"paradigm.critic_steps={settings.critic_steps} is more than the {n_batches} batches "
+                              "of an epoch: the generator would never step")
+        device = resolve_device(settings.device)
+        model.to(device)
+        g_params = list(model.generator.parameters())
+        c_params = list(model.critic.parameters())
+        g_opt, c_opt = self.generator_optimizer(g_params), self.critic_optimizer(c_params)
+        self.critic_lr.attach(c_opt, steps_per_epoch=n_batches, max_epochs=settings.max_epochs)
+        self.generator_lr.attach(g_opt, steps_per_epoch=n_batches // settings.critic_steps,
+                                 max_epochs=settings.max_epochs)
+        state = TrainState(model=model, optimizer=g_opt)
+        self.sink.start()
+        try:
+            result = self._loop(state, model, g_opt, c_opt, g_params, c_params, train_data, val_data, device)
+        except BaseException as error:
+            self._emit("on_exception", state, error)
+            self.sink.finish("killed" if isinstance(error, KeyboardInterrupt) else "failed")
+            raise
+        self.sink.summary(result.summary())
+        self.sink.finish("finished")
+        self.log.info("train_end", **result.summary())
+        self._emit("on_train_end", state, result)
+        return result
+
+    def _stage(self, model: GAN, train_data: Any, val_data: Any) -> None:
+        self.stage.fit(model.classifier, train_data, val_data)
+        model.train()
+
+    def _loop(self, state, model, g_opt, c_opt, g_params, c_params, train_data, val_data, device) -> FitResult:
+        settings, loss = self.settings, self.settings.loss
+        real_val = torch.cat([batch[0] for batch in val_data]).to(device)
+        history: list[dict[str, float]] = []
+        reruns, epoch_times, critic_steps = 0, [], 0
+        if self.stage is not None:
+            self._stage(model, train_data, val_data)
+        self._emit("on_train_start", state)
+        model.train()
+        for epoch in range(settings.max_epochs):
+            state.epoch, started = epoch, time.perf_counter()
+            self._emit("on_epoch_start", state)
+            c_losses, g_losses = [], []
+            for index, batch in enumerate(train_data):
+                state.batch = index
+                real = batch[0].to(device)
+                with torch.no_grad():
+                    fake = model.sample(len(real))
+                c_loss = critic_loss(loss, model.critic, real, fake, settings.gp_weight)
+                c_loss.backward()
+                c_grads = self.gradients.apply(c_params)
+                c_lr = c_opt.param_groups[0]["lr"]
+                c_opt.step()
+                c_opt.zero_grad(set_to_none=True)
+                self.critic_lr.after_step()
+                c_losses.append(c_loss.detach())
+                critic_steps += 1
+                if critic_steps % settings.critic_steps:
+                    continue
+                g_loss = generator_loss(loss, model.critic, model.sample(len(real)))
+                g_loss.backward()
+                c_opt.zero_grad(set_to_none=True)  # the generator's backward also reached the critic
+                g_grads = self.gradients.apply(g_params)
+                g_lr = g_opt.param_groups[0]["lr"]
+                g_opt.step()
+                g_opt.zero_grad(set_to_none=True)
+                self.generator_lr.after_step()
+                g_losses.append(g_loss.detach())
+                state.step += 1
+                self._emit("on_batch_end", state, g_losses[-1])
+                if state.step % settings.log_every_n_steps == 0:  # the only per-step device sync
+                    self.sink.log({"train/critic_loss": c_losses[-1].item(), "train/generator_loss": g_loss.item(),
+                                   "train/critic_lr": c_lr, "train/generator_lr": g_lr,
+                                   "train/critic_grad_norm": c_grads.norm.item(),
+                                   "train/generator_grad_norm": g_grads.norm.item()}, step=state.step, epoch=epoch)
+            metrics = {"train/critic_loss": torch.stack(c_losses).mean().item()}
+            if g_losses:
+                metrics["train/generator_loss"] = torch.stack(g_losses).mean().item()
+            metrics.update(self._evaluate(model, real_val, val_data))
+            self._emit("on_validation_end", state, {k: v for k, v in metrics.items() if k.startswith("val/")})
+            if self.stage is not None and self.trigger.should_rerun(metrics):
+                self.log.info("stage_rerun", epoch=epoch, accuracy=metrics["val/accuracy"], goal=self.trigger.goal,
+                              tolerance=self.trigger.tolerance)
+                self._stage(model, train_data, val_data)
+                reruns += 1
+                metrics["stage/accuracy"] = self._evaluate(model, real_val, val_data)["val/accuracy"]
+            if self.stage is not None:
+                metrics["stage/reruns"] = float(reruns)
+            self.critic_lr.after_epoch(metrics)
+            self.generator_lr.after_epoch(metrics)
+            epoch_times.append(time.perf_counter() - started)
+            metrics["time/epoch_s"] = epoch_times[-1]
+            history.append(metrics)
+            self.sink.log(metrics, step=state.step, epoch=epoch)
+            self.log.info("epoch", epoch=epoch, step=state.step, **metrics)
+            self._emit("on_epoch_end", state, metrics)
+        return FitResult(epochs_completed=len(history), best_epoch=None, best_value=None, monitor=None,
+                         stop_reason="max_epochs", history=history, steps=state.step,
+                         avg_epoch_time_s=math.fsum(epoch_times) / len(epoch_times))
+
+    @torch.no_grad()
+    def _evaluate(self, model: GAN, real_val: Tensor, val_data: Any) -> dict[str, float]:
+        model.eval()
+        n = min(self.settings.eval_samples, len(real_val))
+        samples = model.sample(n, generator=torch.Generator().manual_seed(0))  # the same noise every epoch
+        metrics = {"val/mean_cov_distance": mean_cov_distance(samples, real_val[:n])}
+        if self.stage is not None:
+            metrics["val/accuracy"] = Classification().evaluate(
+                model.classifier, ((x.to(real_val.device), y.to(real_val.device)) for x, y in val_data))["accuracy"]
+        model.train()
+        return metrics

@@ -1,0 +1,58 @@
+"""Paradigms: the shape of a whole run around the loop (``paradigm=`` in config).
+
+Most paradigms need no more than the Trainer's loop with another ``Objective`` or model
+(classification, regression, generative NLL, adversarial robustness, fine-tuning). A paradigm
+is the place for what happens *around* the loop (``Pretrain`` saves the encoder when training
+ends) or for a loop of another shape (``trainwire.gan.GANTrainer``, which implements this port
+too). None of them edits ``Trainer.fit``.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from trainwire.errors import ConfigError
+from trainwire.trainer import FitResult, Trainer
+
+
+class Paradigm(ABC):
+    """Port: runs one training job on a model and its data."""
+
+    @abstractmethod
+    def run(self, model: nn.Module, train_data: Iterable[Any], val_data: Iterable[Any] | None = None) -> FitResult:
+        """Trains ``model`` (in place) and returns what happened."""
+
+
+class Supervised(Paradigm):
+    """The default: ``trainer.fit(model, train_data, val_data)``, nothing around it."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+
+    def run(self, model: nn.Module, train_data: Iterable[Any], val_data: Iterable[Any] | None = None) -> FitResult:
+        return self.trainer.fit(model, train_data, val_data)
+
+
+class Pretrain(Paradigm):
+    """Stage 1 of staged training: fits, then saves ``model.encoder`` (the best epoch's) to ``save_to``."""
+
+    def __init__(self, trainer: Trainer, save_to: str | os.PathLike) -> None:
+        self.trainer, self.save_to = trainer, Path(save_to)
+
+    def run(self, model: nn.Module, train_data: Iterable[Any], val_data: Iterable[Any] | None = None) -> FitResult:
+        from trainwire.pretraining import save_encoder
+
+        encoder = getattr(model, "encoder", None)
+        if encoder is None:
+            raise ConfigError(f"paradigm=pretrain needs a model with an .encoder (e.g. model=masked_autoencoder); "
+                              f"got {type(model).__name__}")
+        result = self.trainer.fit(model, train_data, val_data)
+        save_encoder(encoder, self.save_to)
+        self.trainer.log.info("encoder_saved", path=str(self.save_to))
+        return result
