@@ -18,6 +18,7 @@ from trainwire import gradients, lr, objectives, stopping
 from trainwire.models import MLP
 from trainwire.optim import optimizer_factory
 from trainwire.sinks import FanOut, JsonlSink, NullSink
+from trainwire.sinks.isolation import GuardedFanOut, IsolatedSink, UnavailableSink
 from trainwire.trainer import Trainer, TrainerSettings
 
 
@@ -55,6 +56,36 @@ def _wandb_sink(node: dict[str, Any], config: dict[str, Any], run_dir: Path) -> 
     return _build(WandbSink, {**node, "dir": node["dir"] or str(run_dir)}, config=config)
 
 
+def _tensorboard_sink(node: dict[str, Any], config: dict[str, Any], run_dir: Path) -> Any:
+    from trainwire.sinks.tensorboard import TensorBoardSink  # imports tensorboard: only when chosen
+
+    return TensorBoardSink(node["log_dir"] or run_dir / "tensorboard", config_yaml=_yaml(config),
+                           flush_secs=node["flush_secs"])
+
+
+def _mlflow_sink(node: dict[str, Any], config: dict[str, Any], run_dir: Path) -> Any:
+    from trainwire.sinks.mlflow import MLflowSink, default_tracking_uri  # imports mlflow: only when chosen
+
+    uri = node["tracking_uri"] or default_tracking_uri(run_dir)
+    return MLflowSink(uri, experiment=node["experiment"], run_name=node["run_name"], config=config,
+                      tags=node["tags"], artifact_location=None if node["tracking_uri"] else str(run_dir / "mlartifacts"))
+
+
+_SINKS = {"wandb": _wandb_sink, "tensorboard": _tensorboard_sink, "mlflow": _mlflow_sink}
+
+
+def _external_sinks(node: dict[str, Any] | None, config: dict[str, Any], run_dir: Path, timeout_s: float) -> Any:
+    """One isolated sink per ``sink.<name>`` node; a sink whose library is missing becomes a failed one, not an error."""
+    isolated = []
+    for name, sub in (node or {}).items():
+        try:
+            sink = _custom(sub) if "_target_" in sub else _SINKS[sub["type"]](sub, config, run_dir)
+        except ImportError as error:
+            sink = UnavailableSink(name, error)
+        isolated.append(IsolatedSink(sink, name=name, timeout_s=timeout_s))
+    return FanOut(*isolated) if isolated else NullSink()
+
+
 def _yaml(config: dict[str, Any]) -> str:
     from omegaconf import OmegaConf
 
@@ -84,11 +115,8 @@ class TrainerContainer(containers.DeclarativeContainer):
         value_clip=providers.Factory(_build, gradients.ValueClipper, config.gradient),
         none=providers.Factory(gradients.NoClip),
     )
-    metrics_sink = _slot(
-        config.sink,
-        null=providers.Factory(NullSink),
-        wandb=providers.Factory(_wandb_sink, config.sink, config, run_dir),
-    )
+    # The external sinks (sink=[wandb,tensorboard,mlflow]); whatever fills this slot is isolated (ADR 0010).
+    metrics_sink = providers.Factory(_external_sinks, config.sink, config, run_dir, config.sink_timeout_s)
     run_record = providers.Factory(JsonlSink, run_dir=run_dir, config_yaml=providers.Callable(_yaml, config))
     optimizer = _slot(
         config.optimizer,
@@ -118,6 +146,6 @@ class TrainerContainer(containers.DeclarativeContainer):
         lr_policy=lr_policy,
         stopping_policy=stopping_policy,
         gradient_policy=gradient_policy,
-        sink=providers.Factory(FanOut, run_record, metrics_sink),
+        sink=providers.Factory(GuardedFanOut, run_record, metrics_sink, timeout_s=config.sink_timeout_s),
         hooks=hooks,
     )

@@ -27,7 +27,8 @@ def run_cli(*args, cwd, env_extra=None):
 def test_every_metric_reaches_wandb_offline(tmp_path):
     run_dir = tmp_path / "run"
     done = run_cli(
-        "sink=wandb", "sink.mode=offline", "sink.project=proj", "sink.entity=team", "sink.name=digits-mlp",
+        "sink=wandb", "sink.wandb.mode=offline", "sink.wandb.project=proj", "sink.wandb.entity=team",
+        "sink.wandb.name=digits-mlp",
         "trainer.max_epochs=4", "lr.warmup_epochs=1", "trainer.log_every_n_steps=5", f"hydra.run.dir={run_dir}",
         cwd=tmp_path, env_extra={"WANDB_DIR": str(tmp_path / "wandb_home")},
     )
@@ -98,7 +99,7 @@ print("wandb imported:", "wandb" in sys.modules)
 
 
 def test_disabled_mode_makes_every_call_a_no_op(tmp_path):
-    done = run_cli("sink=wandb", "sink.mode=disabled", "trainer.max_epochs=2", "lr.warmup_epochs=1",
+    done = run_cli("sink=wandb", "sink.wandb.mode=disabled", "trainer.max_epochs=2", "lr.warmup_epochs=1",
                    f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert not list((tmp_path / "r").rglob("*.wandb"))

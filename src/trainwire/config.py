@@ -91,11 +91,8 @@ class NoClipConfig:
 
 
 # sink ----------------------------------------------------------------------------------------
-@dataclass
-class NullSinkConfig:
-    type: str = "null"
-
-
+# ``sink`` is a multi-select group: each chosen option adds its own node, ``sink.<option>``
+# (``sink=[wandb,tensorboard]``); ``sink=null`` (the default) adds none.
 @dataclass
 class WandbSinkConfig:
     type: str = "wandb"
@@ -105,6 +102,22 @@ class WandbSinkConfig:
     mode: str = "online"
     tags: list[str] = field(default_factory=list)
     dir: Optional[str] = None  # null: the run directory
+
+
+@dataclass
+class TensorBoardSinkConfig:
+    type: str = "tensorboard"
+    log_dir: Optional[str] = None  # null: <run_dir>/tensorboard
+    flush_secs: int = 30
+
+
+@dataclass
+class MLflowSinkConfig:
+    type: str = "mlflow"
+    tracking_uri: Optional[str] = None  # null: sqlite:///<run_dir>/mlflow.db
+    experiment: str = "trainwire"
+    run_name: Optional[str] = None
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 # optimizer -----------------------------------------------------------------------------------
@@ -176,24 +189,29 @@ class LogConfig:
 class TrainConfig:
     seed: int = 0
     run_dir: Optional[str] = None  # the CLI sets the Hydra run directory
+    sink_timeout_s: float = 60.0  # a sink call running longer than this is abandoned (ADR 0010)
+    progress: str = "auto"  # the progress bar: auto (on a terminal), always, never
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
     log: LogConfig = field(default_factory=LogConfig)
     lr: Any = MISSING
     stopping: Any = MISSING
     gradient: Any = MISSING
-    sink: Any = MISSING
+    sink: Any = field(default_factory=dict)  # name -> that sink's node
     optimizer: Any = MISSING
     objective: Any = MISSING
     model: Any = MISSING
     data: Any = MISSING
 
 
+PROGRESS = ("auto", "always", "never")
+MULTI_SELECT = ("sink",)  # groups whose options are combined (sink=[a,b]) rather than one chosen
+
 SCHEMAS: dict[str, dict[str, type]] = {
     "lr": {"warmup_cosine": WarmupCosineConfig, "constant": ConstantLRConfig,
            "cosine_restarts": CosineRestartsConfig, "plateau": PlateauConfig},
     "stopping": {"patience": PatienceConfig, "none": NoStoppingConfig},
     "gradient": {"norm_clip": NormClipConfig, "value_clip": ValueClipConfig, "none": NoClipConfig},
-    "sink": {"null": NullSinkConfig, "wandb": WandbSinkConfig},
+    "sink": {"wandb": WandbSinkConfig, "tensorboard": TensorBoardSinkConfig, "mlflow": MLflowSinkConfig},
     "optimizer": {"adamw": AdamWConfig, "adam": AdamConfig, "sgd": SGDConfig},
     "objective": {"classification": ClassificationConfig, "regression": RegressionConfig},
     "model": {"mlp": MLPConfig},
@@ -223,13 +241,22 @@ def check_choices(overrides: list[str]) -> list[str]:
 
     Hydra would fail too, but over several lines; this names the key, the value and the
     choices in one. ``sink=null`` is quoted on the way, because Hydra reads a bare null as "no
-    option" for a group.
+    option" for a group. A multi-select group takes a list: ``sink=[wandb,tensorboard]``.
     """
     if any(override.startswith(("hydra.searchpath", "+hydra.searchpath")) for override in overrides):
         return overrides  # the user's own config folders may add options: Hydra judges those
     checked = []
     for override in overrides:
         key, sep, value = override.lstrip("+~").partition("=")
+        if sep and key in MULTI_SELECT and value.startswith("[") and value.endswith("]"):
+            valid = options(key)
+            choices = [choice.strip().strip("'\"") for choice in value[1:-1].split(",") if choice.strip()]
+            for choice in choices:
+                if choice not in valid or choice == "null":
+                    raise ConfigError(f"{key}={choice!r} is not an option; choose some of: "
+                                      f"{', '.join(v for v in valid if v != 'null')}")
+            checked.append(f"{override.partition('=')[0]}=[" + ",".join(f"'{c}'" for c in choices) + "]")
+            continue
         if sep and key in GROUPS and not any(mark in value for mark in "${[("):  # not sweep functions
             choices = [choice.strip("'\"") for choice in value.split(",")]  # a,b is a multirun sweep
             valid = options(key)
