@@ -80,8 +80,11 @@ def _external_sinks(node: dict[str, Any] | None, config: dict[str, Any], run_dir
     for name, sub in (node or {}).items():
         try:
             sink = _custom(sub) if "_target_" in sub else _SINKS[sub["type"]](sub, config, run_dir)
-        except ImportError as error:
-            sink = UnavailableSink(name, error)
+        except Exception as error:  # Hydra's instantiate wraps the ImportError of a user's sink
+            missing = error if isinstance(error, ImportError) else error.__cause__
+            if not isinstance(missing, ImportError):
+                raise
+            sink = UnavailableSink(name, missing)
         isolated.append(IsolatedSink(sink, name=name, timeout_s=timeout_s))
     return FanOut(*isolated) if isolated else NullSink()
 
