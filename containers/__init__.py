@@ -53,6 +53,12 @@ def build_container(
                 )
     if not plain.get("sink_timeout_s", 1) > 0:
         raise ConfigError(f"sink_timeout_s={plain['sink_timeout_s']!r} must be > 0")
+    every = plain.get("metrics_every") or {}
+    for group in ("stopping", "lr"):
+        monitor = plain[group].get("monitor") or ""
+        if monitor.startswith("val/") and every.get(monitor[4:], 1) != 1:
+            raise ConfigError(f"metrics_every.{monitor[4:]}={every[monitor[4:]]!r}: {group}.monitor={monitor!r} "
+                              "needs it every epoch")
     if plain.get("progress", "auto") not in PROGRESS:
         raise ConfigError(f"progress={plain['progress']!r} is not one of {', '.join(PROGRESS)}")
     for key, node, schema in _schema_nodes(plain):

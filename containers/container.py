@@ -18,7 +18,10 @@ from trainwire import gradients, lr, objectives, stopping
 from trainwire.models import MLP
 from trainwire.optim import optimizer_factory
 from trainwire.sinks import FanOut, JsonlSink, NullSink
+from trainwire.metric_schedule import ScheduledMetrics
+from trainwire.progress import progress_enabled
 from trainwire.sinks.isolation import GuardedFanOut, IsolatedSink, UnavailableSink
+from trainwire.sinks.stages import PrefixedSink
 from trainwire.trainer import Trainer, TrainerSettings
 
 
@@ -95,6 +98,23 @@ def _yaml(config: dict[str, Any]) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(config))
 
 
+def _local_sinks(record: Any, progress: str, max_epochs: int, stopping: dict[str, Any]) -> Any:
+    """The run record, and the progress bar when it is on: local, cheap, called directly."""
+    if not progress_enabled(progress):
+        return record
+    from trainwire.progress import ProgressBar
+
+    return FanOut(record, ProgressBar(max_epochs, monitor=stopping.get("monitor") or "val/loss"))
+
+
+def _staged(sink: Any, stage: str | None) -> Any:
+    return PrefixedSink(f"{stage.rstrip('/')}/", sink) if stage else sink
+
+
+def _scheduled(objective: Any, every: dict[str, int] | None) -> Any:
+    return ScheduledMetrics(objective, every) if every else objective
+
+
 class TrainerContainer(containers.DeclarativeContainer):
     config = providers.Configuration(strict=True)
 
@@ -127,10 +147,14 @@ class TrainerContainer(containers.DeclarativeContainer):
         adam=providers.Factory(_build, optimizer_factory, config.optimizer, type="adam"),
         sgd=providers.Factory(_build, optimizer_factory, config.optimizer, type="sgd"),
     )
-    objective = _slot(
-        config.objective,
-        classification=providers.Factory(_build, objectives.Classification, config.objective),
-        regression=providers.Factory(objectives.Regression),
+    objective = providers.Factory(
+        _scheduled,
+        _slot(
+            config.objective,
+            classification=providers.Factory(_build, objectives.Classification, config.objective),
+            regression=providers.Factory(objectives.Regression),
+        ),
+        config.metrics_every,
     )
     model = _slot(config.model, mlp=providers.Factory(_build, MLP, config.model))
     data = _slot(
@@ -149,6 +173,16 @@ class TrainerContainer(containers.DeclarativeContainer):
         lr_policy=lr_policy,
         stopping_policy=stopping_policy,
         gradient_policy=gradient_policy,
-        sink=providers.Factory(GuardedFanOut, run_record, metrics_sink, timeout_s=config.sink_timeout_s),
+        sink=providers.Factory(
+            _staged,
+            providers.Factory(
+                GuardedFanOut,
+                providers.Factory(_local_sinks, run_record, config.progress, config.trainer.max_epochs,
+                                  config.stopping),
+                metrics_sink,
+                timeout_s=config.sink_timeout_s,
+            ),
+            config.stage,
+        ),
         hooks=hooks,
     )

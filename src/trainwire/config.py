@@ -191,6 +191,8 @@ class TrainConfig:
     run_dir: Optional[str] = None  # the CLI sets the Hydra run directory
     sink_timeout_s: float = 60.0  # a sink call running longer than this is abandoned (ADR 0010)
     progress: str = "auto"  # the progress bar: auto (on a terminal), always, never
+    stage: Optional[str] = None  # a prefix for every metric and summary key of this run (pre -> pre/train/loss)
+    metrics_every: dict[str, int] = field(default_factory=dict)  # validation metric -> every N epochs
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
     log: LogConfig = field(default_factory=LogConfig)
     lr: Any = MISSING

@@ -214,7 +214,8 @@ class GuardedFanOut(MetricsSink):
             sink.log(metrics, step=step, epoch=epoch)
 
     def summary(self, values: Mapping[str, Any]) -> None:
-        self._summary = dict(values)  # written at finish, when the dropped counts are final
+        # Written at finish, when the dropped counts are final; several stages add up.
+        self._summary = {**(self._summary or {}), **values}
         for sink in self.guarded:
             sink.summary(values)
 
