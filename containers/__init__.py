@@ -15,7 +15,7 @@ from trainwire.trainer import FitResult, TrainerSettings
 
 from .container import TrainerContainer
 
-__all__ = ["TrainerContainer", "build_container", "run"]
+__all__ = ["TrainerContainer", "build_container", "lr_preview", "run"]
 
 
 def _schema_nodes(plain: dict[str, Any]):
@@ -88,3 +88,18 @@ def run(cfg: DictConfig | dict[str, Any] | Container) -> FitResult:
         loaders = container.data()
         model = container.model()
         return trainer.fit(model, loaders.train, loaders.val)
+
+
+def lr_preview(cfg: DictConfig | dict[str, Any] | Container) -> tuple[list[float], int]:
+    """The lr of every optimizer step the config would take, and the steps in an epoch; nothing is trained.
+
+    The data are loaded only to count batches (the bundled sets load in milliseconds).
+    """
+    from trainwire.lr import preview, steps_per_epoch
+
+    container = cfg if isinstance(cfg, Container) else build_container(cfg)
+    settings = container.settings()
+    per_epoch = steps_per_epoch(len(container.data().train), settings.accumulate_steps)
+    lrs = preview(container.lr_policy(), lr=container.config.optimizer().get("lr", 1.0), steps_per_epoch=per_epoch,
+                  max_epochs=settings.max_epochs)
+    return lrs, per_epoch
