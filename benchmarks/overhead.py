@@ -121,8 +121,17 @@ def quiet_logger() -> Any:
 # The two loops. Each returns the wall time of everything it does.
 
 
+PROGRESS = False  # --progress: the tqdm bar on (into /dev/null), behind GuardedFanOut as the CLI wires it
+
+
 def run_trainwire(model: nn.Module, data: Any, work: Workload, run_dir: Path) -> float:
     started = time.perf_counter()
+    sink: Any = JsonlSink(run_dir)
+    if PROGRESS:
+        from trainwire import FanOut, GuardedFanOut
+        from trainwire.progress import ProgressBar
+
+        sink = GuardedFanOut(FanOut(sink, ProgressBar(work.epochs, file=DEVNULL)))
     trainer = Trainer(
         objective=Classification(),
         optimizer=functools.partial(torch.optim.AdamW, lr=LR),
@@ -130,7 +139,7 @@ def run_trainwire(model: nn.Module, data: Any, work: Workload, run_dir: Path) ->
         lr_policy=WarmupCosine(warmup_steps=work.warmup_steps),
         gradient_policy=NormClipper(MAX_NORM),
         stopping_policy=NeverStop(),
-        sink=JsonlSink(run_dir),
+        sink=sink,
         logger=QUIET,
     )
     result = trainer.fit(model, data)
@@ -315,7 +324,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch threads for the compute-bound workload (default 1: on small shared VMs "
                         "two threads can swing 10x from run to run)")
     parser.add_argument("--only", choices=("tiny", "compute"), help="run one workload only")
+    parser.add_argument("--progress", action="store_true", help="trainwire with its tqdm progress bar on")
     args = parser.parse_args(argv)
+    global PROGRESS
+    PROGRESS = args.progress
     rounds = args.rounds if args.rounds is not None else (2 if args.quick else 7)
     if rounds < 1:
         parser.error("--rounds must be >= 1")

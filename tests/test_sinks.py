@@ -134,3 +134,36 @@ def test_importing_a_sink_module_does_not_import_its_library():
             "print(sorted(m for m in ('tensorboard', 'mlflow') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["[]"], done.stderr
+
+
+@pytest.mark.slow
+def test_a_terminated_cli_run_is_closed_as_killed(tmp_path):
+    """SIGTERM mid-run: the CLI turns it into KeyboardInterrupt, so MLflow records KILLED."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / "run"
+    trainwire = os.path.join(os.path.dirname(sys.executable), "trainwire")
+    process = subprocess.Popen([trainwire, "train", "sink=mlflow", "trainer.max_epochs=500", "lr.warmup_epochs=1",
+                                f"hydra.run.dir={run_dir}"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # wait until MLflow's run exists and epochs are being logged
+            if (run_dir / "mlflow.db").exists() and (run_dir / "metrics.jsonl").exists() and \
+                    sum(1 for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "val/loss" in line) >= 3:
+                break
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+    finally:
+        process.kill()
+    client, runs = _mlflow_runs(f"sqlite:///{run_dir / 'mlflow.db'}")
+    (logged,) = runs.values()
+    assert logged.info.status == "KILLED"
+    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "val/loss" in line]
+    assert 3 <= len(epochs) < 500
+    assert [m.step for m in client.get_metric_history(logged.info.run_id, "val/loss")] == [r["step"] for r in epochs]

@@ -32,12 +32,23 @@ def _train_task(cfg) -> None:
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     cfg.run_dir = str(run_dir)
+    _terminate_as_interrupt()
     try:
         logs.configure(cfg.log.format, cfg.log.level, run_id=run_dir.name)
         run(cfg)
     except ConfigError as error:
         print(f"trainwire: error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (a scheduler's stop, `kill`) ends training as Ctrl-C does: sinks close their runs as killed."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _train(overrides: list[str]) -> None:
