@@ -89,13 +89,21 @@ class IsolatedSink(MetricsSink):
         self._submit("summary", dict(values))
 
     def finish(self, status: str = "finished") -> None:
+        self._await(self._request_finish(status))
+
+    def _request_finish(self, status: str) -> threading.Event | None:
+        if self._thread is None:
+            return None
+        done = threading.Event()
+        return done if self._submit("finish", status, _done=done) else None
+
+    def _await(self, done: threading.Event | None) -> None:
+        """Waits for the finish call, but not past a call that has run ``timeout_s``; then stops the worker."""
         if self._thread is None:
             return
-        done = threading.Event()
-        if self._submit("finish", status, _done=done):
-            while not done.wait(_POLL_S):
-                if self._check_stalled():
-                    break
+        while done is not None and not done.wait(_POLL_S):
+            if self._check_stalled():
+                break
         self._queue.put(_STOP)  # a worker stuck in a call never reads it; it is a daemon, so it cannot hold the process
         self._thread = None
         self._warn_once()
@@ -220,8 +228,10 @@ class GuardedFanOut(MetricsSink):
             sink.summary(values)
 
     def finish(self, status: str = "finished") -> None:
-        for sink in self.guarded:
-            sink.finish(status)
+        # Every sink finishes at once, so hung sinks cost one timeout in all, not one each.
+        waits = [sink._request_finish(status) for sink in self.guarded]
+        for sink, done in zip(self.guarded, waits):
+            sink._await(done)
         counts = {f"sink/{sink.name}/dropped": sink.dropped for sink in self.guarded}
         try:
             if any(sink.failure is not None for sink in self.guarded):
