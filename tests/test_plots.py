@@ -86,3 +86,23 @@ def test_plot_and_lr_preview_on_the_command_line(two_runs, tmp_path):
     missing = subprocess.run([trainwire, "plot", str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "no metrics.jsonl" in missing.stderr and "Traceback" not in missing.stderr
     assert run_curves(two_runs[0]).label == "slow"
+
+
+def test_plot_a_staged_run(tmp_path, task):
+    from conftest import make_model, make_trainer
+    from trainwire import GuardedFanOut, JsonlSink, PatienceStopper, TrainerSettings
+    from trainwire.sinks.stages import Stages
+
+    with Stages(GuardedFanOut(JsonlSink(tmp_path))) as stages:
+        make_trainer(sink=stages.stage("pre")).fit(make_model(), *task)
+        fine = make_trainer(sink=stages.stage("fine"), stopping_policy=PatienceStopper(monitor="val/loss"),
+                            settings=TrainerSettings(max_epochs=2, device="cpu", log_every_n_steps=1)).fit(
+            make_model(), *task)
+    (curves,) = plot_runs([tmp_path], tmp_path / "staged.png")
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for key in ("pre/train/loss", "fine/train/loss", "pre/val/loss", "fine/val/loss", "fine/val/accuracy"):
+        assert curves.series[key] == ([r["step"] for r in records if key in r], [r[key] for r in records if key in r])
+    fine_epochs = [r for r in records if "fine/val/loss" in r]
+    assert fine.best_epoch is not None
+    assert curves.stop_step == fine_epochs[-1]["step"] and curves.best_step == fine_epochs[fine.best_epoch]["step"]
+    assert png_size(tmp_path / "staged.png")[0] == (1200, 800)

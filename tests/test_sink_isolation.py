@@ -149,3 +149,24 @@ print(result.epochs_completed)
         "[('tensorboard', 'start', 'ModuleNotFoundError: import of tensorboard')]", "2"]
     assert len(records(tmp_path)) == LOGS + 1
     assert not (tmp_path / "tensorboard").exists()
+
+
+def test_hung_sinks_finish_together_within_one_timeout(tmp_path):
+    from trainwire import FanOut, GuardedFanOut, JsonlSink
+
+    hung = [BlockingSink(seconds=60, on="finish") for _ in range(3)]
+    sink = GuardedFanOut(JsonlSink(tmp_path), FanOut(*hung), timeout_s=0.5)
+    try:
+        sink.start()
+        sink.log({"train/loss": 1.0}, step=1, epoch=0)
+        started = time.perf_counter()
+        with structlog.testing.capture_logs() as logs:
+            sink.finish()
+        elapsed = time.perf_counter() - started
+    finally:
+        for blocking in hung:
+            blocking.release()
+    assert 0.5 <= elapsed < 1.4  # one timeout for all three, not three in a row
+    assert sorted(entry["sink"] for entry in logs) == ["blocking", "blocking-2", "blocking-3"]
+    assert records(tmp_path)[-1] == {"step": 1, "epoch": 0, "sink/blocking/dropped": 0,
+                                     "sink/blocking-2/dropped": 0, "sink/blocking-3/dropped": 0}

@@ -46,12 +46,24 @@ def read_records(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def _base(key: str) -> str:
+    """``pre/val/loss`` -> ``val/loss``: the key without a stage prefix."""
+    parts = key.split("/")
+    return "/".join(parts[-2:]) if len(parts) > 2 else key
+
+
 def _monitor(records: list[dict[str, Any]], summary: dict[str, Any]) -> str | None:
-    keys = {key for record in records for key in record}
-    if summary.get("monitor") in keys and summary["monitor"] != "val/loss":
-        return summary["monitor"]
+    keys = {_base(key) for record in records for key in record}
+    monitors = [value for key, value in summary.items() if key.endswith("monitor") and isinstance(value, str)]
+    if monitors and monitors[0] in keys and monitors[0] != "val/loss":
+        return monitors[0]
     others = sorted(key for key in keys if key.startswith("val/") and key != "val/loss")
-    return others[0] if others else summary.get("monitor")
+    return others[0] if others else (monitors[0] if monitors else None)
+
+
+def matching(series: dict[str, Series], name: str) -> list[str]:
+    """The keys of ``series`` that are ``name``, with or without a stage prefix, in order."""
+    return [key for key in series if _base(key) == name]
 
 
 def run_curves(run_dir: str | os.PathLike[str], label: str | None = None) -> RunCurves:
@@ -60,17 +72,22 @@ def run_curves(run_dir: str | os.PathLike[str], label: str | None = None) -> Run
     summary_path = Path(run_dir) / "summary.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
     curves = RunCurves(label or Path(run_dir).resolve().name, monitor=_monitor(records, summary))
-    wanted = [key for _, lines in PANELS for key, _ in lines] + ([curves.monitor] if curves.monitor else [])
-    for key in wanted:
+    wanted = {key for _, lines in PANELS for key, _ in lines} | ({curves.monitor} if curves.monitor else set())
+    keys = list(dict.fromkeys(key for record in records for key in record if _base(key) in wanted))
+    for key in keys:  # a staged run (stage=pre, Stages) has pre/train/loss, fine/train/loss, ...
         points = [(record["step"], record[key]) for record in records if record.get(key) is not None]
         if points:
             curves.series[key] = ([step for step, _ in points], [float(value) for _, value in points])
-    epochs = [record for record in records if "train/epoch_loss" in record]
+    # The best epoch and the stop of the last stage (the one summary.json names last).
+    epoch_keys = [key for key in keys if _base(key) == "val/loss"] or [None]
+    epochs = [record for record in records if epoch_keys[-1] in record or
+              (epoch_keys[-1] is None and any(_base(key) == "train/epoch_loss" for key in record))]
     if epochs:
-        curves.stop_step, curves.stop_reason = epochs[-1]["step"], summary.get("stop_reason")
-        best = summary.get("best_epoch")
-        matching = [record["step"] for record in epochs if record["epoch"] == best]
-        curves.best_step = matching[0] if matching else None
+        prefix = epoch_keys[-1][: -len("val/loss")] if epoch_keys[-1] else ""
+        curves.stop_step, curves.stop_reason = epochs[-1]["step"], summary.get(f"{prefix}stop_reason")
+        best = summary.get(f"{prefix}best_epoch")
+        steps = [record["step"] for record in epochs if record["epoch"] == best]
+        curves.best_step = steps[0] if steps else None
     return curves
 
 
@@ -113,8 +130,8 @@ def figure_of(runs: Sequence[RunCurves]) -> Any:
     for ax, (title, lines) in zip(axes, PANELS):
         for run, colour in zip(runs, colours):
             keys = lines or ([(run.monitor, "o-")] if run.monitor else [])
-            for key, style in keys:
-                if key in run.series:
+            for name, style in keys:
+                for key in matching(run.series, name):
                     steps, values = run.series[key]
                     ax.plot(steps, values, style, color=colour, label=f"{run.label} {key}", markersize=3)
             if run.best_step is not None:
