@@ -15,11 +15,11 @@ from dependency_injector import containers, providers
 
 from trainwire import data as datasets
 from trainwire import gradients, lr, objectives, stopping
+from trainwire.metric_schedule import ScheduledMetrics
 from trainwire.models import MLP
 from trainwire.optim import optimizer_factory
+from trainwire.progress import ProgressBar, progress_enabled
 from trainwire.sinks import FanOut, JsonlSink, NullSink
-from trainwire.metric_schedule import ScheduledMetrics
-from trainwire.progress import progress_enabled
 from trainwire.sinks.isolation import GuardedFanOut, IsolatedSink, UnavailableSink
 from trainwire.sinks.stages import PrefixedSink
 from trainwire.trainer import Trainer, TrainerSettings
@@ -102,8 +102,6 @@ def _local_sinks(record: Any, progress: str, max_epochs: int, stopping: dict[str
     """The run record, and the progress bar when it is on: local, cheap, called directly."""
     if not progress_enabled(progress):
         return record
-    from trainwire.progress import ProgressBar
-
     return FanOut(record, ProgressBar(max_epochs, monitor=stopping.get("monitor") or "val/loss"))
 
 
