@@ -46,6 +46,7 @@ class ProgressBar(MetricsSink):
         self._steps_per_epoch = self._steps_per_epoch or step - self._epoch_start_step
         self.steps.total = self._steps_per_epoch
         self.steps.update(step - self._epoch_start_step - self.steps.n)  # the epoch's last, unlogged steps
+        self.steps.refresh()  # once an epoch: show it complete whatever tqdm's own rate limit says
         self._epoch_start_step = step
         self.steps.set_description(f"epoch {epoch + 1}", refresh=False)
         self.steps.reset(total=self._steps_per_epoch)
