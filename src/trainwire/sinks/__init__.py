@@ -3,10 +3,11 @@
 from trainwire.sinks.base import FanOut, MetricsSink, NullSink
 from trainwire.sinks.isolation import GuardedFanOut, IsolatedSink
 from trainwire.sinks.jsonl import JsonlSink
+from trainwire.sinks.stages import PrefixedSink, Stages
 
 __all__ = [
     "FanOut", "GuardedFanOut", "IsolatedSink", "JsonlSink", "MLflowSink", "MetricsSink", "NullSink",
-    "TensorBoardSink", "WandbSink",
+    "PrefixedSink", "Stages", "TensorBoardSink", "WandbSink",
 ]
 
 # Their modules are light, but keeping them out of the import path makes "wandb, tensorboard
