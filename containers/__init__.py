@@ -9,13 +9,13 @@ import torch
 from dependency_injector.containers import Container
 from omegaconf import DictConfig, OmegaConf
 
-from trainwire.config import GROUPS, SCHEMAS, LogConfig
+from trainwire.config import GROUPS, MULTI_SELECT, PROGRESS, SCHEMAS, LogConfig
 from trainwire.errors import ConfigError
 from trainwire.trainer import FitResult, TrainerSettings
 
 from .container import TrainerContainer
 
-__all__ = ["TrainerContainer", "build_container", "run"]
+__all__ = ["TrainerContainer", "build_container", "lr_preview", "run"]
 
 
 def _schema_nodes(plain: dict[str, Any]):
@@ -24,8 +24,9 @@ def _schema_nodes(plain: dict[str, Any]):
     yield "log", plain.get("log", {}), LogConfig
     for group in GROUPS:
         node = plain[group]
-        if "_target_" not in node:
-            yield group, node, SCHEMAS[group][node["type"]]
+        for key, sub in (node.items() if group in MULTI_SELECT else [(None, node)]):
+            if "_target_" not in sub:
+                yield f"{group}.{key}" if key else group, sub, SCHEMAS[group][sub["type"]]
 
 
 def build_container(
@@ -37,14 +38,29 @@ def build_container(
     Raises ConfigError (one line, naming the key and the value) before any work starts.
     """
     plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    plain.setdefault("sink", {})  # sink=[] removes the node
     for group in GROUPS:
         node = plain.get(group)
         if not isinstance(node, dict):
             raise ConfigError(f"{group} is missing from the config")
-        if "_target_" not in node and node.get("type") not in SCHEMAS[group]:
-            raise ConfigError(
-                f"{group}.type={node.get('type')!r} is not an option; choose one of: {', '.join(SCHEMAS[group])}"
-            )
+        for key, sub in (node.items() if group in MULTI_SELECT else [(None, node)]):
+            name = f"{group}.{key}" if key else group
+            if not isinstance(sub, dict):
+                raise ConfigError(f"{name}={sub!r} must be a config node")
+            if "_target_" not in sub and sub.get("type") not in SCHEMAS[group]:
+                raise ConfigError(
+                    f"{name}.type={sub.get('type')!r} is not an option; choose one of: {', '.join(SCHEMAS[group])}"
+                )
+    if not plain.get("sink_timeout_s", 1) > 0:
+        raise ConfigError(f"sink_timeout_s={plain['sink_timeout_s']!r} must be > 0")
+    every = plain.get("metrics_every") or {}
+    for group in ("stopping", "lr"):
+        monitor = plain[group].get("monitor") or ""
+        if monitor.startswith("val/") and every.get(monitor[4:], 1) != 1:
+            raise ConfigError(f"metrics_every.{monitor[4:]}={every[monitor[4:]]!r}: {group}.monitor={monitor!r} "
+                              "needs it every epoch")
+    if plain.get("progress", "auto") not in PROGRESS:
+        raise ConfigError(f"progress={plain['progress']!r} is not one of {', '.join(PROGRESS)}")
     for key, node, schema in _schema_nodes(plain):
         unknown = sorted(set(node) - {f.name for f in dataclasses.fields(schema)})
         if unknown:
@@ -72,3 +88,18 @@ def run(cfg: DictConfig | dict[str, Any] | Container) -> FitResult:
         loaders = container.data()
         model = container.model()
         return paradigm.run(model, loaders.train, loaders.val)
+
+
+def lr_preview(cfg: DictConfig | dict[str, Any] | Container) -> tuple[list[float], int]:
+    """The lr of every optimizer step the config would take, and the steps in an epoch; nothing is trained.
+
+    The data are loaded only to count batches (the bundled sets load in milliseconds).
+    """
+    from trainwire.lr import preview, steps_per_epoch
+
+    container = cfg if isinstance(cfg, Container) else build_container(cfg)
+    settings = container.settings()
+    per_epoch = steps_per_epoch(len(container.data().train), settings.accumulate_steps)
+    lrs = preview(container.lr_policy(), lr=container.config.optimizer().get("lr", 1.0), steps_per_epoch=per_epoch,
+                  max_epochs=settings.max_epochs)
+    return lrs, per_epoch

@@ -15,9 +15,13 @@ from dependency_injector import containers, providers
 
 from trainwire import data as datasets
 from trainwire import adversarial, gan, generative, gradients, lr, objectives, paradigms, pretraining, stopping
+from trainwire.metric_schedule import ScheduledMetrics
 from trainwire.models import MLP
 from trainwire.optim import optimizer_factory
+from trainwire.progress import ProgressBar, progress_enabled
 from trainwire.sinks import FanOut, JsonlSink, NullSink
+from trainwire.sinks.isolation import GuardedFanOut, IsolatedSink, UnavailableSink
+from trainwire.sinks.stages import PrefixedSink
 from trainwire.trainer import Trainer, TrainerSettings
 
 
@@ -79,10 +83,58 @@ def _under(run_dir: Path, path: str) -> Path:
     return run_dir / path  # an absolute path stays as it is
 
 
+def _tensorboard_sink(node: dict[str, Any], config: dict[str, Any], run_dir: Path) -> Any:
+    from trainwire.sinks.tensorboard import TensorBoardSink  # imports tensorboard: only when chosen
+
+    return TensorBoardSink(node["log_dir"] or run_dir / "tensorboard", config_yaml=_yaml(config),
+                           flush_secs=node["flush_secs"])
+
+
+def _mlflow_sink(node: dict[str, Any], config: dict[str, Any], run_dir: Path) -> Any:
+    from trainwire.sinks.mlflow import MLflowSink, default_tracking_uri  # imports mlflow: only when chosen
+
+    uri = node["tracking_uri"] or default_tracking_uri(run_dir)
+    return MLflowSink(uri, experiment=node["experiment"], run_name=node["run_name"], config=config,
+                      tags=node["tags"], artifact_location=None if node["tracking_uri"] else str(run_dir / "mlartifacts"))
+
+
+_SINKS = {"wandb": _wandb_sink, "tensorboard": _tensorboard_sink, "mlflow": _mlflow_sink}
+
+
+def _external_sinks(node: dict[str, Any] | None, config: dict[str, Any], run_dir: Path, timeout_s: float) -> Any:
+    """One isolated sink per ``sink.<name>`` node; a sink whose library is missing becomes a failed one, not an error."""
+    isolated = []
+    for name, sub in (node or {}).items():
+        try:
+            sink = _custom(sub) if "_target_" in sub else _SINKS[sub["type"]](sub, config, run_dir)
+        except Exception as error:  # Hydra's instantiate wraps the ImportError of a user's sink
+            missing = error if isinstance(error, ImportError) else error.__cause__
+            if not isinstance(missing, ImportError):
+                raise
+            sink = UnavailableSink(name, missing)
+        isolated.append(IsolatedSink(sink, name=name, timeout_s=timeout_s))
+    return FanOut(*isolated) if isolated else NullSink()
+
+
 def _yaml(config: dict[str, Any]) -> str:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_yaml(OmegaConf.create(config))
+
+
+def _local_sinks(record: Any, progress: str, max_epochs: int, stopping: dict[str, Any]) -> Any:
+    """The run record, and the progress bar when it is on: local, cheap, called directly."""
+    if not progress_enabled(progress):
+        return record
+    return FanOut(record, ProgressBar(max_epochs, monitor=stopping.get("monitor") or "val/loss"))
+
+
+def _staged(sink: Any, stage: str | None) -> Any:
+    return PrefixedSink(f"{stage.rstrip('/')}/", sink) if stage else sink
+
+
+def _scheduled(objective: Any, every: dict[str, int] | None) -> Any:
+    return ScheduledMetrics(objective, every) if every else objective
 
 
 class TrainerContainer(containers.DeclarativeContainer):
@@ -108,11 +160,8 @@ class TrainerContainer(containers.DeclarativeContainer):
         value_clip=providers.Factory(_build, gradients.ValueClipper, config.gradient),
         none=providers.Factory(gradients.NoClip),
     )
-    metrics_sink = _slot(
-        config.sink,
-        null=providers.Factory(NullSink),
-        wandb=providers.Factory(_wandb_sink, config.sink, config, run_dir),
-    )
+    # The external sinks (sink=[wandb,tensorboard,mlflow]); whatever fills this slot is isolated (ADR 0010).
+    metrics_sink = providers.Factory(_external_sinks, config.sink, config, run_dir, config.sink_timeout_s)
     run_record = providers.Factory(JsonlSink, run_dir=run_dir, config_yaml=providers.Callable(_yaml, config))
     optimizer = _slot(
         config.optimizer,
@@ -120,13 +169,17 @@ class TrainerContainer(containers.DeclarativeContainer):
         adam=providers.Factory(_build, optimizer_factory, config.optimizer, type="adam"),
         sgd=providers.Factory(_build, optimizer_factory, config.optimizer, type="sgd"),
     )
-    objective = _slot(
-        config.objective,
-        classification=providers.Factory(_build, objectives.Classification, config.objective),
-        regression=providers.Factory(_build, objectives.Regression, config.objective),
-        masked_reconstruction=providers.Factory(_build, pretraining.MaskedReconstruction, config.objective),
-        nll=providers.Factory(generative.NegativeLogLikelihood),
-        adversarial=providers.Factory(_build, adversarial.adversarial_classification, config.objective),
+    objective = providers.Factory(
+        _scheduled,
+        _slot(
+            config.objective,
+            classification=providers.Factory(_build, objectives.Classification, config.objective),
+            regression=providers.Factory(_build, objectives.Regression, config.objective),
+            masked_reconstruction=providers.Factory(_build, pretraining.MaskedReconstruction, config.objective),
+            nll=providers.Factory(generative.NegativeLogLikelihood),
+            adversarial=providers.Factory(_build, adversarial.adversarial_classification, config.objective),
+        ),
+        config.metrics_every,
     )
     model = _slot(
         config.model,
@@ -144,6 +197,18 @@ class TrainerContainer(containers.DeclarativeContainer):
     hooks = providers.List()
     settings = providers.Factory(_build, TrainerSettings, config.trainer)
 
+    # Everything the loop reports to: the local record (and progress bar) plus the isolated external sinks.
+    sink = providers.Factory(
+        _staged,
+        providers.Factory(
+            GuardedFanOut,
+            providers.Factory(_local_sinks, run_record, config.progress, config.trainer.max_epochs, config.stopping),
+            metrics_sink,
+            timeout_s=config.sink_timeout_s,
+        ),
+        config.stage,
+    )
+
     trainer = providers.Factory(
         Trainer,
         objective=objective,
@@ -152,7 +217,7 @@ class TrainerContainer(containers.DeclarativeContainer):
         lr_policy=lr_policy,
         stopping_policy=stopping_policy,
         gradient_policy=gradient_policy,
-        sink=providers.Factory(FanOut, run_record, metrics_sink),
+        sink=sink,
         hooks=hooks,
     )
     paradigm = _slot(
@@ -161,5 +226,5 @@ class TrainerContainer(containers.DeclarativeContainer):
         pretrain=providers.Factory(paradigms.Pretrain, trainer, providers.Callable(_under, run_dir, config.paradigm.save_to)),
         # A loop of another shape, from the same slots: two lr policies (one per network), the gradient policy, sinks, hooks.
         gan=providers.Factory(_gan_trainer, config.paradigm, config.trainer, config.optimizer, lr_policy, lr_policy,
-                              gradient_policy, providers.Factory(FanOut, run_record, metrics_sink), hooks),
+                              gradient_policy, sink, hooks),
     )

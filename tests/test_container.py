@@ -9,7 +9,8 @@ import torch
 from dependency_injector import containers, providers
 
 from trainwire import (
-    Classification, ConfigError, Constant, CosineWarmRestarts, NeverStop, NoClip, NormClipper, NullSink, PatienceStopper,
+    Classification, ConfigError, Constant, CosineWarmRestarts, FanOut, IsolatedSink, NeverStop, NoClip, NormClipper,
+    NullSink, PatienceStopper,
     Regression, ReduceOnPlateau, Trainer, ValueClipper, WarmupCosine,
 )
 from trainwire.config import GROUPS, SUBGROUPS, compose, options
@@ -32,6 +33,8 @@ EXPECTED = {
     ("paradigm", "supervised"): Supervised, ("paradigm", "pretrain"): Pretrain, ("paradigm", "gan"): GANTrainer,
     ("model", "gan"): GAN, ("model", "gaussian_density"): GaussianDensity, ("objective", "nll"): NegativeLogLikelihood,
 }
+SINKS = {"wandb": "trainwire.sinks.wandb.WandbSink", "tensorboard": "trainwire.sinks.tensorboard.TensorBoardSink",
+         "mlflow": "trainwire.sinks.mlflow.MLflowSink"}
 SLOT = {"lr": "lr_policy", "stopping": "stopping_policy", "gradient": "gradient_policy", "sink": "metrics_sink",
         "optimizer": "optimizer", "objective": "objective", "model": "model", "data": "data",
         "paradigm": "paradigm"}
@@ -44,7 +47,7 @@ def every_option():
 def test_every_group_has_the_required_options():
     required = {
         "lr": {"warmup_cosine", "constant", "cosine_restarts"}, "stopping": {"patience", "none"},
-        "gradient": {"norm_clip", "value_clip", "none"}, "sink": {"null", "wandb"},
+        "gradient": {"norm_clip", "value_clip", "none"}, "sink": {"null", "wandb", "tensorboard", "mlflow"},
         "optimizer": {"adamw", "adam", "sgd"}, "objective": {"classification", "regression"},
     }
     for group, names in required.items():
@@ -58,9 +61,16 @@ def test_every_option_composes_and_builds(group, option, tmp_path, monkeypatch):
     if group == "data" and option == "diabetes":
         overrides.append("objective=regression")
     cfg = compose(overrides)
-    assert cfg[group].type == option
     container = build_container(cfg)
     built = getattr(container, SLOT[group])()
+    if group == "sink":  # a multi-select group: each chosen option is its own node, sink.<option>
+        assert (set(cfg.sink), type(built)) == ((set(), NullSink) if option == "null" else ({option}, FanOut))
+        if option != "null":
+            (isolated,) = built.sinks
+            assert isinstance(isolated, IsolatedSink) and isolated.name == option
+            assert f"{type(isolated.sink).__module__}.{type(isolated.sink).__name__}" == SINKS[option]
+    else:
+        assert cfg[group].type == option
     if (group, option) in EXPECTED:
         assert isinstance(built, EXPECTED[(group, option)])
     assert isinstance(container.trainer(), Trainer)

@@ -18,7 +18,7 @@ def test_import_pulls_in_no_heavy_optional_library_and_configures_nothing():
         "before = (logging.getLogger().handlers[:], structlog.is_configured())\n"
         "import trainwire\n"
         "after = (logging.getLogger().handlers[:], structlog.is_configured())\n"
-        "print(sorted(m for m in ('wandb', 'tensorboard', 'mlflow', 'hydra', 'dependency_injector') if m in sys.modules))\n"
+        "print(sorted(m for m in ('wandb', 'tensorboard', 'mlflow', 'matplotlib', 'hydra', 'dependency_injector') if m in sys.modules))\n"
         "print(before == after)\n"
     )
     assert out.splitlines() == ["[]", "True"]

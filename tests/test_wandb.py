@@ -24,14 +24,24 @@ def run_cli(*args, cwd, env_extra=None):
     return subprocess.run([trainwire, "train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+# Any network call would go to a closed port and fail (or hang until the sink timeout).
+UNREACHABLE = {"WANDB_BASE_URL": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+               "HTTPS_PROXY": "http://127.0.0.1:9", "NO_PROXY": ""}
+
+
 def test_every_metric_reaches_wandb_offline(tmp_path):
+    """With the network unreachable, an offline run completes and leaves a run for `wandb sync`."""
     run_dir = tmp_path / "run"
     done = run_cli(
-        "sink=wandb", "sink.mode=offline", "sink.project=proj", "sink.entity=team", "sink.name=digits-mlp",
+        "sink=wandb", "sink.wandb.mode=offline", "sink.wandb.project=proj", "sink.wandb.entity=team",
+        "sink.wandb.name=digits-mlp",
         "trainer.max_epochs=4", "lr.warmup_epochs=1", "trainer.log_every_n_steps=5", f"hydra.run.dir={run_dir}",
-        cwd=tmp_path, env_extra={"WANDB_DIR": str(tmp_path / "wandb_home")},
+        cwd=tmp_path, env_extra={"WANDB_DIR": str(tmp_path / "wandb_home"), **UNREACHABLE},
     )
     assert done.returncode == 0, done.stderr
+    assert "sink_failed" not in done.stdout + done.stderr
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")  # what `wandb sync` uploads
+    assert list(offline.glob("run-*.wandb"))
     logged = read_run(run_dir)  # the sink puts W&B's files in the run directory
     assert (logged.project, logged.entity, logged.name) == ("proj", "team", "digits-mlp")
     assert logged.config["optimizer"]["type"] == "adamw" and logged.config["trainer"]["max_epochs"] == 4
@@ -52,6 +62,7 @@ def test_every_metric_reaches_wandb_offline(tmp_path):
     assert sum(EPOCH_KEYS <= set(row) for row in rows.values()) == 4
 
     summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["sink/wandb/dropped"] == 0
     assert logged.summary["best_value"] == pytest.approx(summary["best_value"])
     assert logged.summary["avg_epoch_time_s"] == pytest.approx(summary["avg_epoch_time_s"])
     assert logged.summary["best_epoch"] == summary["best_epoch"]
@@ -98,7 +109,7 @@ print("wandb imported:", "wandb" in sys.modules)
 
 
 def test_disabled_mode_makes_every_call_a_no_op(tmp_path):
-    done = run_cli("sink=wandb", "sink.mode=disabled", "trainer.max_epochs=2", "lr.warmup_epochs=1",
+    done = run_cli("sink=wandb", "sink.wandb.mode=disabled", "trainer.max_epochs=2", "lr.warmup_epochs=1",
                    f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert not list((tmp_path / "r").rglob("*.wandb"))

@@ -1,7 +1,7 @@
 """trainwire: a thin PyTorch trainer whose every decision is a swappable strategy.
 
-Importing trainwire imports torch and nothing heavy beyond it: wandb is imported only when a
-``WandbSink`` is built; Hydra and dependency-injector only by the config and container.
+Importing trainwire imports torch and nothing heavy beyond it: wandb, tensorboard and mlflow are
+imported only when their sink is built; Hydra and dependency-injector only by the config and container.
 """
 
 from trainwire.errors import ConfigError
@@ -9,7 +9,7 @@ from trainwire.gradients import GradientPolicy, GradStats, NoClip, NormClipper, 
 from trainwire.hooks import Hook
 from trainwire.lr import Constant, CosineWarmRestarts, LRPolicy, ReduceOnPlateau, WarmupCosine
 from trainwire.objectives import Classification, Objective, Regression
-from trainwire.sinks import FanOut, JsonlSink, MetricsSink, NullSink
+from trainwire.sinks import FanOut, GuardedFanOut, IsolatedSink, JsonlSink, MetricsSink, NullSink
 from trainwire.stopping import NeverStop, PatienceStopper, StoppingPolicy, Verdict
 from trainwire.trainer import FitResult, Trainer, TrainerSettings, TrainState
 
@@ -17,16 +17,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Classification", "ConfigError", "Constant", "CosineWarmRestarts", "FanOut", "FitResult",
-    "GradStats", "GradientPolicy", "Hook", "JsonlSink", "LRPolicy", "MetricsSink", "NeverStop",
+    "GradStats", "GradientPolicy", "GuardedFanOut", "Hook", "IsolatedSink", "JsonlSink", "MLflowSink", "LRPolicy", "MetricsSink", "NeverStop",
     "NoClip", "NormClipper", "NullSink", "Objective", "PatienceStopper", "ReduceOnPlateau",
-    "Regression", "StoppingPolicy", "TrainState", "Trainer", "TrainerSettings", "ValueClipper",
+    "Regression", "StoppingPolicy", "TensorBoardSink", "TrainState", "Trainer", "TrainerSettings", "ValueClipper",
     "Verdict", "WandbSink", "WarmupCosine",
 ]
 
 
 def __getattr__(name: str):
-    if name == "WandbSink":
-        from trainwire.sinks.wandb import WandbSink
+    if name in ("WandbSink", "TensorBoardSink", "MLflowSink"):
+        from trainwire import sinks
 
-        return WandbSink
+        return getattr(sinks, name)
     raise AttributeError(f"module 'trainwire' has no attribute {name!r}")

@@ -10,11 +10,16 @@ import sys
 from pathlib import Path
 
 USAGE = """usage: trainwire train [hydra overrides ...]
+       trainwire plot RUN_DIR [RUN_DIR ...] [-o curves.png]
+       trainwire lr-preview [hydra overrides ...] [-o lr.png]
 
   trainwire train                               train the default job (MLP on the bundled digits)
   trainwire train lr=constant optimizer.lr=0.01 override any key of the config
+  trainwire train sink=[wandb,tensorboard]      several sinks at once (sink.wandb.mode=offline, ...)
   trainwire train --cfg job                     print the composed config
   trainwire train -m optimizer.lr=1e-3,3e-3     a Hydra sweep
+  trainwire plot outputs/a outputs/b -o ab.png  loss, monitored metric, lr and grad norm of runs, as PNG
+  trainwire lr-preview lr.warmup_epochs=5       the lr curve a config would produce, without training
 """
 
 
@@ -27,12 +32,23 @@ def _train_task(cfg) -> None:
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     cfg.run_dir = str(run_dir)
+    _terminate_as_interrupt()
     try:
         logs.configure(cfg.log.format, cfg.log.level, run_id=run_dir.name)
         run(cfg)
     except ConfigError as error:
         print(f"trainwire: error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (a scheduler's stop, `kill`) ends training as Ctrl-C does: sinks close their runs as killed."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _train(overrides: list[str]) -> None:
@@ -53,13 +69,61 @@ def _train(overrides: list[str]) -> None:
     entry()
 
 
+def _split_output(args: list[str], default: str) -> tuple[list[str], str]:
+    """Takes ``-o PATH`` / ``--output PATH`` out of ``args`` (the rest are run dirs or overrides)."""
+    rest, out, index = [], default, 0
+    while index < len(args):
+        if args[index] in ("-o", "--output"):
+            if index + 1 == len(args):
+                raise ValueError(f"{args[index]} needs a path")
+            out, index = args[index + 1], index + 2
+        else:
+            rest.append(args[index])
+            index += 1
+    return rest, out
+
+
+def _plot(args: list[str]) -> None:
+    from trainwire.plots import plot_runs
+
+    run_dirs, out = _split_output(args, "")
+    if not run_dirs:
+        raise ValueError("plot needs at least one run directory")
+    written = plot_runs(run_dirs, out or Path(run_dirs[0]) / "curves.png")
+    print(out or Path(run_dirs[0]) / "curves.png", f"({len(written)} run{'s' if len(written) > 1 else ''})")
+
+
+def _lr_preview(args: list[str]) -> None:
+    from trainwire.config import compose
+    from trainwire.containers import lr_preview
+    from trainwire.plots import plot_lr
+
+    overrides, out = _split_output(args, "lr.png")
+    cfg = compose(overrides)
+    lrs, per_epoch = lr_preview(cfg)
+    plot_lr(lrs, out, steps_per_epoch=per_epoch,
+            title=f"lr={cfg.lr.get('type', 'custom')}, optimizer.lr={cfg.optimizer.get('lr')}, "
+                  f"{len(lrs)} steps over {cfg.trainer.max_epochs} epochs")
+    print(out, f"(lr from {lrs[0]:.3g} to {lrs[-1]:.3g}, peak {max(lrs):.3g})")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
         sys.exit(0 if args else 2)
     command, rest = args[0], args[1:]
-    if command != "train":
+    if command == "train":
+        _train(rest)
+        return
+    tools = {"plot": _plot, "lr-preview": _lr_preview}
+    if command not in tools:
         print(f"trainwire: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         sys.exit(2)
-    _train(rest)
+    from trainwire.errors import ConfigError
+
+    try:
+        tools[command](rest)
+    except (ConfigError, ValueError) as error:
+        print(f"trainwire: error: {error}", file=sys.stderr)
+        sys.exit(2)

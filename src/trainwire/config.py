@@ -92,11 +92,8 @@ class NoClipConfig:
 
 
 # sink ----------------------------------------------------------------------------------------
-@dataclass
-class NullSinkConfig:
-    type: str = "null"
-
-
+# ``sink`` is a multi-select group: each chosen option adds its own node, ``sink.<option>``
+# (``sink=[wandb,tensorboard]``); ``sink=null`` (the default) adds none.
 @dataclass
 class WandbSinkConfig:
     type: str = "wandb"
@@ -106,6 +103,22 @@ class WandbSinkConfig:
     mode: str = "online"
     tags: list[str] = field(default_factory=list)
     dir: Optional[str] = None  # null: the run directory
+
+
+@dataclass
+class TensorBoardSinkConfig:
+    type: str = "tensorboard"
+    log_dir: Optional[str] = None  # null: <run_dir>/tensorboard
+    flush_secs: int = 30
+
+
+@dataclass
+class MLflowSinkConfig:
+    type: str = "mlflow"
+    tracking_uri: Optional[str] = None  # null: sqlite:///<run_dir>/mlflow.db
+    experiment: str = "trainwire"
+    run_name: Optional[str] = None
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 # optimizer -----------------------------------------------------------------------------------
@@ -301,12 +314,16 @@ class LogConfig:
 class TrainConfig:
     seed: int = 0
     run_dir: Optional[str] = None  # the CLI sets the Hydra run directory
+    sink_timeout_s: float = 60.0  # a sink call running longer than this is abandoned (ADR 0010)
+    progress: str = "auto"  # the progress bar: auto (on a terminal), always, never
+    stage: Optional[str] = None  # a prefix for every metric and summary key of this run (pre -> pre/train/loss)
+    metrics_every: dict[str, int] = field(default_factory=dict)  # validation metric -> every N epochs
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
     log: LogConfig = field(default_factory=LogConfig)
     lr: Any = MISSING
     stopping: Any = MISSING
     gradient: Any = MISSING
-    sink: Any = MISSING
+    sink: Any = field(default_factory=dict)  # name -> that sink's node
     optimizer: Any = MISSING
     objective: Any = MISSING
     model: Any = MISSING
@@ -318,12 +335,15 @@ class TrainConfig:
     freeze_base: bool = False
 
 
+PROGRESS = ("auto", "always", "never")
+MULTI_SELECT = ("sink",)  # groups whose options are combined (sink=[a,b]) rather than one chosen
+
 SCHEMAS: dict[str, dict[str, type]] = {
     "lr": {"warmup_cosine": WarmupCosineConfig, "constant": ConstantLRConfig,
            "cosine_restarts": CosineRestartsConfig, "plateau": PlateauConfig},
     "stopping": {"patience": PatienceConfig, "none": NoStoppingConfig},
     "gradient": {"norm_clip": NormClipConfig, "value_clip": ValueClipConfig, "none": NoClipConfig},
-    "sink": {"null": NullSinkConfig, "wandb": WandbSinkConfig},
+    "sink": {"wandb": WandbSinkConfig, "tensorboard": TensorBoardSinkConfig, "mlflow": MLflowSinkConfig},
     "optimizer": {"adamw": AdamWConfig, "adam": AdamConfig, "sgd": SGDConfig},
     "objective": {"classification": ClassificationConfig, "regression": RegressionConfig,
                   "masked_reconstruction": MaskedReconstructionConfig, "nll": NLLConfig,
@@ -363,22 +383,40 @@ CHOICE_GROUPS = (*GROUPS, *SUBGROUPS, "experiment")
 _DOTTED_SUBGROUPS = {group.replace("/", "."): group for group in SUBGROUPS}
 
 
+# W&B is the common tracker: its keys may be written at the sink level, as the foundation named them.
+_WANDB_SHORTHANDS = {f"sink.{key}" for key in ("project", "entity", "name", "mode", "tags", "dir")}
+
+
 def check_choices(overrides: list[str]) -> list[str]:
     """Checks that each override that picks a group option names one that exists; returns them ready for Hydra.
 
     Hydra would fail too, but over several lines; this names the key, the value and the
     choices in one. ``sink=null`` is quoted on the way, because Hydra reads a bare null as "no
-    option" for a group.
+    option" for a group. A multi-select group takes a list: ``sink=[wandb,tensorboard]``.
+    ``sink.project``, ``sink.entity``, ``sink.name``, ``sink.mode``, ``sink.tags`` and ``sink.dir``
+    are short for the W&B sink's ``sink.wandb.*`` keys.
     """
     if any(override.startswith(("hydra.searchpath", "+hydra.searchpath")) for override in overrides):
         return overrides  # the user's own config folders may add options: Hydra judges those
     checked = []
     for override in overrides:
         key, sep, value = override.lstrip("+~").partition("=")
+        if sep and key in _WANDB_SHORTHANDS:  # sink.mode=offline reads as sink.wandb.mode=offline
+            key = f"sink.wandb.{key.partition('.')[2]}"
+            override = override[: len(override) - len(override.lstrip("+~"))] + f"{key}={value}"
         if sep and key.replace("/", ".") in _DOTTED_SUBGROUPS and re.fullmatch(r"[\w,'\"]+", value):
             # `objective.loss=huber` reads as the issue wrote it; Hydra selects a nested group as `objective/loss`.
             key = _DOTTED_SUBGROUPS[key.replace("/", ".")]
             override = override[: len(override) - len(override.lstrip("+~"))] + f"{key}={value}"
+        if sep and key in MULTI_SELECT and value.startswith("[") and value.endswith("]"):
+            valid = options(key)
+            choices = [choice.strip().strip("'\"") for choice in value[1:-1].split(",") if choice.strip()]
+            for choice in choices:
+                if choice not in valid or choice == "null":
+                    raise ConfigError(f"{key}={choice!r} is not an option; choose some of: "
+                                      f"{', '.join(v for v in valid if v != 'null')}")
+            checked.append(f"{override.partition('=')[0]}=[" + ",".join(f"'{c}'" for c in choices) + "]")
+            continue
         if sep and key in CHOICE_GROUPS and not any(mark in value for mark in "${[("):  # not sweep functions
             choices = [choice.strip("'\"") for choice in value.split(",")]  # a,b is a multirun sweep
             valid = options(key)

@@ -90,3 +90,90 @@ class RecordingHook:
             self.events.append((name, state.epoch, state.step))
 
         return record
+
+
+class FailingSink(RecordingSink):
+    """Raises ``error`` on its ``after + 1``-th call to ``on`` (start, log, summary or finish); records the rest."""
+
+    name = "failing"
+
+    def __init__(self, on: str = "log", *, after: int = 0, error: Exception | None = None) -> None:
+        super().__init__()
+        if on not in ("start", "log", "summary", "finish"):
+            raise ValueError(f"on={on!r} is not one of start, log, summary, finish")
+        self.on, self.after = on, after
+        self.error = error or RuntimeError(f"{self.name} sink: {on} failed")
+        self.calls = 0
+
+    def _maybe_fail(self, call: str) -> None:
+        if call == self.on:
+            self.calls += 1
+            if self.calls > self.after:
+                raise self.error
+
+    def start(self) -> None:
+        self._maybe_fail("start")
+        super().start()
+
+    def log(self, metrics: Mapping[str, float], *, step: int, epoch: int) -> None:
+        self._maybe_fail("log")
+        super().log(metrics, step=step, epoch=epoch)
+
+    def summary(self, values: Mapping[str, Any]) -> None:
+        self._maybe_fail("summary")
+        super().summary(values)
+
+    def finish(self, status: str = "finished") -> None:
+        self._maybe_fail("finish")
+        super().finish(status)
+
+
+class BlockingSink(RecordingSink):
+    """Blocks for ``seconds`` (or until ``release()``) in its first call to ``on``, as a hung network call would."""
+
+    name = "blocking"
+
+    def __init__(self, seconds: float = 60.0, on: str = "log") -> None:
+        import threading
+
+        super().__init__()
+        self.seconds, self.on = seconds, on
+        self._released = threading.Event()
+        self.blocked = 0
+
+    def release(self) -> None:
+        """Lets a blocked call return (tests call it so no thread outlives them)."""
+        self._released.set()
+
+    def _maybe_block(self, call: str) -> None:
+        if call == self.on and not self.blocked:
+            self.blocked += 1
+            self._released.wait(self.seconds)
+
+    def start(self) -> None:
+        self._maybe_block("start")
+        super().start()
+
+    def log(self, metrics: Mapping[str, float], *, step: int, epoch: int) -> None:
+        self._maybe_block("log")
+        super().log(metrics, step=step, epoch=epoch)
+
+    def summary(self, values: Mapping[str, Any]) -> None:
+        self._maybe_block("summary")
+        super().summary(values)
+
+    def finish(self, status: str = "finished") -> None:
+        self._maybe_block("finish")
+        super().finish(status)
+
+
+class MissingLibrarySink(RecordingSink):
+    """A sink whose library is not installed: building it raises ImportError, as WandbSink would without wandb."""
+
+    name = "missing"
+
+    def __init__(self, module: str = "trainwire_no_such_library") -> None:
+        import importlib
+
+        importlib.import_module(module)
+        super().__init__()

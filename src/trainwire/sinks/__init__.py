@@ -1,16 +1,27 @@
 """Metrics sinks: the MetricsSink port and where metrics can go."""
 
 from trainwire.sinks.base import FanOut, MetricsSink, NullSink
+from trainwire.sinks.isolation import GuardedFanOut, IsolatedSink
 from trainwire.sinks.jsonl import JsonlSink
+from trainwire.sinks.stages import PrefixedSink, Stages
 
-__all__ = ["FanOut", "JsonlSink", "MetricsSink", "NullSink", "WandbSink"]
+__all__ = [
+    "FanOut", "GuardedFanOut", "IsolatedSink", "JsonlSink", "MLflowSink", "MetricsSink", "NullSink",
+    "PrefixedSink", "Stages", "TensorBoardSink", "WandbSink",
+]
+
+# Their modules are light, but keeping them out of the import path makes "wandb, tensorboard
+# and mlflow are never imported unless used" easy to see.
+_LAZY = {
+    "WandbSink": "trainwire.sinks.wandb",
+    "TensorBoardSink": "trainwire.sinks.tensorboard",
+    "MLflowSink": "trainwire.sinks.mlflow",
+}
 
 
 def __getattr__(name: str):
-    # WandbSink's module is light, but keeping it out of the import path makes "wandb is
-    # never imported unless used" easy to see.
-    if name == "WandbSink":
-        from trainwire.sinks.wandb import WandbSink
+    if name in _LAZY:
+        import importlib
 
-        return WandbSink
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(name)

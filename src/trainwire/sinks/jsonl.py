@@ -40,6 +40,7 @@ class JsonlSink(MetricsSink):
         self.run_dir = Path(run_dir)
         self.config_yaml = config_yaml
         self._file: IO[str] | None = None
+        self._summary: dict[str, Any] = {}
 
     @property
     def metrics_path(self) -> Path:
@@ -50,6 +51,7 @@ class JsonlSink(MetricsSink):
         return self.run_dir / "summary.json"
 
     def start(self) -> None:
+        self._summary = {}
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.config_yaml is not None:
             write_atomic(self.run_dir / "config.yaml", self.config_yaml)
@@ -62,8 +64,9 @@ class JsonlSink(MetricsSink):
         self._file.flush()
 
     def summary(self, values: Mapping[str, Any]) -> None:
-        clean = {key: _json_value(value) for key, value in values.items()}
-        write_atomic(self.summary_path, json.dumps(clean, indent=2, sort_keys=True) + "\n")
+        # Several calls (the stages of one run, each under its prefix) add up to one summary.
+        self._summary.update((key, _json_value(value)) for key, value in values.items())
+        write_atomic(self.summary_path, json.dumps(self._summary, indent=2, sort_keys=True) + "\n")
 
     def finish(self, status: str = "finished") -> None:
         if self._file is not None:

@@ -1,0 +1,48 @@
+"""Metric frequency: cheap validation metrics every epoch, expensive ones every N epochs."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from torch import Tensor, nn
+
+from trainwire.errors import ConfigError
+from trainwire.objectives import Objective
+
+
+class ScheduledMetrics(Objective):
+    """Wraps an Objective so that metric ``name`` is reported only every ``every[name]`` epochs.
+
+    ``metrics_due(epoch)`` says which metrics an epoch computes: those listed with
+    ``epoch % n == 0`` (epoch 0 computes them all), every unlisted one, and ``loss`` always.
+    The Trainer calls ``evaluate`` once per epoch, so the n-th call is epoch n - 1.
+    An objective whose ``evaluate`` takes an ``only`` keyword gets the due names and can skip
+    the work; with any other the metrics are computed and those not due are left out.
+    """
+
+    def __init__(self, objective: Objective, every: Mapping[str, int]) -> None:
+        for name, n in every.items():
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                raise ConfigError(f"metrics_every.{name}={n!r} must be an integer >= 1")
+        if every.get("loss", 1) != 1:
+            raise ConfigError(f"metrics_every.loss={every['loss']!r}: the validation loss is computed every epoch")
+        self.objective, self.every = objective, dict(every)
+        self._passes_only = "only" in inspect.signature(objective.evaluate).parameters
+        self.evaluations = 0
+
+    def metrics_due(self, epoch: int) -> set[str]:
+        """The listed metrics due at ``epoch`` (unlisted metrics are always due)."""
+        return {name for name, n in self.every.items() if epoch % n == 0} | {"loss"}
+
+    def training_loss(self, model: nn.Module, batch: Any) -> Tensor:
+        return self.objective.training_loss(model, batch)
+
+    def evaluate(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
+        due = self.metrics_due(self.evaluations)
+        self.evaluations += 1
+        if self._passes_only:
+            return self.objective.evaluate(model, batches, only=due)
+        measured = self.objective.evaluate(model, batches)
+        return {name: value for name, value in measured.items() if name not in self.every or name in due}
