@@ -15,6 +15,7 @@ from dependency_injector import containers, providers
 
 from trainwire import data as datasets
 from trainwire import gradients, lr, objectives, stopping
+from trainwire.checkpoints import LocalCheckpointStore
 from trainwire.models import MLP
 from trainwire.optim import optimizer_factory
 from trainwire.sinks import FanOut, JsonlSink, NullSink
@@ -47,6 +48,10 @@ def _loaders(load: Any, node: dict[str, Any], seed: int) -> datasets.Loaders:
 def _run_dir(configured: str | None) -> Path:
     # The CLI always passes Hydra's run directory; a Python caller who set none gets a fresh one.
     return Path(configured) if configured else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+def _checkpoint_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
 
 
 def _wandb_sink(node: dict[str, Any], config: dict[str, Any], run_dir: Path) -> Any:
@@ -90,6 +95,10 @@ class TrainerContainer(containers.DeclarativeContainer):
         wandb=providers.Factory(_wandb_sink, config.sink, config, run_dir),
     )
     run_record = providers.Factory(JsonlSink, run_dir=run_dir, config_yaml=providers.Callable(_yaml, config))
+    checkpoint_store = providers.Factory(
+        LocalCheckpointStore, directory=providers.Callable(_checkpoint_dir, run_dir),
+        keep_last=config.trainer.keep_last, config_yaml=providers.Callable(_yaml, config),
+    )
     optimizer = _slot(
         config.optimizer,
         adamw=providers.Factory(_build, optimizer_factory, config.optimizer, type="adamw"),
@@ -119,5 +128,6 @@ class TrainerContainer(containers.DeclarativeContainer):
         stopping_policy=stopping_policy,
         gradient_policy=gradient_policy,
         sink=providers.Factory(FanOut, run_record, metrics_sink),
+        checkpoints=checkpoint_store,
         hooks=hooks,
     )

@@ -17,7 +17,7 @@ from trainwire.errors import ConfigError
 
 
 class GradStats:
-    """Gradient norms of one optimizer step: ``norm`` before the policy acted, ``clipped_norm`` after."""
+    """Gradient norms of one optimizer step: ``norm`` before the policy acted, ``clipped_norm`` after; ``finite``."""
 
     __slots__ = ("norm", "_max_norm", "_clipped")
 
@@ -25,6 +25,14 @@ class GradStats:
         self.norm = norm
         self._max_norm = max_norm
         self._clipped = clipped
+
+    @property
+    def finite(self) -> Tensor:
+        """A 0-d bool tensor: every gradient is finite (a NaN or inf anywhere makes the total norm non-finite).
+
+        Stays on the device; whoever reads it as a bool pays the sync.
+        """
+        return torch.isfinite(self.norm)
 
     @property
     def clipped_norm(self) -> Tensor:

@@ -1,0 +1,137 @@
+"""What a checkpoint holds, and putting it back: the union of every stateful part's ``state_dict``.
+
+The Trainer calls ``capture`` at a step boundary (gradients are zero there, so no partial
+accumulation window needs saving) and ``restore`` before its first batch. Everything in a
+checkpoint is a tensor or a plain container, so it loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from trainwire.errors import CheckpointError, NonFiniteError
+
+if TYPE_CHECKING:
+    from trainwire.precision import Precision
+    from trainwire.trainer import Trainer, TrainState
+
+FORMAT = 1
+COMPONENTS = ("format", "model", "optimizer", "lr_policy", "precision", "stopping", "gradients", "rng", "sampler",
+              "position", "counters", "history", "best_model", "epoch_losses", "versions")
+
+
+@dataclass
+class Progress:
+    """What the loop has produced beyond the counters; ``epoch``/``batch`` is the next batch to run."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_model: dict[str, Tensor] | None = None
+    epoch_losses: list[Tensor] = field(default_factory=list)  # this epoch's detached micro-batch losses
+    epoch: int = 0
+    batch: int = 0
+    stop_reason: str | None = None  # set once the stopping policy has ended the run
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator the loop may draw from: python, numpy (when importable), torch, CUDA."""
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    try:
+        import numpy
+    except ImportError:
+        pass
+    else:
+        kind, keys, pos, has_gauss, gauss = numpy.random.get_state(legacy=True)
+        state["numpy"] = [kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, gauss]
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    if "numpy" in state:
+        try:
+            import numpy
+        except ImportError:
+            pass
+        else:
+            kind, keys, pos, has_gauss, gauss = state["numpy"]
+            numpy.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        trainwire = version("trainwire")
+    except PackageNotFoundError:
+        trainwire = "unknown"
+    return {"trainwire": trainwire, "torch": str(torch.__version__)}  # TorchVersion is not a plain str
+
+
+def capture(trainer: Trainer, state: TrainState, precision: Precision, progress: Progress,
+            sampler: Any = None) -> dict[str, Any]:
+    """The whole training state at a step boundary. Refuses (NonFiniteError) when a parameter is not finite."""
+    model = state.model
+    finite = torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all()
+    if not bool(finite):  # a sync, once per checkpoint: never let a diverged model overwrite a good one
+        raise NonFiniteError("the model has non-finite parameters; refusing to save them as a checkpoint")
+    cpu = lambda tensors: {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}  # noqa: E731
+    losses = torch.stack(progress.epoch_losses).cpu() if progress.epoch_losses else torch.zeros(0)
+    return {
+        "format": FORMAT,
+        "model": cpu(model.state_dict()),
+        "optimizer": state.optimizer.state_dict(),
+        "lr_policy": trainer.lr_policy.state_dict(),
+        "precision": precision.state_dict(),
+        "stopping": trainer.stopping.state_dict(),
+        "gradients": trainer.gradients.state_dict(),
+        "rng": rng_state(),
+        "sampler": sampler.state_dict() if sampler is not None else {},
+        "position": {"epoch": progress.epoch, "batch": progress.batch},
+        "counters": {"step": state.step, "skipped_steps": state.skipped_steps, "bad_steps": state.bad_steps,
+                     "stop_reason": progress.stop_reason},
+        "history": progress.history,
+        "best_model": progress.best_model,
+        "epoch_losses": losses,
+        "versions": _versions(),
+    }
+
+
+def restore(checkpoint: dict[str, Any], trainer: Trainer, state: TrainState, precision: Precision,
+            sampler: Any = None, *, name: str = "checkpoint") -> Progress:
+    """Puts every part back; checks that every component is present before touching any of them."""
+    missing = [key for key in COMPONENTS if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{name} lacks {', '.join(missing)}; refusing to resume from part of a state")
+    if checkpoint["format"] != FORMAT:
+        raise CheckpointError(f"{name} has format {checkpoint['format']}; this trainwire reads format {FORMAT}")
+    state.model.load_state_dict(checkpoint["model"])
+    state.optimizer.load_state_dict(checkpoint["optimizer"])
+    trainer.lr_policy.load_state_dict(checkpoint["lr_policy"])
+    precision.load_state_dict(checkpoint["precision"])
+    trainer.stopping.load_state_dict(checkpoint["stopping"])
+    trainer.gradients.load_state_dict(checkpoint["gradients"])
+    if sampler is not None and checkpoint["sampler"]:
+        sampler.load_state_dict(checkpoint["sampler"])
+    set_rng_state(checkpoint["rng"])
+    counters, position = checkpoint["counters"], checkpoint["position"]
+    state.step, state.skipped_steps, state.bad_steps = counters["step"], counters["skipped_steps"], counters["bad_steps"]
+    state.epoch = position["epoch"]
+    return Progress(
+        history=list(checkpoint["history"]),
+        best_model=checkpoint["best_model"],
+        epoch_losses=list(checkpoint["epoch_losses"].to(precision.device).unbind()),
+        epoch=position["epoch"],
+        batch=position["batch"],
+        stop_reason=counters["stop_reason"],
+    )
