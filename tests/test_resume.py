@@ -1,0 +1,287 @@
+"""Resuming through the Trainer: exact continuation, signals, refusing bad checkpoints, non-finite steps."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import signal
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from conftest import blobs, make_trainer
+from trainwire import Classification, PatienceStopper, TrainerSettings, WarmupCosine
+from trainwire.checkpoints import LocalCheckpointStore, read_checkpoint
+from trainwire.data import ResumableSampler
+from trainwire.lr import preview
+from trainwire.errors import CheckpointError, ConfigError, NonFiniteError, TrainingInterrupted
+from trainwire.testing import RecordingSink
+
+EPOCHS = 3
+
+
+def loaders(seed: int = 0):
+    x, y = blobs(n=200, seed=seed)
+    generator = torch.Generator()
+    sampler = ResumableSampler(160, 16, seed=seed, generator=generator)  # 10 batches an epoch
+    train = DataLoader(TensorDataset(x[:160], y[:160]), batch_sampler=sampler, generator=generator)
+    return train, DataLoader(TensorDataset(x[160:], y[160:]), batch_size=40)
+
+
+def dropout_model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)  # dropout draws from the global RNG: resume must restore it exactly
+    return torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(32, 3))
+
+
+def trainer(directory, *, resume=None, sink=None, hooks=(), store=None, stopper=None, **settings):
+    options = dict(max_epochs=EPOCHS, accumulate_steps=2, device="cpu", log_every_n_steps=1,
+                   checkpoint_every=1, checkpoint_every_n_steps=2, resume=resume)
+    options.update(settings)
+    return make_trainer(
+        optimizer=functools.partial(torch.optim.AdamW, lr=0.01),
+        lr_policy=WarmupCosine(warmup_steps=4, min_lr=1e-4),
+        stopping_policy=stopper or PatienceStopper(monitor="val/loss", patience=50),
+        settings=TrainerSettings(**options), sink=sink or RecordingSink(), hooks=hooks,
+        checkpoints=store or LocalCheckpointStore(directory, keep_last=2),
+    )
+
+
+def fit(directory, *, model_seed=0, **kwargs):
+    sink = kwargs.setdefault("sink", RecordingSink())
+    model = dropout_model(model_seed)
+    train, val = loaders()
+    result = trainer(directory, **kwargs).fit(model, train, val)
+    return model, result, sink
+
+
+class Crash:
+    """Raises at one micro-batch: a crash at an arbitrary point, mid accumulation window included."""
+
+    def __init__(self, epoch: int, batch: int, action=None) -> None:
+        self.at, self.action = (epoch, batch), action
+
+    def on_batch_end(self, state, loss):
+        if (state.epoch, state.batch) == self.at:
+            if self.action is None:
+                raise RuntimeError("crash")
+            self.action()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    model, result, sink = fit(tmp_path_factory.mktemp("reference"))
+    return {k: v.clone() for k, v in model.state_dict().items()}, result, dict(sink.series("train/loss"))
+
+
+def assert_same_run(reference, model, result, sinks):
+    params, expected, losses = reference
+    assert all(torch.equal(params[k], v) for k, v in model.state_dict().items())
+    assert [h["val/loss"] for h in result.history] == [h["val/loss"] for h in expected.history]
+    assert result.steps == expected.steps and result.best_epoch == expected.best_epoch
+    seen = {}
+    for sink in sinks:  # replayed steps must repeat exactly too
+        for step, value in sink.series("train/loss"):
+            assert value == losses[step], step
+            seen[step] = value
+    assert seen == losses
+
+
+@pytest.mark.parametrize(("epoch", "batch"), [(0, 4), (1, 7), (2, 0)])
+def test_a_crashed_run_resumed_from_auto_matches_the_uninterrupted_run_exactly(tmp_path, reference, epoch, batch):
+    crashed = RecordingSink()
+    with pytest.raises(RuntimeError, match="crash"):
+        fit(tmp_path, sink=crashed, hooks=[Crash(epoch, batch)])
+    first = read_checkpoint(tmp_path / "last.pt")
+    model, result, sink = fit(tmp_path, model_seed=99, resume="auto")  # a different init: all of it comes back
+    assert result.epochs_completed == EPOCHS
+    assert_same_run(reference, model, result, [crashed, sink])
+    assert first["position"]["epoch"] == epoch
+
+
+def test_sigterm_finishes_the_step_saves_and_resumes_exactly(tmp_path, reference):
+    crashed = RecordingSink()
+    previous = signal.getsignal(signal.SIGTERM)
+    kill = Crash(1, 4, action=lambda: os.kill(os.getpid(), signal.SIGTERM))  # first micro-batch of a window
+    with pytest.raises(TrainingInterrupted) as interrupted:
+        fit(tmp_path, sink=crashed, hooks=[kill], checkpoint_every_n_steps=None)
+    assert interrupted.value.exit_code == 143
+    assert crashed.status == "killed"
+    assert signal.getsignal(signal.SIGTERM) is previous  # fit leaves no handler behind
+    saved = read_checkpoint(tmp_path / "last.pt")
+    assert saved["position"] == {"epoch": 1, "batch": 6}  # the window of batches 4 and 5 was finished first
+    assert saved["counters"]["step"] == 5 + 3
+    model, result, sink = fit(tmp_path, resume="auto", checkpoint_every_n_steps=None)
+    assert_same_run(reference, model, result, [crashed, sink])
+
+
+class ImpatientStore(LocalCheckpointStore):
+    """Sends SIGINT to this process in the middle of a save: after the data is written, before the commit."""
+
+    def __init__(self, directory) -> None:
+        super().__init__(directory)
+        self.armed = False
+
+    def _write_manifest(self, manifest):
+        if self.armed and manifest["pending"]:
+            self.armed = False
+            os.kill(os.getpid(), signal.SIGINT)
+        super()._write_manifest(manifest)
+
+
+def test_a_second_signal_during_the_save_corrupts_nothing(tmp_path, reference):
+    store = ImpatientStore(tmp_path)
+
+    def first_signal():
+        store.armed = True
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted) as interrupted:
+        fit(tmp_path, store=store, hooks=[Crash(0, 5, action=first_signal)])
+    assert interrupted.value.exit_code == 143  # the first signal decides
+    assert not store.armed  # the SIGINT really arrived during the save
+    assert store.latest() == "last" and read_checkpoint(tmp_path / "last.pt")["position"] == {"epoch": 0, "batch": 6}
+    model, result, sink = fit(tmp_path, resume="auto")
+    assert all(torch.equal(reference[0][k], v) for k, v in model.state_dict().items())
+
+
+def test_a_corrupt_checkpoint_fails_by_name_before_anything_is_touched(tmp_path):
+    fit(tmp_path, max_epochs=1)
+    path = tmp_path / "last.pt"
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.unlink()
+    path.write_bytes(bytes(data))
+    model, sink = dropout_model(5), RecordingSink()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(CheckpointError, match=r"last\.pt is corrupt or truncated"):
+        trainer(tmp_path / "other", resume=str(path), sink=sink).fit(model, *loaders())
+    assert not sink.started
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_checkpoint_missing_a_component_fails_loudly(tmp_path):
+    fit(tmp_path, max_epochs=1)
+    partial = read_checkpoint(tmp_path / "last.pt")
+    del partial["rng"], partial["optimizer"]
+    store = LocalCheckpointStore(tmp_path / "partial")
+    store.save(partial, ["last"], meta={"epoch": 1, "batch": 0, "step": 5})
+    model, sink = dropout_model(5), RecordingSink()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(CheckpointError, match=r"lacks optimizer, rng; refusing to resume from part of a state"):
+        trainer(tmp_path / "partial", resume="auto", sink=sink, store=store).fit(model, *loaders())
+    assert not sink.started
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_resume_auto_with_no_checkpoint_starts_fresh(tmp_path, reference):
+    model, result, _ = fit(tmp_path, resume="auto")
+    assert all(torch.equal(reference[0][k], v) for k, v in model.state_dict().items())
+
+
+def test_an_early_stopped_run_resumes_as_stopped(tmp_path):
+    goal = lambda: PatienceStopper(monitor="val/accuracy", mode="max", goal=0.5, patience=50)  # noqa: E731
+    _, first, _ = fit(tmp_path, max_epochs=10, stopper=goal())
+    assert first.stop_reason == "goal" and first.epochs_completed < 10
+    _, second, sink = fit(tmp_path, max_epochs=10, stopper=goal(), resume="auto")
+    assert (second.stop_reason, second.epochs_completed, second.steps) == ("goal", first.epochs_completed, first.steps)
+    assert not sink.series("train/loss")  # nothing was trained again
+
+
+def test_settings_are_checked_with_the_key_and_value():
+    for kwargs, message in [
+        ({"checkpoint_every": 0}, "trainer.checkpoint_every=0 must be an integer >= 1"),
+        ({"checkpoint_every_n_steps": 0}, "trainer.checkpoint_every_n_steps=0 must be an integer >= 1"),
+        ({"keep_last": -1}, "trainer.keep_last=-1 must be an integer >= 1"),
+        ({"max_nonfinite": 0}, "trainer.max_nonfinite=0 must be an integer >= 1"),
+        ({"nonfinite": "ignore"}, "trainer.nonfinite='ignore' is not one of skip, raise"),
+        ({"resume": " "}, "trainer.resume=' ' must be null, 'auto' or a checkpoint path"),
+    ]:
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+            TrainerSettings(**kwargs)
+    with pytest.raises(ConfigError, match=r"trainer.resume='auto' needs a checkpoint store"):
+        make_trainer(settings=TrainerSettings(resume="auto", device="cpu")).fit(dropout_model(), loaders()[0])
+
+
+# non-finite steps ------------------------------------------------------------------------------
+class PoisonedLoss(Classification):
+    """Returns a NaN loss on the listed micro-batch calls (counted from 0), or on all of them."""
+
+    def __init__(self, calls=None) -> None:
+        super().__init__()
+        self.calls, self.count = calls, 0
+
+    def training_loss(self, model, batch):
+        loss = super().training_loss(model, batch)
+        poisoned = self.calls is None or self.count in self.calls
+        self.count += 1
+        return loss * float("nan") if poisoned else loss
+
+
+def plain_fit(objective, sink=None, hooks=(), **settings):
+    options = dict(max_epochs=2, device="cpu", log_every_n_steps=1)
+    options.update(settings)
+    model = dropout_model()
+    train, val = loaders()
+    result = make_trainer(objective=objective, settings=TrainerSettings(**options), sink=sink or RecordingSink(),
+                          lr_policy=WarmupCosine(warmup_steps=3), hooks=hooks,
+                          stopping_policy=PatienceStopper(patience=50)).fit(model, train, val)
+    return model, result
+
+
+def test_nonfinite_skip_skips_the_optimizer_and_schedule_step_and_counts_it():
+    params_seen = []
+
+    class Watch:
+        def on_batch_end(self, state, loss):
+            params_seen.append([p.detach().clone() for p in state.model.parameters()])
+
+    sink = RecordingSink()
+    model, result = plain_fit(PoisonedLoss({3, 4, 12}), sink=sink, hooks=[Watch()])
+    assert result.steps == 20 - 3
+    skips = [(r.step, r.metrics["train/skipped_steps"]) for r in sink.records if "train/epoch_loss" not in r.metrics
+             and "train/skipped_steps" in r.metrics]
+    assert skips == [(3, 1), (3, 2), (10, 3)]  # logged when they happen, at the step count reached so far
+    assert result.history[-1]["train/skipped_steps"] == 3
+    # The poisoned micro-batch 3 left the weights as they were for micro-batch 4.
+    assert all(torch.equal(a, b) for a, b in zip(params_seen[3], params_seen[4]))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    # The schedule waits on skipped steps: taken step k used the lr of scheduled step k.
+    expected = preview(WarmupCosine(warmup_steps=3), lr=0.1, steps_per_epoch=10, max_epochs=2)[:17]
+    assert [lr for _, lr in sink.series("train/lr")] == pytest.approx(expected)
+
+
+def test_nonfinite_skip_stops_after_k_in_a_row():
+    sink = RecordingSink()
+    with pytest.raises(NonFiniteError, match=r"3 optimizer steps in a row .*trainer.max_nonfinite=3"):
+        plain_fit(PoisonedLoss(), sink=sink, max_nonfinite=3)
+    assert sink.status == "failed"
+    assert [value for _, value in sink.series("train/skipped_steps")] == [1, 2, 3]
+
+
+def test_nonfinite_raise_stops_at_once():
+    with pytest.raises(NonFiniteError, match=r"trainer.nonfinite=raise"):
+        plain_fit(PoisonedLoss({2}), nonfinite="raise")
+
+
+def test_non_finite_parameters_are_never_saved(tmp_path):
+    class Diverge:
+        def on_epoch_end(self, state, metrics):
+            if state.epoch == 1:
+                with torch.no_grad():
+                    next(state.model.parameters())[0, 0] = float("inf")
+
+    with pytest.raises(NonFiniteError, match="refusing to save"):
+        fit(tmp_path, hooks=[Diverge()])
+    saved = read_checkpoint(tmp_path / "last.pt")
+    assert saved["position"] == {"epoch": 1, "batch": 10}  # the last good one, written mid epoch 1
+    assert all(torch.isfinite(v).all() for v in saved["model"].values())
+
+
+def test_a_non_finite_value_is_never_the_best():
+    stopper = PatienceStopper(monitor="val/loss", patience=5)
+    stopper.update(0, {"val/loss": 1.0})
+    assert not stopper.update(1, {"val/loss": float("nan")}).improved
+    assert not stopper.update(2, {"val/loss": float("-inf")}).improved
+    assert stopper.best_value == 1.0 and stopper.best_epoch == 0
