@@ -285,3 +285,29 @@ def test_a_non_finite_value_is_never_the_best():
     assert not stopper.update(1, {"val/loss": float("nan")}).improved
     assert not stopper.update(2, {"val/loss": float("-inf")}).improved
     assert stopper.best_value == 1.0 and stopper.best_epoch == 0
+
+
+def test_the_sampler_fast_forwards_without_loading_the_skipped_batches():
+    loaded = []
+
+    class Counting(torch.utils.data.Dataset):
+        def __len__(self):
+            return 100
+
+        def __getitem__(self, index):
+            loaded.append(index)
+            return torch.tensor([float(index)])
+
+    def epoch(number, start=0):
+        sampler = ResumableSampler(100, 8, seed=7)
+        loader = DataLoader(Counting(), batch_sampler=sampler)
+        from trainwire.data import epoch_batches
+
+        return [batch.flatten().long().tolist() for batch in epoch_batches(loader, number, start)]
+
+    full = epoch(3)
+    assert len(full) == 13 and sorted(sum(full, [])) == list(range(100))
+    assert epoch(3) == full and epoch(4) != full  # the order is a function of seed and epoch only
+    loaded.clear()
+    assert epoch(3, start=10) == full[10:]
+    assert len(loaded) == 100 - 80  # only the 3 batches after the skipped 10 were read
