@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from trainwire.errors import CheckpointError, NonFiniteError
+from trainwire.checkpoints import CheckpointStore, read_checkpoint
+from trainwire.errors import CheckpointError, ConfigError, NonFiniteError
 
 if TYPE_CHECKING:
     from trainwire.precision import Precision
@@ -105,6 +106,23 @@ def capture(trainer: Trainer, state: TrainState, precision: Precision, progress:
         "epoch_losses": losses,
         "versions": _versions(),
     }
+
+
+def find(resume: str | None, store: CheckpointStore | None) -> tuple[str | None, dict[str, Any] | None]:
+    """The checkpoint ``trainer.resume`` names, verified and loaded: (where, state), or (None, None) to start fresh.
+
+    ``auto`` is the store's newest valid checkpoint, or a fresh start when there is none; any
+    other value is a checkpoint name of the store or a path.
+    """
+    if resume is None:
+        return None, None
+    if resume == "auto":
+        if store is None:
+            raise ConfigError("trainer.resume='auto' needs a checkpoint store, and the Trainer has none")
+        resume = store.latest()
+        if resume is None:
+            return None, None
+    return resume, store.load(resume) if store is not None else read_checkpoint(resume)
 
 
 def restore(checkpoint: dict[str, Any], trainer: Trainer, state: TrainState, precision: Precision,

@@ -15,7 +15,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from trainwire import state as checkpoint_state
-from trainwire.checkpoints import CheckpointStore, read_checkpoint
+from trainwire.checkpoints import CheckpointStore
 from trainwire.data import epoch_batches, resumable_sampler
 from trainwire.errors import ConfigError, NonFiniteError, TrainingInterrupted
 from trainwire.gradients import GradientPolicy, NoClip
@@ -51,8 +51,7 @@ class TrainerSettings:
         for key in ("max_epochs", "accumulate_steps", "log_every_n_steps", "checkpoint_every", "keep_last",
                     "max_nonfinite", "checkpoint_every_n_steps"):
             value = getattr(self, key)
-            if (value is not None or key != "checkpoint_every_n_steps") and (
-                    not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            if not (value is None and key == "checkpoint_every_n_steps") and (type(value) is not int or value < 1):
                 raise ConfigError(f"trainer.{key}={value!r} must be an integer >= 1")
         if self.nonfinite not in NONFINITE:
             raise ConfigError(f"trainer.nonfinite={self.nonfinite!r} is not one of {', '.join(NONFINITE)}")
@@ -214,19 +213,13 @@ class Trainer:
         return result
 
     def _resume(self, state: TrainState, precision: Precision, train_data: Any) -> checkpoint_state.Progress:
-        where = self.settings.resume
         if self.checkpoints is not None:
             self.checkpoints.start()
-        if where is None:
-            return checkpoint_state.Progress()
-        if where == "auto":
-            if self.checkpoints is None:
-                raise ConfigError("trainer.resume='auto' needs a checkpoint store, and the Trainer has none")
-            where = self.checkpoints.latest()
-            if where is None:
+        where, checkpoint = checkpoint_state.find(self.settings.resume, self.checkpoints)
+        if checkpoint is None:
+            if self.settings.resume is not None:
                 self.log.info("resume_fresh", reason="no valid checkpoint")
-                return checkpoint_state.Progress()
-        checkpoint = self.checkpoints.load(where) if self.checkpoints is not None else read_checkpoint(where)
+            return checkpoint_state.Progress()
         progress = checkpoint_state.restore(checkpoint, self, state, precision, resumable_sampler(train_data),
                                             name=f"checkpoint {where}")
         self.log.info("resumed", checkpoint=where, epoch=progress.epoch, batch=progress.batch, step=state.step)
