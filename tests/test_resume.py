@@ -311,3 +311,29 @@ def test_the_sampler_fast_forwards_without_loading_the_skipped_batches():
     loaded.clear()
     assert epoch(3, start=10) == full[10:]
     assert len(loaded) == 100 - 80  # only the 3 batches after the skipped 10 were read
+
+
+def test_the_container_keeps_checkpoints_in_the_run_directory_and_resumes_from_them(tmp_path):
+    import yaml
+    from dependency_injector import providers
+
+    from trainwire.config import compose
+    from trainwire.containers import build_container, run
+
+    def job(run_dir, *extra):
+        return build_container(compose([f"run_dir={run_dir}", "trainer.max_epochs=2", "lr.warmup_epochs=1",
+                                        "trainer.checkpoint_every_n_steps=4", *extra]))
+
+    expected = run(job(tmp_path / "whole"))
+    crashing = job(tmp_path / "cut")
+    with crashing.hooks.override(providers.List(providers.Object(Crash(1, 9)))):
+        with pytest.raises(RuntimeError, match="crash"):
+            run(crashing)
+    saved = read_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
+    assert saved["position"] == {"epoch": 1, "batch": 9}  # step 32, the last multiple of 4: 23 in epoch 0, 9 in 1
+    assert yaml.safe_load(saved["config_yaml"])["run_dir"] == str(tmp_path / "cut")
+    assert saved["versions"]["torch"] == str(torch.__version__)
+    resumed = run(job(tmp_path / "cut", "trainer.resume=auto"))
+    assert [h["val/loss"] for h in resumed.history] == [h["val/loss"] for h in expected.history]
+    with pytest.raises(ConfigError, match=r"trainer.nonfinite='ignore' is not one of skip, raise"):
+        job(tmp_path / "bad", "trainer.nonfinite=ignore")
