@@ -337,3 +337,24 @@ def test_the_container_keeps_checkpoints_in_the_run_directory_and_resumes_from_t
     assert [h["val/loss"] for h in resumed.history] == [h["val/loss"] for h in expected.history]
     with pytest.raises(ConfigError, match=r"trainer.nonfinite='ignore' is not one of skip, raise"):
         job(tmp_path / "bad", "trainer.nonfinite=ignore")
+
+
+def test_fit_off_the_main_thread_installs_no_handlers_and_still_checkpoints(tmp_path):
+    import threading
+
+    outcome = {}
+
+    def work():
+        try:
+            outcome["result"] = fit(tmp_path, max_epochs=1)[1]
+        except BaseException as error:  # noqa: BLE001 - reported to the test thread below
+            outcome["error"] = error
+
+    previous = signal.getsignal(signal.SIGTERM)
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["result"].epochs_completed == 1
+    assert signal.getsignal(signal.SIGTERM) is previous
+    assert read_checkpoint(tmp_path / "last.pt")["position"] == {"epoch": 1, "batch": 0}

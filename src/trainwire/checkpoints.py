@@ -217,7 +217,11 @@ class LocalCheckpointStore(CheckpointStore):
                     path.unlink(missing_ok=True)
                 except OSError:
                     pass
-        self._prune(manifest)
+        try:
+            self._prune(manifest)
+        except OSError as error:  # the new checkpoint is committed; only the old ones are still there
+            raise CheckpointError(f"saved {target}, but could not prune old checkpoints in {self.directory}: "
+                                  f"{error.strerror or error}") from None
 
     def _write_manifest(self, manifest: Mapping[str, Any]) -> None:
         staged = self.directory / f".{MANIFEST}.{uuid.uuid4().hex[:8]}.tmp"
