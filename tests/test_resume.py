@@ -358,3 +358,24 @@ def test_fit_off_the_main_thread_installs_no_handlers_and_still_checkpoints(tmp_
     assert outcome["result"].epochs_completed == 1
     assert signal.getsignal(signal.SIGTERM) is previous
     assert read_checkpoint(tmp_path / "last.pt")["position"] == {"epoch": 1, "batch": 0}
+
+
+def test_every_rng_survives_a_weights_only_round_trip(tmp_path):
+    import importlib.util
+    import random
+
+    from trainwire.state import rng_state, set_rng_state
+
+    def draw():
+        values = [random.random(), torch.rand(3).tolist()]
+        if importlib.util.find_spec("numpy") is not None:
+            import numpy
+
+            values.append(numpy.random.rand(3).tolist())
+        return values
+
+    torch.save(rng_state(), tmp_path / "rng.pt")
+    expected = draw()
+    draw()
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert draw() == expected
