@@ -107,6 +107,20 @@ def capture(trainer: Trainer, state: TrainState, precision: Precision, progress:
     }
 
 
+def resume(trainer: Trainer, state: TrainState, precision: Precision, sampler: Any = None) -> Progress:
+    """Starts the trainer's store and restores what ``trainer.resume`` names; a fresh Progress when nothing."""
+    if trainer.checkpoints is not None:
+        trainer.checkpoints.start()
+    where, checkpoint = find(trainer.settings.resume, trainer.checkpoints)
+    if checkpoint is None:
+        if trainer.settings.resume is not None:
+            trainer.log.info("resume_fresh", reason="no valid checkpoint")
+        return Progress()
+    progress = restore(checkpoint, trainer, state, precision, sampler, name=f"checkpoint {where}")
+    trainer.log.info("resumed", checkpoint=where, epoch=progress.epoch, batch=progress.batch, step=state.step)
+    return progress
+
+
 def find(resume: str | None, store: CheckpointStore | None) -> tuple[str | None, dict[str, Any] | None]:
     """The checkpoint ``trainer.resume`` names, verified and loaded: (where, state), or (None, None) to start fresh.
 

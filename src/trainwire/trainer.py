@@ -197,7 +197,8 @@ class Trainer:
             max_epochs=settings.max_epochs,
         )
         state = TrainState(model=model, optimizer=optimizer)
-        progress = self._resume(state, precision, train_data)  # before the sinks start: a bad file changes nothing
+        # Before the sinks start: a checkpoint that fails verification changes nothing.
+        progress = checkpoint_state.resume(self, state, precision, resumable_sampler(train_data))
         with stop_requests() as stop:
             self.sink.start()
             try:
@@ -211,19 +212,6 @@ class Trainer:
         self.log.info("train_end", **result.summary())
         self._emit("on_train_end", state, result)
         return result
-
-    def _resume(self, state: TrainState, precision: Precision, train_data: Any) -> checkpoint_state.Progress:
-        if self.checkpoints is not None:
-            self.checkpoints.start()
-        where, checkpoint = checkpoint_state.find(self.settings.resume, self.checkpoints)
-        if checkpoint is None:
-            if self.settings.resume is not None:
-                self.log.info("resume_fresh", reason="no valid checkpoint")
-            return checkpoint_state.Progress()
-        progress = checkpoint_state.restore(checkpoint, self, state, precision, resumable_sampler(train_data),
-                                            name=f"checkpoint {where}")
-        self.log.info("resumed", checkpoint=where, epoch=progress.epoch, batch=progress.batch, step=state.step)
-        return progress
 
     def _save(self, names: list[str], state: TrainState, precision: Precision, progress, train_data) -> None:
         if self.checkpoints is None:
