@@ -170,3 +170,12 @@ def test_kill_9_during_checkpoint_writes_the_newest_valid_one_always_loads(tmp_p
         next_i = loaded["i"] + 1
     assert next_i > 15  # the writes really happened between the kills
     assert cut_short >= 1  # and some kills really landed in the middle of one
+
+
+def test_a_resume_path_that_fails_is_one_line_and_exit_1(tmp_path):
+    run_dir = tmp_path / "run"
+    process = start(run_dir, f"trainer.resume={tmp_path / 'missing.pt'}")
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert err.strip().splitlines()[-1] == f"trainwire: error: checkpoint {tmp_path / 'missing.pt'} does not exist"
+    assert "Traceback" not in err

@@ -379,3 +379,12 @@ def test_every_rng_survives_a_weights_only_round_trip(tmp_path):
     draw()
     set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert draw() == expected
+
+
+def test_resume_from_a_given_periodic_file_continues_exactly(tmp_path, reference):
+    fit(tmp_path / "first")  # checkpoint_every=1, keep_last=2: epoch-0001.pt and epoch-0002.pt are kept
+    assert not (tmp_path / "first" / "epoch-0000.pt").exists()
+    model, result, sink = fit(tmp_path / "second", resume=str(tmp_path / "first" / "epoch-0001.pt"))
+    assert all(torch.equal(reference[0][k], v) for k, v in model.state_dict().items())
+    assert [step for step, _ in sink.series("train/loss")][0] == 11  # epoch 2's first step: 5 steps an epoch
+    assert [h["val/loss"] for h in result.history] == [h["val/loss"] for h in reference[1].history]
