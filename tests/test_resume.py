@@ -388,3 +388,15 @@ def test_resume_from_a_given_periodic_file_continues_exactly(tmp_path, reference
     assert all(torch.equal(reference[0][k], v) for k, v in model.state_dict().items())
     assert [step for step, _ in sink.series("train/loss")][0] == 11  # epoch 2's first step: 5 steps an epoch
     assert [h["val/loss"] for h in result.history] == [h["val/loss"] for h in reference[1].history]
+
+
+def test_resuming_under_a_different_plan_is_refused_before_anything_is_touched(tmp_path):
+    fit(tmp_path, max_epochs=2)
+    model, sink = dropout_model(5), RecordingSink()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(CheckpointError, match=r"planned with trainer.max_epochs=2, this run has 4: the LR schedule"):
+        trainer(tmp_path, resume="auto", sink=sink, max_epochs=4).fit(model, *loaders())
+    with pytest.raises(CheckpointError, match=r"planned with trainer.accumulate_steps=2, this run has 1"):
+        trainer(tmp_path, resume="auto", sink=sink, max_epochs=2, accumulate_steps=1).fit(model, *loaders())
+    assert not sink.started
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
