@@ -16,6 +16,7 @@ from dependency_injector import containers, providers
 from trainwire import data as datasets
 from trainwire import adversarial, gan, generative, gradients, lr, objectives, paradigms, pretraining, stopping
 from trainwire.metric_schedule import ScheduledMetrics
+from trainwire.checkpoints import LocalCheckpointStore
 from trainwire.models import MLP
 from trainwire.optim import optimizer_factory
 from trainwire.progress import ProgressBar, progress_enabled
@@ -51,6 +52,10 @@ def _loaders(load: Any, node: dict[str, Any], seed: int) -> datasets.Loaders:
 def _run_dir(configured: str | None) -> Path:
     # The CLI always passes Hydra's run directory; a Python caller who set none gets a fresh one.
     return Path(configured) if configured else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+def _checkpoint_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
 
 
 def _wandb_sink(node: dict[str, Any], config: dict[str, Any], run_dir: Path) -> Any:
@@ -163,6 +168,10 @@ class TrainerContainer(containers.DeclarativeContainer):
     # The external sinks (sink=[wandb,tensorboard,mlflow]); whatever fills this slot is isolated (ADR 0010).
     metrics_sink = providers.Factory(_external_sinks, config.sink, config, run_dir, config.sink_timeout_s)
     run_record = providers.Factory(JsonlSink, run_dir=run_dir, config_yaml=providers.Callable(_yaml, config))
+    checkpoint_store = providers.Factory(
+        LocalCheckpointStore, directory=providers.Callable(_checkpoint_dir, run_dir),
+        keep_last=config.trainer.keep_last, config_yaml=providers.Callable(_yaml, config),
+    )
     optimizer = _slot(
         config.optimizer,
         adamw=providers.Factory(_build, optimizer_factory, config.optimizer, type="adamw"),
@@ -218,6 +227,7 @@ class TrainerContainer(containers.DeclarativeContainer):
         stopping_policy=stopping_policy,
         gradient_policy=gradient_policy,
         sink=sink,
+        checkpoints=checkpoint_store,
         hooks=hooks,
     )
     paradigm = _slot(

@@ -4,7 +4,8 @@ Importing trainwire imports torch and nothing heavy beyond it: wandb, tensorboar
 imported only when their sink is built; Hydra and dependency-injector only by the config and container.
 """
 
-from trainwire.errors import ConfigError
+from trainwire.checkpoints import CheckpointStore, LocalCheckpointStore
+from trainwire.errors import CheckpointError, ConfigError, NonFiniteError, TrainingInterrupted
 from trainwire.gradients import GradientPolicy, GradStats, NoClip, NormClipper, ValueClipper
 from trainwire.hooks import Hook
 from trainwire.lr import Constant, CosineWarmRestarts, LRPolicy, ReduceOnPlateau, WarmupCosine
@@ -16,10 +17,11 @@ from trainwire.trainer import FitResult, Trainer, TrainerSettings, TrainState
 __version__ = "0.1.0"
 
 __all__ = [
-    "Classification", "ConfigError", "Constant", "CosineWarmRestarts", "FanOut", "FitResult",
-    "GradStats", "GradientPolicy", "GuardedFanOut", "Hook", "IsolatedSink", "JsonlSink", "MLflowSink", "LRPolicy", "MetricsSink", "NeverStop",
-    "NoClip", "NormClipper", "NullSink", "Objective", "PatienceStopper", "ReduceOnPlateau",
-    "Regression", "StoppingPolicy", "TensorBoardSink", "TrainState", "Trainer", "TrainerSettings", "ValueClipper",
+    "CheckpointError", "CheckpointStore", "Classification", "ConfigError", "Constant", "CosineWarmRestarts", "FanOut",
+    "FitResult", "GradStats", "GradientPolicy", "GuardedFanOut", "Hook", "IsolatedSink", "JsonlSink", "LRPolicy",
+    "LocalCheckpointStore", "MLflowSink", "MetricsSink", "NeverStop", "NonFiniteError", "NoClip", "NormClipper",
+    "NullSink", "Objective", "PatienceStopper", "ReduceOnPlateau", "Regression", "StoppingPolicy", "TensorBoardSink",
+    "TrainState", "Trainer", "TrainerSettings", "TrainingInterrupted", "ValueClipper",
     "Verdict", "WandbSink", "WarmupCosine",
 ]
 

@@ -28,7 +28,7 @@ def _train_task(cfg) -> None:
 
     from trainwire import logs
     from trainwire.containers import run
-    from trainwire.errors import ConfigError
+    from trainwire.errors import CheckpointError, ConfigError, NonFiniteError, TrainingInterrupted
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     cfg.run_dir = str(run_dir)
@@ -39,6 +39,12 @@ def _train_task(cfg) -> None:
     except ConfigError as error:
         print(f"trainwire: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except (CheckpointError, NonFiniteError) as error:
+        print(f"trainwire: error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except TrainingInterrupted as interrupted:  # the checkpoint is written: `trainer.resume=auto` continues
+        print(f"trainwire: {interrupted}; checkpoint saved in {run_dir / 'checkpoints'}", file=sys.stderr)
+        sys.exit(interrupted.exit_code)
 
 
 def _terminate_as_interrupt() -> None:

@@ -7,11 +7,13 @@ diabetes progression set (442 patients, 10 features) for regression.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from trainwire.errors import ConfigError
 
@@ -19,6 +21,72 @@ from trainwire.errors import ConfigError
 class Loaders(NamedTuple):
     train: DataLoader
     val: DataLoader | None
+
+
+class ResumableSampler(Sampler[list[int]]):
+    """Batches of indices, shuffled afresh each epoch from ``seed + epoch``; can start mid-epoch.
+
+    The order of an epoch depends only on the seed and the epoch, never on how many epochs
+    this process has run, so a resumed run sees the same batches. ``set_epoch(epoch, start)``
+    makes the next pass begin at batch ``start`` without loading the batches before it.
+    ``len`` is always the full epoch's batch count (what the schedule is planned on).
+    ``generator``, when given, is the DataLoader's own: it is reseeded per epoch too, so the
+    seeds handed to worker processes also follow the epoch.
+    """
+
+    def __init__(self, size: int, batch_size: int, *, shuffle: bool = True, seed: int = 0,
+                 generator: torch.Generator | None = None) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size={batch_size} must be >= 1")
+        self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
+        self.generator = generator
+        self.epoch = self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Called by the Trainer before each epoch's pass; ``start`` batches of it are skipped."""
+        self.epoch, self.start = epoch, start
+        if self.generator is not None:
+            self.generator.manual_seed(self.seed + epoch + 1)  # not the order's own seed
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.shuffle:
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(self.size)
+        # Only the index list is built for the skipped batches; no sample is loaded for them.
+        for first in range(self.start * self.batch_size, self.size, self.batch_size):
+            yield order[first : first + self.batch_size].tolist()
+
+    def __len__(self) -> int:
+        return -(-self.size // self.batch_size)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seed = state["seed"]
+
+
+def resumable_sampler(data: Any) -> ResumableSampler | None:
+    """The ResumableSampler behind a DataLoader, if it has one."""
+    sampler = getattr(data, "batch_sampler", None)
+    return sampler if isinstance(sampler, ResumableSampler) else None
+
+
+def epoch_batches(data: Iterable[Any], epoch: int, start: int = 0) -> Iterator[Any]:
+    """The batches of ``epoch`` from batch ``start`` on.
+
+    A DataLoader over a ResumableSampler skips by index, loading nothing it skips; a list is
+    sliced; any other iterable is read past its first ``start`` batches (exact only when its
+    order does not depend on how often it was iterated before).
+    """
+    sampler = resumable_sampler(data)
+    if sampler is not None:
+        sampler.set_epoch(epoch, start)
+        return iter(data)
+    if isinstance(data, Sequence):
+        return iter(data[start:]) if start else iter(data)
+    return itertools.islice(data, start, None)
 
 
 def _load(name: str) -> dict[str, torch.Tensor]:
@@ -42,10 +110,10 @@ def _loaders(x: torch.Tensor, y: torch.Tensor, val_idx: torch.Tensor, train_idx:
         if not 1 <= train_samples <= len(train_idx):
             raise ConfigError(f"data.train_samples={train_samples} must be in [1, {len(train_idx)}] (the training split)")
         train_idx = train_idx[:train_samples]  # the split is already shuffled: a random subset, the same for a seed
-    train = DataLoader(
-        TensorDataset(x[train_idx], y[train_idx]), batch_size=batch_size, shuffle=True,
-        generator=torch.Generator().manual_seed(seed), num_workers=num_workers,
-    )
+    generator = torch.Generator().manual_seed(seed)
+    sampler = ResumableSampler(len(train_idx), batch_size, seed=seed, generator=generator)
+    train = DataLoader(TensorDataset(x[train_idx], y[train_idx]), batch_sampler=sampler, generator=generator,
+                       num_workers=num_workers)
     val = None
     if len(val_idx):
         val = DataLoader(TensorDataset(x[val_idx], y[val_idx]), batch_size=batch_size * 4, num_workers=num_workers)

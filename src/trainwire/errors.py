@@ -7,3 +7,29 @@ class ConfigError(ValueError):
     The message is one line that names the key (or file) and the offending value, so the CLI
     can print it as is, without a traceback.
     """
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written, or one that was asked for cannot be used.
+
+    The message names the file (or folder) and what is wrong with it.
+    """
+
+
+class NonFiniteError(RuntimeError):
+    """Training met a non-finite loss or gradient it was told not to step past."""
+
+
+class TrainingInterrupted(BaseException):
+    """``fit`` stopped at a step boundary because of SIGTERM or SIGINT, after writing a checkpoint.
+
+    A ``BaseException`` like ``KeyboardInterrupt``: a request to stop is not an error for an
+    ``except Exception`` to swallow. ``exit_code`` is the shell's convention (143, 130).
+    """
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")

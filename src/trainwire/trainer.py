@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import structlog
 import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from trainwire.errors import ConfigError
+from trainwire import state as checkpoint_state
+from trainwire.checkpoints import CheckpointStore
+from trainwire.data import epoch_batches, resumable_sampler
+from trainwire.errors import ConfigError, NonFiniteError, TrainingInterrupted
 from trainwire.gradients import GradientPolicy, NoClip
 from trainwire.hooks import HOOK_EVENTS
 from trainwire.lr import Constant, LRPolicy, steps_per_epoch
 from trainwire.objectives import Objective
 from trainwire.precision import Precision, resolve_device
+from trainwire.signals import stop_requests
 from trainwire.sinks.base import MetricsSink, NullSink
 from trainwire.stopping import NeverStop, StoppingPolicy
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
+NONFINITE = ("skip", "raise")
 
 
 @dataclass
@@ -34,12 +40,23 @@ class TrainerSettings:
     precision: str = "32"
     log_every_n_steps: int = 10
     device: str = "auto"
+    checkpoint_every: int = 10  # epochs between periodic epoch-XXXX.pt (last.pt is written every epoch)
+    checkpoint_every_n_steps: Optional[int] = None  # also write last.pt every n optimizer steps
+    keep_last: int = 3  # periodic checkpoints kept
+    resume: Optional[str] = None  # null, "auto" (newest valid checkpoint, else fresh) or a checkpoint path
+    nonfinite: str = "skip"  # a non-finite loss or gradient: skip the step, or raise
+    max_nonfinite: int = 10  # consecutive skipped steps that end the run
 
     def __post_init__(self) -> None:
-        for key in ("max_epochs", "accumulate_steps", "log_every_n_steps"):
+        for key in ("max_epochs", "accumulate_steps", "log_every_n_steps", "checkpoint_every", "keep_last",
+                    "max_nonfinite", "checkpoint_every_n_steps"):
             value = getattr(self, key)
-            if not isinstance(value, int) or value < 1:
+            if not (value is None and key == "checkpoint_every_n_steps") and (type(value) is not int or value < 1):
                 raise ConfigError(f"trainer.{key}={value!r} must be an integer >= 1")
+        if self.nonfinite not in NONFINITE:
+            raise ConfigError(f"trainer.nonfinite={self.nonfinite!r} is not one of {', '.join(NONFINITE)}")
+        if self.resume is not None and (not isinstance(self.resume, str) or not self.resume.strip()):
+            raise ConfigError(f"trainer.resume={self.resume!r} must be null, 'auto' or a checkpoint path")
 
 
 @dataclass
@@ -51,6 +68,8 @@ class TrainState:
     epoch: int = 0
     step: int = 0
     batch: int = 0
+    skipped_steps: int = 0  # optimizer steps skipped for a non-finite loss or gradient
+    bad_steps: int = 0  # of them, how many in a row just now
 
 
 @dataclass
@@ -121,6 +140,7 @@ class Trainer:
         stopping_policy: StoppingPolicy | None = None,
         gradient_policy: GradientPolicy | None = None,
         sink: MetricsSink | None = None,
+        checkpoints: CheckpointStore | None = None,
         hooks: Sequence[Any] = (),
         logger: Any = None,
     ) -> None:
@@ -131,6 +151,7 @@ class Trainer:
         self.stopping = stopping_policy or NeverStop()
         self.gradients = gradient_policy or NoClip()
         self.sink = sink or NullSink()
+        self.checkpoints = checkpoints
         self.hooks = list(hooks)
         self.log = logger or structlog.get_logger("trainwire")
 
@@ -143,16 +164,18 @@ class Trainer:
     def fit(self, model: nn.Module, train_data: Iterable[Any], val_data: Iterable[Any] | None = None) -> FitResult:
         """Trains ``model`` on ``train_data`` and returns what happened. The loop, in short::
 
+            resume from a checkpoint if trainer.resume says so
             for epoch in range(max_epochs):
-                for batch in train_data:
+                for batch in train_data (from the resumed batch on):
                     loss = objective.training_loss(model, batch) / accumulate_steps
                     backward(loss)
                     if at the accumulation boundary:
                         grads = gradient_policy.apply(parameters)   # after unscaling
-                        optimizer.step(); lr_policy.after_step(); log every n steps
+                        optimizer.step() unless not finite; lr_policy.after_step(); log every n steps
+                        checkpoint every n steps, or now and stop if SIGTERM/SIGINT came
                 metrics = objective.evaluate(model, val_data)        # eval mode, no_grad
                 verdict = stopping_policy.update(epoch, metrics)     # keep best weights
-                lr_policy.after_epoch(metrics); log; stop if verdict.stop
+                lr_policy.after_epoch(metrics); log; checkpoint; stop if verdict.stop
             restore the best weights; sink.summary(...); sink.finish()
         """
         settings = self.settings
@@ -174,33 +197,53 @@ class Trainer:
             max_epochs=settings.max_epochs,
         )
         state = TrainState(model=model, optimizer=optimizer)
-        self.sink.start()
-        try:
-            result = self._run(state, params, precision, train_data, val_data, n_batches)
-        except BaseException as error:
-            self._emit("on_exception", state, error)
-            self.sink.finish("killed" if isinstance(error, KeyboardInterrupt) else "failed")
-            raise
+        # Before the sinks start: a checkpoint that fails verification changes nothing.
+        plan = {"max_epochs": settings.max_epochs, "accumulate_steps": settings.accumulate_steps,
+                "batches_per_epoch": n_batches}
+        progress = checkpoint_state.resume(self, state, precision, plan, resumable_sampler(train_data))
+        with stop_requests() as stop:
+            self.sink.start()
+            try:
+                result = self._run(state, params, precision, train_data, val_data, n_batches, progress, stop)
+            except BaseException as error:
+                self._emit("on_exception", state, error)
+                self.sink.finish("killed" if isinstance(error, (KeyboardInterrupt, TrainingInterrupted)) else "failed")
+                raise
         self.sink.summary(result.summary())
         self.sink.finish("finished")
         self.log.info("train_end", **result.summary())
         self._emit("on_train_end", state, result)
         return result
 
-    def _run(self, state, params, precision, train_data, val_data, n_batches) -> FitResult:
+    def _save(self, names: list[str], state: TrainState, precision: Precision, progress, train_data) -> None:
+        if self.checkpoints is None:
+            return
+        saved = checkpoint_state.capture(self, state, precision, progress, resumable_sampler(train_data))
+        self.checkpoints.save(saved, names, meta={"epoch": progress.epoch, "batch": progress.batch, "step": state.step})
+
+    def _skipped(self, state: TrainState, epoch: int) -> None:
+        state.skipped_steps, state.bad_steps = state.skipped_steps + 1, state.bad_steps + 1
+        self.sink.log({"train/skipped_steps": state.skipped_steps}, step=state.step, epoch=epoch)
+        self.log.warning("nonfinite_step_skipped", epoch=epoch, step=state.step, in_a_row=state.bad_steps)
+        if self.settings.nonfinite == "raise":
+            raise NonFiniteError(f"non-finite loss or gradients after step {state.step} (trainer.nonfinite=raise)")
+        if state.bad_steps >= self.settings.max_nonfinite:
+            raise NonFiniteError(f"{state.bad_steps} optimizer steps in a row had a non-finite loss or gradients "
+                                 f"(trainer.max_nonfinite={self.settings.max_nonfinite}); stopping")
+
+    def _run(self, state, params, precision, train_data, val_data, n_batches, progress, stop) -> FitResult:
         settings, model, optimizer = self.settings, state.model, state.optimizer
         accumulate, log_every = settings.accumulate_steps, settings.log_every_n_steps
+        save_every = settings.checkpoint_every_n_steps
         move = (lambda batch: batch) if precision.device.type == "cpu" else (lambda b: _to_device(b, precision.device))
-        history: list[dict[str, float]] = []
-        best_state: dict[str, torch.Tensor] | None = None
-        stop_reason, epoch_times = "max_epochs", []
+        save = functools.partial(self._save, state=state, precision=precision, progress=progress, train_data=train_data)
         self._emit("on_train_start", state)
         model.train()
-        for epoch in range(settings.max_epochs):
-            state.epoch, started = epoch, time.perf_counter()
+        for epoch in range(progress.epoch, settings.max_epochs if progress.stop_reason is None else 0):
+            state.epoch, started, skip = epoch, time.perf_counter(), progress.batch
             self._emit("on_epoch_start", state)
-            losses: list[torch.Tensor] = []  # detached; read once at the end of the epoch
-            for index, batch in enumerate(train_data):
+            losses = progress.epoch_losses  # detached; read once at the end of the epoch
+            for index, batch in enumerate(epoch_batches(train_data, epoch, skip), start=skip):
                 state.batch = index
                 window = min(accumulate, n_batches - index // accumulate * accumulate)
                 with precision.autocast():
@@ -213,22 +256,28 @@ class Trainer:
                 precision.unscale(optimizer)
                 grads = self.gradients.apply(params)
                 lr = optimizer.param_groups[0]["lr"]
-                taken = precision.step(optimizer)
+                taken = precision.step(optimizer, grads)  # skips non-finite gradients (a NaN/inf loss makes them so)
                 optimizer.zero_grad(set_to_none=True)
-                if not taken:  # fp16 overflow: the scaler has lowered its scale; the schedule waits
-                    continue
-                self.lr_policy.after_step()
-                state.step += 1
-                if state.step % log_every == 0:  # the only per-step device sync, and only here
-                    self.sink.log(
-                        {
-                            "train/loss": torch.stack(losses[-window:]).mean().item(),
-                            "train/lr": lr,
-                            "train/grad_norm": grads.norm.item(),
-                            "train/grad_norm_clipped": grads.clipped_norm.item(),
-                        },
-                        step=state.step, epoch=epoch,
-                    )
+                progress.batch = index + 1
+                if taken:
+                    self.lr_policy.after_step()
+                    state.step, state.bad_steps = state.step + 1, 0
+                    if state.step % log_every == 0:  # the only per-step device sync besides `taken`, and only here
+                        self.sink.log(
+                            {
+                                "train/loss": torch.stack(losses[-window:]).mean().item(),
+                                "train/lr": lr,
+                                "train/grad_norm": grads.norm.item(),
+                                "train/grad_norm_clipped": grads.clipped_norm.item(),
+                            },
+                            step=state.step, epoch=epoch,
+                        )
+                else:  # non-finite, or fp16 overflow (the scaler has lowered its scale): the schedule waits
+                    self._skipped(state, epoch)
+                if stop.signum is not None or (taken and save_every and state.step % save_every == 0):
+                    save(["last"])
+                    if stop.signum is not None:
+                        raise TrainingInterrupted(stop.signum)
             metrics = {"train/epoch_loss": torch.stack(losses).mean().item()}
             if val_data is not None:
                 model.eval()
@@ -239,28 +288,34 @@ class Trainer:
                 self._emit("on_validation_end", state, {k: v for k, v in metrics.items() if k.startswith("val/")})
             verdict = self.stopping.update(epoch, metrics)
             if verdict.improved:
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                progress.best_model = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             self.lr_policy.after_epoch(metrics)
-            epoch_times.append(time.perf_counter() - started)
-            metrics["time/epoch_s"] = epoch_times[-1]
-            history.append(metrics)
+            metrics["time/epoch_s"] = time.perf_counter() - started
+            metrics["train/skipped_steps"] = state.skipped_steps
+            progress.history.append(metrics)
             self.sink.log(metrics, step=state.step, epoch=epoch)
             self.log.info("epoch", epoch=epoch, step=state.step, **metrics)
             self._emit("on_epoch_end", state, metrics)
+            progress.epoch, progress.batch, progress.epoch_losses = epoch + 1, 0, []
+            progress.stop_reason = (verdict.reason or "stopped") if verdict.stop else None
+            periodic = [f"epoch-{epoch:04d}"] if (epoch + 1) % settings.checkpoint_every == 0 else []
+            save(["last", *periodic, *(["best"] if verdict.improved else [])])
+            if stop.signum is not None:
+                raise TrainingInterrupted(stop.signum)
             if verdict.stop:
-                stop_reason = verdict.reason or "stopped"
-                self.log.info("early_stop", epoch=epoch, reason=stop_reason, monitor=self.stopping.monitor,
+                self.log.info("early_stop", epoch=epoch, reason=progress.stop_reason, monitor=self.stopping.monitor,
                               best_value=self.stopping.best_value, best_epoch=self.stopping.best_epoch)
                 break
-        if best_state is not None:
-            model.load_state_dict(best_state)
+        if progress.best_model is not None:
+            model.load_state_dict(progress.best_model)
+        history = progress.history
         return FitResult(
             epochs_completed=len(history),
             best_epoch=self.stopping.best_epoch,
             best_value=self.stopping.best_value,
             monitor=self.stopping.monitor,
-            stop_reason=stop_reason,
+            stop_reason=progress.stop_reason or "max_epochs",
             history=history,
             steps=state.step,
-            avg_epoch_time_s=math.fsum(epoch_times) / len(epoch_times),
+            avg_epoch_time_s=math.fsum(h["time/epoch_s"] for h in history) / max(len(history), 1),
         )

@@ -1,0 +1,208 @@
+"""The local checkpoint store: atomic files, the sha256 manifest, pruning, refusing bad files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+
+import pytest
+import torch
+
+from trainwire.checkpoints import LocalCheckpointStore, load_weights, read_checkpoint, verify
+from trainwire.errors import CheckpointError, ConfigError
+
+
+def state(i: int) -> dict:
+    return {"model": {"w": torch.full((64, 64), float(i))}, "i": i}
+
+
+def save(store: LocalCheckpointStore, i: int, *names: str) -> None:
+    store.save(state(i), list(names), meta={"epoch": i, "batch": 0, "step": 10 * i})
+
+
+def snapshot(directory) -> dict[str, bytes]:
+    return {name: (directory / name).read_bytes() for name in sorted(os.listdir(directory))}
+
+
+def test_save_writes_files_verified_by_the_manifest_and_keeps_the_newest_periodic(tmp_path):
+    store = LocalCheckpointStore(tmp_path / "ck", keep_last=2)
+    for epoch in range(5):
+        save(store, epoch, "last", f"epoch-{epoch:04d}", *(["best"] if epoch == 1 else []))
+    names = sorted(os.listdir(tmp_path / "ck"))
+    assert names == ["best.pt", "epoch-0003.pt", "epoch-0004.pt", "last.pt", "manifest.json"]
+    manifest = json.loads((tmp_path / "ck" / "manifest.json").read_text())
+    assert sorted(manifest["files"]) == ["best.pt", "epoch-0003.pt", "epoch-0004.pt", "last.pt"]
+    assert manifest["pending"] == {}
+    for name, entry in manifest["files"].items():
+        assert entry["sha256"] == hashlib.sha256((tmp_path / "ck" / name).read_bytes()).hexdigest()
+    assert store.load("last")["i"] == 4 and store.load("best")["i"] == 1 and store.load("epoch-0003")["i"] == 3
+    assert store.latest() == "last"
+
+
+def test_stale_temporaries_are_cleaned_at_start(tmp_path):
+    store = LocalCheckpointStore(tmp_path, keep_last=1)
+    save(store, 0, "last")
+    (tmp_path / ".last.pt.deadbeef.tmp").write_bytes(b"half a checkpoint")
+    (tmp_path / ".manifest.json.cafe.tmp").write_text("{")
+    store.start()
+    assert sorted(os.listdir(tmp_path)) == ["last.pt", "manifest.json"]
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_damaged_file_is_reported_by_name_and_latest_falls_back(tmp_path, damage):
+    store = LocalCheckpointStore(tmp_path, keep_last=3)
+    save(store, 0, "last", "epoch-0000")
+    save(store, 1, "last", "epoch-0001")
+    for name in ("last.pt", "epoch-0001.pt"):  # the two newest, same bytes through a hard link
+        path = tmp_path / name
+        data = bytearray(path.read_bytes())
+        if damage == "flip":
+            data[len(data) // 2] ^= 0x01
+        else:
+            data = data[: len(data) // 2]
+        path.unlink()  # break the hard link so each name is damaged on its own
+        path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"last\.pt is corrupt or truncated"):
+        store.load("last")
+    assert store.latest() == "epoch-0000"
+    assert store.load(store.latest())["i"] == 0
+
+
+def test_a_file_without_a_manifest_entry_is_never_used(tmp_path):
+    torch.save(state(0), tmp_path / "last.pt")
+    store = LocalCheckpointStore(tmp_path)
+    assert store.latest() is None
+    with pytest.raises(CheckpointError, match=r"has no manifest.json beside it"):
+        read_checkpoint(tmp_path / "last.pt")
+    save(store, 1, "best")
+    with pytest.raises(CheckpointError, match=r"last\.pt is not in manifest.json"):
+        verify(tmp_path / "last.pt")
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"manifest.json is not a valid manifest"):
+        store.latest()
+
+
+class Payload:
+    """Unpickling this would create ``marker``: the classic pickle attack, made observable."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_malicious_pickle_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    store = LocalCheckpointStore(tmp_path / "ck")
+    # The attacker controls the folder, manifest included: only weights_only stands in the way.
+    store.save({"model": {}, "evil": Payload(str(marker))}, ["last"], meta={"epoch": 0, "batch": 0, "step": 0})
+    verify(tmp_path / "ck" / "last.pt")  # the hash matches: the manifest alone cannot catch this one
+    with pytest.raises(CheckpointError, match=r"refused by torch.load\(weights_only=True\).*Unsupported global"):
+        store.load("last")
+    with pytest.raises(CheckpointError):
+        load_weights(tmp_path / "ck" / "last.pt", torch.nn.Linear(2, 2))
+    assert not marker.exists()
+    # The payload is real: an unrestricted load would have created the file.
+    torch.load(tmp_path / "ck" / "last.pt", weights_only=False)
+    assert marker.exists()
+
+
+def test_load_weights_for_fine_tuning_takes_only_the_model_and_optimizer(tmp_path):
+    source = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(source.parameters(), lr=0.1)
+    source(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    store = LocalCheckpointStore(tmp_path)
+    store.save({"model": source.state_dict(), "optimizer": optimizer.state_dict()}, ["last"],
+               meta={"epoch": 1, "batch": 0, "step": 1})
+    target = torch.nn.Linear(3, 2)
+    target_optimizer = torch.optim.AdamW(target.parameters(), lr=0.1)
+    load_weights(tmp_path / "last.pt", target, target_optimizer)
+    assert all(torch.equal(a, b) for a, b in zip(source.parameters(), target.parameters()))
+    assert target_optimizer.state_dict()["state"][0]["step"] == 1
+
+
+def test_saving_into_a_path_that_is_a_file_names_it_and_changes_nothing(tmp_path):
+    blocker = tmp_path / "ck"
+    blocker.write_text("not a folder")
+    with pytest.raises(CheckpointError, match=r"could not write checkpoint .*ck/last\.pt"):
+        save(LocalCheckpointStore(blocker), 0, "last")
+    assert blocker.read_text() == "not a folder"
+
+
+def test_a_save_failing_after_the_data_is_written_leaves_the_previous_checkpoint_byte_for_byte(tmp_path):
+    store = LocalCheckpointStore(tmp_path, keep_last=2)
+    save(store, 0, "last", "epoch-0000")
+    before = snapshot(tmp_path)
+    # A folder squats on last.pt: the data is written and recorded as pending, then the
+    # rename onto last.pt fails, the step before the commit.
+    (tmp_path / "last.pt").unlink()
+    (tmp_path / "last.pt").mkdir()
+    (tmp_path / "last.pt" / "keep").write_text("x")
+    with pytest.raises(CheckpointError, match=r"could not write checkpoint .*last\.pt"):
+        save(store, 1, "last")
+    (tmp_path / "last.pt" / "keep").unlink()
+    (tmp_path / "last.pt").rmdir()
+    after = snapshot(tmp_path)
+    assert after["epoch-0000.pt"] == before["epoch-0000.pt"]
+    assert store.latest() == "epoch-0000" and store.load("epoch-0000")["i"] == 0
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
+
+
+def _as_unprivileged(action) -> str:
+    """Runs ``action`` where file permissions apply (root ignores them: drop to nobody in a fork)."""
+    if os.geteuid() != 0:
+        try:
+            action()
+        except CheckpointError as error:
+            return str(error)
+        return ""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 0
+        try:
+            os.close(read)
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                action()
+            except CheckpointError as error:
+                os.write(write, str(error).encode())
+        except BaseException:
+            code = 1
+        os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as handle:
+        message = handle.read()
+    assert os.waitpid(pid, 0)[1] == 0
+    return message
+
+
+def test_a_read_only_folder_is_a_clear_error_and_the_previous_checkpoint_is_unchanged():
+    root = tempfile.mkdtemp(prefix="trainwire-ro-")  # outside pytest's 0700 tmp, so nobody may enter it
+    try:
+        os.chmod(root, 0o755)
+        folder = os.path.join(root, "ck")
+        store = LocalCheckpointStore(folder)
+        save(store, 0, "last")
+        before = {name: open(os.path.join(folder, name), "rb").read() for name in os.listdir(folder)}
+        os.chmod(folder, 0o555)
+        message = _as_unprivileged(lambda: save(store, 1, "last", "best"))
+        os.chmod(folder, 0o755)
+        assert "could not write checkpoint" in message and "ck/last.pt" in message and "Permission denied" in message
+        after = {name: open(os.path.join(folder, name), "rb").read() for name in os.listdir(folder)}
+        assert after == before
+    finally:
+        os.chmod(root, 0o755)
+        import shutil
+
+        shutil.rmtree(root)
+
+
+def test_keep_last_must_be_positive():
+    with pytest.raises(ConfigError, match=r"trainer.keep_last=0 must be an integer >= 1"):
+        LocalCheckpointStore("x", keep_last=0)

@@ -1,0 +1,181 @@
+"""Real faults: kill -9 of a training run and of a checkpoint write, SIGTERM and SIGINT to the CLI.
+
+Slow (each case starts training processes); they run in CI with the rest of the suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from trainwire.checkpoints import LocalCheckpointStore, read_checkpoint
+
+pytestmark = pytest.mark.slow
+
+JOB = ["trainer.max_epochs=3", "trainer.accumulate_steps=3", "trainer.checkpoint_every_n_steps=2",
+       "trainer.checkpoint_every=1", "trainer.log_every_n_steps=1", "model.dropout=0.1", "lr.warmup_epochs=1",
+       "log.format=json"]  # digits: 23 batches an epoch, 8 optimizer steps, the last window short
+STEPS = 24
+
+
+def start(run_dir, *overrides: str) -> subprocess.Popen:
+    command = [os.path.join(os.path.dirname(sys.executable), "trainwire"), "train", f"hydra.run.dir={run_dir}",
+               *JOB, *overrides]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
+    return subprocess.Popen(command, cwd=run_dir.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def records(run_dir) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def wait_for_step(process: subprocess.Popen, run_dir, step: int, after: int) -> None:
+    """Returns once a record of ``step`` (or later) appears beyond the first ``after`` records."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if any(r.get("step", 0) >= step and "train/loss" in r for r in records(run_dir)[after:]):
+            return
+        assert process.poll() is None, f"the run ended before step {step}: {process.stderr.read()}"
+        time.sleep(0.005)
+    raise AssertionError(f"step {step} never came")
+
+
+def finish(run_dir, *overrides: str) -> None:
+    process = start(run_dir, *overrides)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    run_dir.parent.mkdir(exist_ok=True)
+    finish(run_dir)
+    losses = {r["step"]: r["train/loss"] for r in records(run_dir) if "train/loss" in r}
+    val = [r["val/loss"] for r in records(run_dir) if "val/loss" in r]
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    return read_checkpoint(run_dir / "checkpoints" / "last.pt")["model"], losses, val
+
+
+def assert_matches(reference, run_dir) -> None:
+    model, losses, val = reference
+    final = read_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert all(torch.equal(model[k], v) for k, v in final["model"].items()), "final parameters differ"
+    seen = {}
+    for record in records(run_dir):
+        if "train/loss" in record:  # steps replayed after a kill appear twice: both must match
+            assert record["train/loss"] == losses[record["step"]], record["step"]
+            seen[record["step"]] = record["train/loss"]
+    assert seen == losses
+    assert [h["val/loss"] for h in final["history"]] == val
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_kill_9_at_random_steps_then_resume_auto_is_exact(tmp_path, reference, workers):
+    run_dir = tmp_path / "run"
+    kills = sorted(random.Random().sample(range(2, STEPS - 1), 3))
+    for step in kills:  # kill, resume and kill again further on, three times; then run to the end
+        seen = len(records(run_dir))
+        process = start(run_dir, f"data.num_workers={workers}", "trainer.resume=auto")
+        wait_for_step(process, run_dir, step, after=seen)
+        process.kill()
+        process.wait()
+        assert process.returncode == -signal.SIGKILL
+    finish(run_dir, f"data.num_workers={workers}", "trainer.resume=auto")
+    assert_matches(reference, run_dir)
+
+
+@pytest.mark.parametrize(("signum", "code", "workers"), [(signal.SIGTERM, 143, 2), (signal.SIGINT, 130, 0)])
+def test_a_stop_signal_saves_exits_with_its_code_and_resume_continues_exactly(tmp_path, reference, signum, code,
+                                                                               workers):
+    run_dir = tmp_path / "run"
+    process = start(run_dir, f"data.num_workers={workers}", "trainer.checkpoint_every_n_steps=null")
+    wait_for_step(process, run_dir, 10, after=0)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == code, err
+    assert "checkpoint saved in" in err
+    saved = read_checkpoint(run_dir / "checkpoints" / "last.pt")
+    step_records = [r["step"] for r in records(run_dir) if "train/loss" in r]
+    assert saved["counters"]["step"] == step_records[-1]  # the step in flight was finished and saved
+    finish(run_dir, f"data.num_workers={workers}", "trainer.resume=auto", "trainer.checkpoint_every_n_steps=null")
+    assert_matches(reference, run_dir)
+
+
+BULK = torch.arange(1 << 20, dtype=torch.float32)  # 4 MiB, so that a write takes a while
+
+
+def _saver(directory: str, first: int, ack: int) -> None:
+    """The child: saves checkpoints 'first', 'first + 1', ... forever, acknowledging each one once it returned.
+
+    Only tiny tensors are made here: a forked child must not enter torch's thread pool.
+    """
+    store = LocalCheckpointStore(directory, keep_last=2)
+    store.start()
+    i = first
+    while True:
+        state = {"model": {"bulk": BULK, "w": torch.full((8,), float(i))}, "i": i}
+        names = ["last", f"epoch-{i:04d}", *(["best"] if i % 3 == 0 else [])]
+        store.save(state, names, meta={"epoch": i, "batch": 0, "step": i})
+        os.write(ack, f"{i}\n".encode())
+        i += 1
+
+
+def test_kill_9_during_checkpoint_writes_the_newest_valid_one_always_loads(tmp_path):
+    rng = random.Random()
+    directory = str(tmp_path / "ck")
+    next_i = cut_short = 0
+    for _ in range(25):
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child never returns into pytest
+            try:
+                os.close(read)
+                _saver(directory, next_i, write)
+            finally:
+                os._exit(1)
+        os.close(write)
+        time.sleep(rng.uniform(0.0, 0.25))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        with os.fdopen(read) as handle:
+            acknowledged = [int(line) for line in handle.read().split()]
+        store = LocalCheckpointStore(directory, keep_last=2)
+        cut_short += os.path.isdir(directory) and any(name.endswith(".tmp") for name in os.listdir(directory))
+        store.start()
+        assert not [name for name in os.listdir(directory) if name.endswith(".tmp")] if os.path.isdir(directory) else True
+        name = store.latest()
+        if acknowledged:
+            assert name is not None, "a save returned, yet nothing loads"
+        if name is None:
+            continue
+        loaded = store.load(name)
+        newest = acknowledged[-1] if acknowledged else next_i - 1
+        # Durable once save returned; at most the one being written when the kill came may be newer.
+        assert newest <= loaded["i"] <= newest + 1
+        assert torch.equal(loaded["model"]["w"], torch.full((8,), float(loaded["i"])))
+        assert torch.equal(loaded["model"]["bulk"], BULK)
+        next_i = loaded["i"] + 1
+    assert next_i > 15  # the writes really happened between the kills
+    assert cut_short >= 1  # and some kills really landed in the middle of one
+
+
+def test_a_resume_path_that_fails_is_one_line_and_exit_1(tmp_path):
+    run_dir = tmp_path / "run"
+    process = start(run_dir, f"trainer.resume={tmp_path / 'missing.pt'}")
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert err.strip().splitlines()[-1] == f"trainwire: error: checkpoint {tmp_path / 'missing.pt'} does not exist"
+    assert "Traceback" not in err
