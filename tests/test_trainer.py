@@ -246,7 +246,9 @@ class _HostReads(torch.overrides.TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_no_host_reads_on_steps_where_nothing_is_logged(task):
+@pytest.mark.parametrize(("nonfinite", "per_step"), [("off", 0), ("skip", 1)])
+def test_no_host_reads_on_steps_where_nothing_is_logged(task, nonfinite, per_step):
+    """With the non-finite guard off nothing is read on unlogged steps; the guard reads exactly one value a step."""
     train, _ = task
     reads = _HostReads()
     per_batch = []
@@ -258,7 +260,7 @@ def test_no_host_reads_on_steps_where_nothing_is_logged(task):
         def on_epoch_end(self, state, metrics):
             per_batch.append((state.step, reads.count))
 
-    settings = TrainerSettings(max_epochs=1, device="cpu", log_every_n_steps=4)
+    settings = TrainerSettings(max_epochs=1, device="cpu", log_every_n_steps=4, nonfinite=nonfinite)
     with reads:
         make_trainer(gradient_policy=NormClipper(1.0), hooks=[Probe()], settings=settings).fit(make_model(), train)
     # on_batch_end runs before the batch's optimizer step, so the reads between entries k and k+1
@@ -266,5 +268,5 @@ def test_no_host_reads_on_steps_where_nothing_is_logged(task):
     added = {step: later - count for (step, count), (_, later) in zip(per_batch, per_batch[1:])}
     assert len(added) == len(train) == 12
     # Logged steps 4, 8, 12 read loss and the two norms (lr is already a float); the epoch's
-    # end reads its mean loss once; every other step reads nothing.
-    assert added == {k: (3 if k in (3, 7) else 4 if k == 11 else 0) for k in range(12)}
+    # end reads its mean loss once; every other step reads only what the guard reads.
+    assert added == {k: per_step + (3 if k in (3, 7) else 4 if k == 11 else 0) for k in range(12)}

@@ -28,7 +28,7 @@ from trainwire.sinks.base import MetricsSink, NullSink
 from trainwire.stopping import NeverStop, StoppingPolicy
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
-NONFINITE = ("skip", "raise")
+NONFINITE = ("skip", "raise", "off")
 
 
 @dataclass
@@ -44,7 +44,9 @@ class TrainerSettings:
     checkpoint_every_n_steps: Optional[int] = None  # also write last.pt every n optimizer steps
     keep_last: int = 3  # periodic checkpoints kept
     resume: Optional[str] = None  # null, "auto" (newest valid checkpoint, else fresh) or a checkpoint path
-    nonfinite: str = "skip"  # a non-finite loss or gradient: skip the step, or raise
+    # A non-finite loss or gradient: skip the step, or raise. Checking reads the grad norm on every
+    # optimizer step (on CUDA, one device sync a step); "off" checks nothing and never syncs.
+    nonfinite: str = "skip"
     max_nonfinite: int = 10  # consecutive skipped steps that end the run
 
     def __post_init__(self) -> None:
@@ -235,6 +237,7 @@ class Trainer:
         settings, model, optimizer = self.settings, state.model, state.optimizer
         accumulate, log_every = settings.accumulate_steps, settings.log_every_n_steps
         save_every = settings.checkpoint_every_n_steps
+        guard = settings.nonfinite != "off"  # a NaN/inf loss makes the gradients non-finite too
         move = (lambda batch: batch) if precision.device.type == "cpu" else (lambda b: _to_device(b, precision.device))
         save = functools.partial(self._save, state=state, precision=precision, progress=progress, train_data=train_data)
         self._emit("on_train_start", state)
@@ -256,7 +259,7 @@ class Trainer:
                 precision.unscale(optimizer)
                 grads = self.gradients.apply(params)
                 lr = optimizer.param_groups[0]["lr"]
-                taken = precision.step(optimizer, grads)  # skips non-finite gradients (a NaN/inf loss makes them so)
+                taken = precision.step(optimizer, grads if guard else None)  # skips non-finite gradients
                 optimizer.zero_grad(set_to_none=True)
                 progress.batch = index + 1
                 if taken:
