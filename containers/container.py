@@ -14,7 +14,7 @@ from typing import Any
 from dependency_injector import containers, providers
 
 from trainwire import data as datasets
-from trainwire import gradients, lr, objectives, stopping
+from trainwire import distributed, gradients, lr, objectives, stopping
 from trainwire.checkpoints import LocalCheckpointStore
 from trainwire.models import MLP
 from trainwire.optim import optimizer_factory
@@ -40,14 +40,15 @@ def _slot(node: providers.Provider, **builtins: providers.Provider) -> providers
     return providers.Selector(providers.Callable(_choice, node), custom=providers.Factory(_custom, node), **builtins)
 
 
-def _loaders(load: Any, node: dict[str, Any], seed: int) -> datasets.Loaders:
+def _loaders(load: Any, node: dict[str, Any], seed: int, strategy: distributed.Strategy) -> datasets.Loaders:
     return load(batch_size=node["batch_size"], val_fraction=node["val_fraction"], seed=seed,
-                num_workers=node["num_workers"])
+                num_workers=node["num_workers"], rank=strategy.rank, world_size=strategy.world_size)
 
 
-def _run_dir(configured: str | None) -> Path:
-    # The CLI always passes Hydra's run directory; a Python caller who set none gets a fresh one.
-    return Path(configured) if configured else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+def _run_dir(configured: str | None, strategy: distributed.Strategy) -> Path:
+    # The CLI always passes Hydra's run directory; a Python caller who set none gets a fresh one,
+    # named by rank 0 so that every process of a distributed run writes to the same one.
+    return Path(configured) if configured else Path(strategy.broadcast(f"runs/{time.strftime('%Y%m%d-%H%M%S')}"))
 
 
 def _checkpoint_dir(run_dir: Path) -> Path:
@@ -69,7 +70,8 @@ def _yaml(config: dict[str, Any]) -> str:
 class TrainerContainer(containers.DeclarativeContainer):
     config = providers.Configuration(strict=True)
 
-    run_dir = providers.Singleton(_run_dir, config.run_dir)
+    strategy = providers.Singleton(distributed.make_strategy, config.trainer.strategy)
+    run_dir = providers.Singleton(_run_dir, config.run_dir, strategy)
 
     lr_policy = _slot(
         config.lr,
@@ -113,8 +115,8 @@ class TrainerContainer(containers.DeclarativeContainer):
     model = _slot(config.model, mlp=providers.Factory(_build, MLP, config.model))
     data = _slot(
         config.data,
-        digits=providers.Factory(_loaders, datasets.digits, config.data, config.seed),
-        diabetes=providers.Factory(_loaders, datasets.diabetes, config.data, config.seed),
+        digits=providers.Factory(_loaders, datasets.digits, config.data, config.seed, strategy),
+        diabetes=providers.Factory(_loaders, datasets.diabetes, config.data, config.seed, strategy),
     )
     hooks = providers.List()
     settings = providers.Factory(_build, TrainerSettings, config.trainer)
@@ -129,5 +131,6 @@ class TrainerContainer(containers.DeclarativeContainer):
         gradient_policy=gradient_policy,
         sink=providers.Factory(FanOut, run_record, metrics_sink),
         checkpoints=checkpoint_store,
+        strategy=strategy,
         hooks=hooks,
     )
