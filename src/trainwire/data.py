@@ -94,6 +94,8 @@ class ShardBatches(Sampler[list[int]]):
         largest = -(-size // world_size)
         self.count = -(-largest // batch_size)
         self.batch_size = batch_size
+        if len(self.shard) < self.count:
+            raise ConfigError(f"validation batches of {batch_size} cannot be split evenly over {world_size} processes")
 
     def __iter__(self) -> Iterator[list[int]]:
         if -(-len(self.shard) // self.batch_size) == self.count:
