@@ -17,7 +17,7 @@ from trainwire.checkpoints import LocalCheckpointStore, read_checkpoint
 from trainwire.data import ResumableSampler
 from trainwire.lr import preview
 from trainwire.errors import CheckpointError, ConfigError, NonFiniteError, TrainingInterrupted
-from trainwire.testing import RecordingSink
+from trainwire.testing import RecordingSink, ScriptedStopper
 
 EPOCHS = 3
 
@@ -388,3 +388,25 @@ def test_resume_from_a_given_periodic_file_continues_exactly(tmp_path, reference
     assert all(torch.equal(reference[0][k], v) for k, v in model.state_dict().items())
     assert [step for step, _ in sink.series("train/loss")][0] == 11  # epoch 2's first step: 5 steps an epoch
     assert [h["val/loss"] for h in result.history] == [h["val/loss"] for h in reference[1].history]
+
+
+def test_resuming_under_a_different_plan_is_refused_before_anything_is_touched(tmp_path):
+    fit(tmp_path, max_epochs=2)
+    model, sink = dropout_model(5), RecordingSink()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(CheckpointError, match=r"planned with trainer.max_epochs=2, this run has 4: the LR schedule"):
+        trainer(tmp_path, resume="auto", sink=sink, max_epochs=4).fit(model, *loaders())
+    with pytest.raises(CheckpointError, match=r"planned with trainer.accumulate_steps=2, this run has 1"):
+        trainer(tmp_path, resume="auto", sink=sink, max_epochs=2, accumulate_steps=1).fit(model, *loaders())
+    assert not sink.started
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_best_pt_holds_the_best_epoch_and_last_pt_the_end(tmp_path):
+    stopper = ScriptedStopper(improved=[1], monitor=None)
+    model, result, _ = fit(tmp_path, stopper=stopper)
+    best, last = read_checkpoint(tmp_path / "best.pt"), read_checkpoint(tmp_path / "last.pt")
+    assert best["position"] == {"epoch": 2, "batch": 0} and last["position"] == {"epoch": EPOCHS, "batch": 0}
+    assert all(torch.equal(best["model"][k], v) for k, v in model.state_dict().items())  # fit restored the best
+    assert not all(torch.equal(last["model"][k], v) for k, v in model.state_dict().items())
+    assert all(torch.equal(last["best_model"][k], v) for k, v in model.state_dict().items())

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from trainwire.errors import CheckpointError
+from trainwire.errors import CheckpointError, ConfigError
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -79,6 +79,11 @@ def _write_file(path: Path, write) -> None:
         write(handle)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def _copy_into(source: Path, handle) -> None:
+    with open(source, "rb") as original:
+        shutil.copyfileobj(original, handle)
 
 
 def read_manifest(directory: Path) -> dict[str, Any] | None:
@@ -164,8 +169,6 @@ class LocalCheckpointStore(CheckpointStore):
     """
 
     def __init__(self, directory: str | os.PathLike[str], keep_last: int = 3, config_yaml: str | None = None) -> None:
-        from trainwire.errors import ConfigError
-
         if not isinstance(keep_last, int) or keep_last < 1:
             raise ConfigError(f"trainer.keep_last={keep_last!r} must be an integer >= 1")
         self.directory = Path(directory)
@@ -199,7 +202,7 @@ class LocalCheckpointStore(CheckpointStore):
                 try:
                     os.link(staged[0], extra)
                 except OSError:
-                    _write_file(extra, lambda handle, src=staged[0]: shutil.copyfileobj(open(src, "rb"), handle))
+                    _write_file(extra, lambda handle: _copy_into(staged[0], handle))
             manifest["pending"] = {f"{name}.pt": entry for name in names}
             self._write_manifest(manifest)
             for name, path in zip(names, staged):

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from trainwire.trainer import Trainer, TrainState
 
 FORMAT = 1
-COMPONENTS = ("format", "model", "optimizer", "lr_policy", "precision", "stopping", "gradients", "rng", "sampler",
+COMPONENTS = ("format", "plan", "model", "optimizer", "lr_policy", "precision", "stopping", "gradients", "rng", "sampler",
               "position", "counters", "history", "best_model", "epoch_losses", "versions")
 
 
@@ -36,6 +36,7 @@ class Progress:
     epoch: int = 0
     batch: int = 0
     stop_reason: str | None = None  # set once the stopping policy has ended the run
+    plan: dict[str, int] = field(default_factory=dict)  # what the schedule and positions were planned on
 
 
 def rng_state() -> dict[str, Any]:
@@ -90,6 +91,7 @@ def capture(trainer: Trainer, state: TrainState, precision: Precision, progress:
     losses = torch.stack(progress.epoch_losses).cpu() if progress.epoch_losses else torch.zeros(0)
     return {
         "format": FORMAT,
+        "plan": progress.plan,
         "model": weights,
         "optimizer": strategy.optimizer_state(model, state.optimizer),
         "lr_policy": trainer.lr_policy.state_dict(),
@@ -108,16 +110,21 @@ def capture(trainer: Trainer, state: TrainState, precision: Precision, progress:
     }
 
 
-def resume(trainer: Trainer, state: TrainState, precision: Precision, sampler: Any = None) -> Progress:
-    """Starts the trainer's store and restores what ``trainer.resume`` names; a fresh Progress when nothing."""
+def resume(trainer: Trainer, state: TrainState, precision: Precision, plan: dict[str, int],
+           sampler: Any = None) -> Progress:
+    """Starts the trainer's store and restores what ``trainer.resume`` names; a fresh Progress when nothing.
+
+    ``plan`` (max_epochs, accumulate_steps, batches_per_epoch) must match the checkpoint's:
+    the LR schedule and the batch position only mean the same thing under the same plan.
+    """
     if trainer.checkpoints is not None:
         trainer.checkpoints.start()
     where, checkpoint = find(trainer.settings.resume, trainer.checkpoints)
     if checkpoint is None:
         if trainer.settings.resume is not None:
             trainer.log.info("resume_fresh", reason="no valid checkpoint")
-        return Progress()
-    progress = restore(checkpoint, trainer, state, precision, sampler, name=f"checkpoint {where}")
+        return Progress(plan=plan)
+    progress = restore(checkpoint, trainer, state, precision, sampler, name=f"checkpoint {where}", plan=plan)
     trainer.log.info("resumed", checkpoint=where, epoch=progress.epoch, batch=progress.batch, step=state.step)
     return progress
 
@@ -140,13 +147,19 @@ def find(resume: str | None, store: CheckpointStore | None) -> tuple[str | None,
 
 
 def restore(checkpoint: dict[str, Any], trainer: Trainer, state: TrainState, precision: Precision,
-            sampler: Any = None, *, name: str = "checkpoint") -> Progress:
-    """Puts every part back; checks that every component is present before touching any of them."""
+            sampler: Any = None, *, name: str = "checkpoint", plan: dict[str, int] | None = None) -> Progress:
+    """Puts every part back; checks every component is present, and the plan the same, before touching any."""
     missing = [key for key in COMPONENTS if key not in checkpoint]
     if missing:
         raise CheckpointError(f"{name} lacks {', '.join(missing)}; refusing to resume from part of a state")
     if checkpoint["format"] != FORMAT:
         raise CheckpointError(f"{name} has format {checkpoint['format']}; this trainwire reads format {FORMAT}")
+    for key, value in (plan or {}).items():
+        if checkpoint["plan"].get(key) != value:
+            label = "batches per epoch (data.batch_size)" if key == "batches_per_epoch" else f"trainer.{key}"
+            raise CheckpointError(f"{name} was planned with {label}={checkpoint['plan'].get(key)}, this run has "
+                                  f"{value}: the LR schedule and the batch position would not line up; resume with "
+                                  "the same settings")
     trainer.strategy.load_model_state(state.model, checkpoint["model"])
     trainer.strategy.load_optimizer_state(state.model, state.optimizer, checkpoint["optimizer"])
     trainer.lr_policy.load_state_dict(checkpoint["lr_policy"])
@@ -166,4 +179,5 @@ def restore(checkpoint: dict[str, Any], trainer: Trainer, state: TrainState, pre
         epoch=position["epoch"],
         batch=position["batch"],
         stop_reason=counters["stop_reason"],
+        plan=dict(plan or checkpoint["plan"]),
     )

@@ -207,7 +207,9 @@ class Trainer:
         )
         state = TrainState(model=model, optimizer=optimizer, module=module)
         # Before the sinks start: a checkpoint that fails verification changes nothing.
-        progress = checkpoint_state.resume(self, state, precision, resumable_sampler(train_data))
+        plan = {"max_epochs": settings.max_epochs, "accumulate_steps": settings.accumulate_steps,
+                "batches_per_epoch": n_batches}
+        progress = checkpoint_state.resume(self, state, precision, plan, resumable_sampler(train_data))
         with stop_requests() as stop:
             self.sink.start()
             try:
