@@ -177,6 +177,17 @@ def test_early_stopping_is_rank_0s_decision_on_every_rank(tmp_path):
     assert summary["epochs_completed"] == 2 and summary["stop_reason"] == "scripted"
 
 
+@pytest.mark.slow
+def test_a_bad_value_is_judged_once_by_rank_0_and_every_rank_exits_2(tmp_path):
+    process = train(tmp_path, "trainer.strategy=ddp", "optimizer.lr=0", f"hydra.run.dir={tmp_path / 'r'}")
+    _, err = process.communicate(timeout=300)
+    assert process.returncode != 0
+    assert err.count("trainwire: error: optimizer.lr=0.0 must be > 0") == 1  # rank 0 speaks; rank 1 exits quietly
+    assert "exitcode  : 2" in err and "exitcode  : 1 " not in err  # a clean exit 2, no crash in any rank
+    assert "trainwire/" not in err.partition("torch.distributed.elastic")[0]  # no traceback of ours
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()
+
+
 # The sharding itself, in one process (fast) --------------------------------------------------
 @pytest.mark.parametrize(("size", "batch"), [(160, 16), (157, 16), (33, 16), (5, 2)])
 def test_n_ranks_at_batch_b_see_together_what_one_process_sees_at_batch_nb(size, batch):
