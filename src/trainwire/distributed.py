@@ -138,7 +138,8 @@ def init_process_group() -> bool:
     try:
         dist.init_process_group(backend=backend)
     except ValueError as error:  # env:// without RANK/WORLD_SIZE/MASTER_ADDR
-        raise ConfigError(f"trainer.strategy ddp or fsdp needs the processes started by torchrun ({error})") from None
+        raise ConfigError(f"trainer.strategy ddp or fsdp needs the processes started by torchrun "
+                          f"({error})") from None
     return True
 
 
