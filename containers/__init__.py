@@ -79,15 +79,23 @@ def run(cfg: DictConfig | dict[str, Any] | Container) -> FitResult:
     """Trains as the CLI does: builds the container (unless given one), the data and the model, then fits.
 
     The run is seeded with ``seed`` inside a forked RNG, so the caller's random state is untouched.
+    With ``trainer.strategy`` ddp or fsdp (under torchrun) it joins the process group first,
+    and leaves it after a barrier when the run ends normally; a group it found is left open.
     """
     container = cfg if isinstance(cfg, Container) else build_container(cfg)
+    strategy = container.strategy()
+    strategy.start()  # before the data: the loaders are sharded by rank
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(container.config.seed())
         paradigm = container.paradigm()  # the Trainer's fit, or a loop of another shape (trainwire.paradigms)
         loaders = container.data()
         model = container.model()
-        return paradigm.run(model, loaders.train, loaders.val)
+        result = paradigm.run(model, loaders.train, loaders.val)
+    # Not on an exception: a process that fails alone must exit (torchrun then stops the others),
+    # not wait at a barrier the others never reach.
+    strategy.teardown()
+    return result
 
 
 def lr_preview(cfg: DictConfig | dict[str, Any] | Container) -> tuple[list[float], int]:

@@ -14,7 +14,7 @@ from typing import Any
 from dependency_injector import containers, providers
 
 from trainwire import data as datasets
-from trainwire import adversarial, gan, generative, gradients, lr, objectives, paradigms, pretraining, stopping
+from trainwire import adversarial, distributed, gan, generative, gradients, lr, objectives, paradigms, pretraining, stopping
 from trainwire.metric_schedule import ScheduledMetrics
 from trainwire.checkpoints import LocalCheckpointStore
 from trainwire.models import MLP
@@ -44,14 +44,16 @@ def _slot(node: providers.Provider, **builtins: providers.Provider) -> providers
     return providers.Selector(providers.Callable(_choice, node), custom=providers.Factory(_custom, node), **builtins)
 
 
-def _loaders(load: Any, node: dict[str, Any], seed: int) -> datasets.Loaders:
+def _loaders(load: Any, node: dict[str, Any], seed: int, strategy: distributed.Strategy) -> datasets.Loaders:
     return load(batch_size=node["batch_size"], val_fraction=node["val_fraction"], seed=seed,
-                num_workers=node["num_workers"], train_samples=node.get("train_samples"))
+                num_workers=node["num_workers"], train_samples=node.get("train_samples"),
+                rank=strategy.rank, world_size=strategy.world_size)
 
 
-def _run_dir(configured: str | None) -> Path:
-    # The CLI always passes Hydra's run directory; a Python caller who set none gets a fresh one.
-    return Path(configured) if configured else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+def _run_dir(configured: str | None, strategy: distributed.Strategy) -> Path:
+    # The CLI always passes Hydra's run directory; a Python caller who set none gets a fresh one,
+    # named by rank 0 so that every process of a distributed run writes to the same one.
+    return Path(configured) if configured else Path(strategy.broadcast(f"runs/{time.strftime('%Y%m%d-%H%M%S')}"))
 
 
 def _checkpoint_dir(run_dir: Path) -> Path:
@@ -145,7 +147,8 @@ def _scheduled(objective: Any, every: dict[str, int] | None) -> Any:
 class TrainerContainer(containers.DeclarativeContainer):
     config = providers.Configuration(strict=True)
 
-    run_dir = providers.Singleton(_run_dir, config.run_dir)
+    strategy = providers.Singleton(distributed.make_strategy, config.trainer.strategy)
+    run_dir = providers.Singleton(_run_dir, config.run_dir, strategy)
 
     lr_policy = _slot(
         config.lr,
@@ -200,8 +203,8 @@ class TrainerContainer(containers.DeclarativeContainer):
     )
     data = _slot(
         config.data,
-        digits=providers.Factory(_loaders, datasets.digits, config.data, config.seed),
-        diabetes=providers.Factory(_loaders, datasets.diabetes, config.data, config.seed),
+        digits=providers.Factory(_loaders, datasets.digits, config.data, config.seed, strategy),
+        diabetes=providers.Factory(_loaders, datasets.diabetes, config.data, config.seed, strategy),
     )
     hooks = providers.List()
     settings = providers.Factory(_build, TrainerSettings, config.trainer)
@@ -228,6 +231,7 @@ class TrainerContainer(containers.DeclarativeContainer):
         gradient_policy=gradient_policy,
         sink=sink,
         checkpoints=checkpoint_store,
+        strategy=strategy,
         hooks=hooks,
     )
     paradigm = _slot(

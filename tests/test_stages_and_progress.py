@@ -95,7 +95,7 @@ def test_an_objective_that_takes_only_skips_the_work(task):
             super().__init__()
             self.asked: list[set[str]] = []
 
-        def evaluate(self, model, batches, only=None):
+        def evaluate(self, model, batches, only=None, reduce=None):
             self.asked.append(set(only))
             metrics = super().evaluate(model, batches)
             if "expensive" in only:

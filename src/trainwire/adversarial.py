@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from trainwire.errors import ConfigError
-from trainwire.objectives import Objective
+from trainwire.objectives import Objective, Reduce, local
 
 LossOfInputs = Callable[[Tensor], Tensor]
 
@@ -92,12 +92,12 @@ class AdversarialObjective(Objective):
     def training_loss(self, model: nn.Module, batch: Any) -> Tensor:
         return self.inner.training_loss(model, self._perturbed(self.attack, model, batch))
 
-    def evaluate(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, batches: Iterable[Any], reduce: Reduce = local) -> dict[str, float]:
         batches = list(batches)
-        metrics = self.inner.evaluate(model, batches)
+        metrics = self.inner.evaluate(model, batches, reduce=reduce)
         with torch.enable_grad():  # the Trainer evaluates under no_grad; the attack needs input gradients
             attacked = [self._perturbed(self.eval_attack, model, batch) for batch in batches]
-        robust = self.inner.evaluate(model, attacked)
+        robust = self.inner.evaluate(model, attacked, reduce=reduce)
         return {**metrics, **{f"robust_{key}": value for key, value in robust.items()}}
 
 

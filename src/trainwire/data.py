@@ -32,13 +32,22 @@ class ResumableSampler(Sampler[list[int]]):
     ``len`` is always the full epoch's batch count (what the schedule is planned on).
     ``generator``, when given, is the DataLoader's own: it is reseeded per epoch too, so the
     seeds handed to worker processes also follow the epoch.
+
+    With ``world_size`` processes, ``batch_size`` is per process: the epoch is cut into global
+    batches of ``batch_size * world_size`` and process ``rank`` takes the ``rank``-th slice of
+    each. So N processes at batch B see, together, exactly the batches one process sees at
+    batch N·B (the last, short, batch split as evenly as it goes; padded from the epoch's start
+    when it has fewer samples than processes, so that no process gets an empty batch).
     """
 
     def __init__(self, size: int, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, rank: int = 0, world_size: int = 1) -> None:
         if batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size} must be >= 1")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in a world of {world_size}")
         self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
+        self.rank, self.world_size = rank, world_size
         self.generator = generator
         self.epoch = self.start = 0
 
@@ -54,17 +63,49 @@ class ResumableSampler(Sampler[list[int]]):
         else:
             order = torch.arange(self.size)
         # Only the index list is built for the skipped batches; no sample is loaded for them.
-        for first in range(self.start * self.batch_size, self.size, self.batch_size):
-            yield order[first : first + self.batch_size].tolist()
+        step = self.batch_size * self.world_size
+        for first in range(self.start * step, self.size, step):
+            batch = order[first : first + step]
+            if len(batch) < self.world_size:
+                batch = torch.cat([batch, order[: self.world_size - len(batch)]])
+            yield batch.tensor_split(self.world_size)[self.rank].tolist()
 
     def __len__(self) -> int:
-        return -(-self.size // self.batch_size)
+        return -(-self.size // (self.batch_size * self.world_size))
 
     def state_dict(self) -> dict[str, Any]:
         return {"seed": self.seed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.seed = state["seed"]
+
+
+class ShardBatches(Sampler[list[int]]):
+    """Validation batches of this process's share (every ``world_size``-th sample from ``rank``), in order.
+
+    Every process gets the same number of batches (a sharded model's forward pass is a
+    collective), and no sample is seen twice, so sums reduced over processes cover the set once.
+    """
+
+    def __init__(self, size: int, batch_size: int, *, rank: int = 0, world_size: int = 1) -> None:
+        if size < world_size:
+            raise ConfigError(f"the validation set has {size} samples, fewer than the {world_size} processes")
+        self.shard = torch.arange(rank, size, world_size)
+        largest = -(-size // world_size)
+        self.count = -(-largest // batch_size)
+        self.batch_size = batch_size
+        if len(self.shard) < self.count:
+            raise ConfigError(f"validation batches of {batch_size} cannot be split evenly over {world_size} processes")
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if -(-len(self.shard) // self.batch_size) == self.count:
+            chunks = self.shard.split(self.batch_size)
+        else:  # a shard one sample short of the others: as many batches, a little smaller
+            chunks = self.shard.tensor_split(self.count)
+        return iter([chunk.tolist() for chunk in chunks])
+
+    def __len__(self) -> int:
+        return self.count
 
 
 def resumable_sampler(data: Any) -> ResumableSampler | None:
@@ -103,7 +144,8 @@ def _split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.
 
 
 def _loaders(x: torch.Tensor, y: torch.Tensor, val_idx: torch.Tensor, train_idx: torch.Tensor,
-             batch_size: int, seed: int, num_workers: int, train_samples: int | None = None) -> Loaders:
+             batch_size: int, seed: int, num_workers: int, train_samples: int | None = None,
+             rank: int = 0, world_size: int = 1) -> Loaders:
     if batch_size < 1:
         raise ConfigError(f"data.batch_size={batch_size} must be >= 1")
     if train_samples is not None:
@@ -111,30 +153,33 @@ def _loaders(x: torch.Tensor, y: torch.Tensor, val_idx: torch.Tensor, train_idx:
             raise ConfigError(f"data.train_samples={train_samples} must be in [1, {len(train_idx)}] (the training split)")
         train_idx = train_idx[:train_samples]  # the split is already shuffled: a random subset, the same for a seed
     generator = torch.Generator().manual_seed(seed)
-    sampler = ResumableSampler(len(train_idx), batch_size, seed=seed, generator=generator)
+    sampler = ResumableSampler(len(train_idx), batch_size, seed=seed, generator=generator, rank=rank,
+                               world_size=world_size)
     train = DataLoader(TensorDataset(x[train_idx], y[train_idx]), batch_sampler=sampler, generator=generator,
                        num_workers=num_workers)
     val = None
     if len(val_idx):
-        val = DataLoader(TensorDataset(x[val_idx], y[val_idx]), batch_size=batch_size * 4, num_workers=num_workers)
+        shard = ShardBatches(len(val_idx), batch_size * 4, rank=rank, world_size=world_size)
+        val = DataLoader(TensorDataset(x[val_idx], y[val_idx]), batch_sampler=shard, num_workers=num_workers)
     return Loaders(train, val)
 
 
 def digits(batch_size: int = 64, val_fraction: float = 0.2, seed: int = 0, num_workers: int = 0,
-           train_samples: int | None = None) -> Loaders:
+           train_samples: int | None = None, *, rank: int = 0, world_size: int = 1) -> Loaders:
     """8×8 digits as 64 features scaled to [0, 1]; targets are class indices 0–9.
 
     ``train_samples`` keeps only that many training samples (e.g. a small labelled subset); the
-    validation split is unchanged.
+    validation split is unchanged. ``rank``/``world_size`` shard both loaders for distributed
+    training; ``batch_size`` is per process.
     """
     raw = _load("digits")
     x, y = raw["x"].float() / 16.0, raw["y"].long()
     train_idx, val_idx = _split(len(x), val_fraction, seed)
-    return _loaders(x, y, val_idx, train_idx, batch_size, seed, num_workers, train_samples)
+    return _loaders(x, y, val_idx, train_idx, batch_size, seed, num_workers, train_samples, rank, world_size)
 
 
 def diabetes(batch_size: int = 32, val_fraction: float = 0.2, seed: int = 0, num_workers: int = 0,
-             train_samples: int | None = None) -> Loaders:
+             train_samples: int | None = None, *, rank: int = 0, world_size: int = 1) -> Loaders:
     """Diabetes progression: 10 features and the target, standardised with the training split's statistics."""
     raw = _load("diabetes")
     x, y = raw["x"], raw["y"]
@@ -142,4 +187,4 @@ def diabetes(batch_size: int = 32, val_fraction: float = 0.2, seed: int = 0, num
     x_mean, x_std = x[train_idx].mean(0), x[train_idx].std(0)
     y_mean, y_std = y[train_idx].mean(), y[train_idx].std()
     x, y = (x - x_mean) / x_std, ((y - y_mean) / y_std).unsqueeze(-1)
-    return _loaders(x, y, val_idx, train_idx, batch_size, seed, num_workers, train_samples)
+    return _loaders(x, y, val_idx, train_idx, batch_size, seed, num_workers, train_samples, rank, world_size)

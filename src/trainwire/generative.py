@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainwire.errors import ConfigError
-from trainwire.objectives import Objective
+from trainwire.objectives import Objective, Reduce, local
 
 
 class Density(Protocol):
@@ -82,14 +82,16 @@ class NegativeLogLikelihood(Objective):
         inputs = batch[0] if isinstance(batch, (list, tuple)) else batch
         return self.criterion(model, inputs).mean()
 
-    def evaluate(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, batches: Iterable[Any], reduce: Reduce = local) -> dict[str, float]:
         total, count, dims = None, 0, 1
         for batch in batches:
             inputs = batch[0] if isinstance(batch, (list, tuple)) else batch
             batch_total = self.criterion(model, inputs).float().sum()
             total = batch_total if total is None else total + batch_total
             count, dims = count + len(inputs), inputs[0].numel()
-        if not count:
+        sums = torch.tensor([0.0 if total is None else total.item(), count], dtype=torch.float64)
+        total_sum, count_sum = reduce(sums).tolist()
+        if not count_sum:
             raise ValueError("validation data is empty (0 samples)")
-        mean = total.item() / count
+        mean = total_sum / count_sum
         return {"loss": mean, "bits_per_dim": mean / (dims * math.log(2))}

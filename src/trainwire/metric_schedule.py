@@ -9,7 +9,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from trainwire.errors import ConfigError
-from trainwire.objectives import Objective
+from trainwire.objectives import Objective, Reduce, local
 
 
 class ScheduledMetrics(Objective):
@@ -39,10 +39,10 @@ class ScheduledMetrics(Objective):
     def training_loss(self, model: nn.Module, batch: Any) -> Tensor:
         return self.objective.training_loss(model, batch)
 
-    def evaluate(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, batches: Iterable[Any], reduce: Reduce = local) -> dict[str, float]:
         due = self.metrics_due(self.evaluations)
         self.evaluations += 1
         if self._passes_only:
-            return self.objective.evaluate(model, batches, only=due)
-        measured = self.objective.evaluate(model, batches)
+            return self.objective.evaluate(model, batches, only=due, reduce=reduce)
+        measured = self.objective.evaluate(model, batches, reduce=reduce)
         return {name: value for name, value in measured.items() if name not in self.every or name in due}

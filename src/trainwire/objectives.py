@@ -14,6 +14,14 @@ from trainwire.errors import ConfigError
 from trainwire.losses import Loss, as_loss
 
 
+Reduce = Callable[[Tensor], Tensor]
+
+
+def local(totals: Tensor) -> Tensor:
+    """The reduction of a single process: the totals as they are."""
+    return totals
+
+
 class Objective(ABC):
     """Port: the task being learned."""
 
@@ -22,10 +30,12 @@ class Objective(ABC):
         """Called per micro-batch in train mode (under autocast); returns the scalar mean loss."""
 
     @abstractmethod
-    def evaluate(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, batches: Iterable[Any], reduce: Reduce = local) -> dict[str, float]:
         """Called once per validation pass in eval mode under ``no_grad``, batches already on the device.
 
         Returns metrics over the whole set (not means of per-batch values), ``loss`` among them.
+        ``reduce`` sums a tensor of totals over every process (each sees a shard of the set; it
+        may be empty): apply it to the sums, then divide, so the metrics cover the whole set.
         """
 
 
@@ -39,19 +49,19 @@ class Classification(Objective):
         inputs, targets = batch
         return F.cross_entropy(model(inputs), targets, label_smoothing=self.label_smoothing)
 
-    def evaluate(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
-        loss_sum = correct = count = None
+    def evaluate(self, model: nn.Module, batches: Iterable[Any], reduce: Reduce = local) -> dict[str, float]:
+        totals: Tensor | None = None  # loss sum, correct, count
         for inputs, targets in batches:
             logits = model(inputs)
-            batch_loss = F.cross_entropy(logits.float(), targets, reduction="sum")
-            batch_correct = (logits.argmax(dim=-1) == targets).sum()
+            batch = torch.stack([F.cross_entropy(logits.float(), targets, reduction="sum"),
+                                 (logits.argmax(dim=-1) == targets).sum().float(),
+                                 torch.tensor(float(targets.numel()), device=logits.device)]).double()
             # Sums stay on the device: one sync at the end of the pass, not one per batch.
-            loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
-            correct = batch_correct if correct is None else correct + batch_correct
-            count = targets.numel() + (count or 0)
+            totals = batch if totals is None else totals + batch
+        loss_sum, correct, count = reduce(torch.zeros(3, dtype=torch.float64) if totals is None else totals).tolist()
         if not count:
             raise ValueError("validation data is empty (0 samples)")
-        return {"loss": loss_sum.item() / count, "accuracy": correct.item() / count}
+        return {"loss": loss_sum / count, "accuracy": correct / count}
 
 
 class Regression(Objective):
@@ -80,7 +90,7 @@ class Regression(Objective):
         # Any other callable is taken to return a batch mean: weight it by the batch's size.
         return self.loss(predictions, targets) * len(targets), len(targets)
 
-    def evaluate(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, batches: Iterable[Any], reduce: Reduce = local) -> dict[str, float]:
         sums: Tensor | None = None
         for inputs, targets in batches:
             predictions = model(inputs).float()
@@ -95,9 +105,10 @@ class Regression(Objective):
             ).double()
             # Sums stay on the device: one sync at the end of the pass, not one per batch.
             sums = batch_sums if sums is None else sums + batch_sums
-        if sums is None or sums[4] == 0:
+        totals = reduce(torch.zeros(8, dtype=torch.float64) if sums is None else sums)
+        sse, sae, total, total_sq, n, sape, loss_total, loss_n = totals.tolist()
+        if n == 0:
             raise ValueError("validation data is empty (0 samples)")
-        sse, sae, total, total_sq, n, sape, loss_total, loss_n = sums.tolist()
         mse = sse / n
         variance_sum = total_sq - total * total / n
         return {

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from trainwire.errors import ConfigError
 from trainwire.models import ACTIVATIONS
-from trainwire.objectives import Objective
+from trainwire.objectives import Objective, Reduce, local
 
 ENCODER_FORMAT = "trainwire.encoder/1"
 
@@ -153,7 +153,7 @@ class MaskedReconstruction(Objective):
         total, count = self._sums(model, inputs, mask)
         return total / count.clamp(min=1)
 
-    def evaluate(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, batches: Iterable[Any], reduce: Reduce = local) -> dict[str, float]:
         generator = torch.Generator().manual_seed(self.seed)
         total = count = None
         for batch in batches:
@@ -162,6 +162,8 @@ class MaskedReconstruction(Objective):
             batch_total, batch_count = self._sums(model, inputs, mask)
             total = batch_total if total is None else total + batch_total
             count = batch_count if count is None else count + batch_count
-        if count is None or count.item() == 0:
+        sums = torch.zeros(2, dtype=torch.float64) if count is None else torch.stack([total, count]).double()
+        total_sum, count_sum = reduce(sums).tolist()
+        if count_sum == 0:
             raise ValueError("validation data is empty (0 samples)")
-        return {"loss": total.item() / count.item()}
+        return {"loss": total_sum / count_sum}

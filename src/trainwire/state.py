@@ -83,16 +83,17 @@ def _versions() -> dict[str, str]:
 def capture(trainer: Trainer, state: TrainState, precision: Precision, progress: Progress,
             sampler: Any = None) -> dict[str, Any]:
     """The whole training state at a step boundary. Refuses (NonFiniteError) when a parameter is not finite."""
-    model = state.model
-    checks = [p.detach().isfinite().all() for p in model.parameters()]
-    if checks and not bool(torch.stack(checks).all()):  # a sync, once per checkpoint: never let a diverged model overwrite a good one
+    model, strategy = state.model, trainer.strategy
+    weights = strategy.model_state(model)  # the whole model, also when it is sharded over processes
+    checks = [value.isfinite().all() for value in weights.values() if value.is_floating_point()]
+    if checks and not bool(torch.stack(checks).all()):  # once per checkpoint: never let a diverged model overwrite a good one
         raise NonFiniteError("the model has non-finite parameters; refusing to save them as a checkpoint")
     losses = torch.stack(progress.epoch_losses).cpu() if progress.epoch_losses else torch.zeros(0)
     return {
         "format": FORMAT,
         "plan": progress.plan,
-        "model": {key: value.detach().to("cpu", copy=True) for key, value in model.state_dict().items()},
-        "optimizer": state.optimizer.state_dict(),
+        "model": weights,
+        "optimizer": strategy.optimizer_state(model, state.optimizer),
         "lr_policy": trainer.lr_policy.state_dict(),
         "precision": precision.state_dict(),
         "stopping": trainer.stopping.state_dict(),
@@ -159,8 +160,8 @@ def restore(checkpoint: dict[str, Any], trainer: Trainer, state: TrainState, pre
             raise CheckpointError(f"{name} was planned with {label}={checkpoint['plan'].get(key)}, this run has "
                                   f"{value}: the LR schedule and the batch position would not line up; resume with "
                                   "the same settings")
-    state.model.load_state_dict(checkpoint["model"])
-    state.optimizer.load_state_dict(checkpoint["optimizer"])
+    trainer.strategy.load_model_state(state.model, checkpoint["model"])
+    trainer.strategy.load_optimizer_state(state.model, state.optimizer, checkpoint["optimizer"])
     trainer.lr_policy.load_state_dict(checkpoint["lr_policy"])
     precision.load_state_dict(checkpoint["precision"])
     trainer.stopping.load_state_dict(checkpoint["stopping"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -17,12 +18,13 @@ from torch.optim import Optimizer
 from trainwire import state as checkpoint_state
 from trainwire.checkpoints import CheckpointStore
 from trainwire.data import epoch_batches, resumable_sampler
+from trainwire.distributed import STRATEGIES, Strategy, make_strategy
 from trainwire.errors import ConfigError, NonFiniteError, TrainingInterrupted
 from trainwire.gradients import GradientPolicy, NoClip
 from trainwire.hooks import HOOK_EVENTS
 from trainwire.lr import Constant, LRPolicy, steps_per_epoch
 from trainwire.objectives import Objective
-from trainwire.precision import Precision, resolve_device
+from trainwire.precision import Precision
 from trainwire.signals import stop_requests
 from trainwire.sinks.base import MetricsSink, NullSink
 from trainwire.stopping import NeverStop, StoppingPolicy
@@ -48,6 +50,7 @@ class TrainerSettings:
     # optimizer step (on CUDA, one device sync a step); "off" checks nothing and never syncs.
     nonfinite: str = "skip"
     max_nonfinite: int = 10  # consecutive skipped steps that end the run
+    strategy: str = "single"  # single, ddp or fsdp (several processes: launch with torchrun)
 
     def __post_init__(self) -> None:
         for key in ("max_epochs", "accumulate_steps", "log_every_n_steps", "checkpoint_every", "keep_last",
@@ -57,6 +60,8 @@ class TrainerSettings:
                 raise ConfigError(f"trainer.{key}={value!r} must be an integer >= 1")
         if self.nonfinite not in NONFINITE:
             raise ConfigError(f"trainer.nonfinite={self.nonfinite!r} is not one of {', '.join(NONFINITE)}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"trainer.strategy={self.strategy!r} is not one of {', '.join(STRATEGIES)}")
         if self.resume is not None and (not isinstance(self.resume, str) or not self.resume.strip()):
             raise ConfigError(f"trainer.resume={self.resume!r} must be null, 'auto' or a checkpoint path")
 
@@ -67,6 +72,7 @@ class TrainState:
 
     model: nn.Module
     optimizer: Optimizer
+    module: nn.Module | None = None  # what runs forward: the model, or its DDP/FSDP form
     epoch: int = 0
     step: int = 0
     batch: int = 0
@@ -143,6 +149,7 @@ class Trainer:
         gradient_policy: GradientPolicy | None = None,
         sink: MetricsSink | None = None,
         checkpoints: CheckpointStore | None = None,
+        strategy: Strategy | None = None,
         hooks: Sequence[Any] = (),
         logger: Any = None,
     ) -> None:
@@ -152,7 +159,8 @@ class Trainer:
         self.lr_policy = lr_policy or Constant()
         self.stopping = stopping_policy or NeverStop()
         self.gradients = gradient_policy or NoClip()
-        self.sink = sink or NullSink()
+        self.strategy = strategy or make_strategy(self.settings.strategy)
+        self.sink = self.strategy.rank0_only(sink or NullSink())  # only rank 0 writes
         self.checkpoints = checkpoints
         self.hooks = list(hooks)
         self.log = logger or structlog.get_logger("trainwire")
@@ -189,16 +197,17 @@ class Trainer:
                 f"stopping.monitor={self.stopping.monitor!r} needs validation data, and none was given "
                 "(monitor a train/ metric or use stopping=none)"
             )
-        device = resolve_device(settings.device)
+        device = self.strategy.device(settings.device)
         precision = Precision(settings.precision, device)
         model.to(device)
+        module = self.strategy.setup(model)  # before the optimizer: FSDP replaces the parameters
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
         self.lr_policy.attach(
             optimizer, steps_per_epoch=steps_per_epoch(n_batches, settings.accumulate_steps),
             max_epochs=settings.max_epochs,
         )
-        state = TrainState(model=model, optimizer=optimizer)
+        state = TrainState(model=model, optimizer=optimizer, module=module)
         # Before the sinks start: a checkpoint that fails verification changes nothing.
         plan = {"max_epochs": settings.max_epochs, "accumulate_steps": settings.accumulate_steps,
                 "batches_per_epoch": n_batches}
@@ -221,7 +230,9 @@ class Trainer:
         if self.checkpoints is None:
             return
         saved = checkpoint_state.capture(self, state, precision, progress, resumable_sampler(train_data))
-        self.checkpoints.save(saved, names, meta={"epoch": progress.epoch, "batch": progress.batch, "step": state.step})
+        if self.strategy.is_rank0:  # every process captures (FSDP gathers), one writes
+            meta = {"epoch": progress.epoch, "batch": progress.batch, "step": state.step}
+            self.checkpoints.save(saved, names, meta=meta)
 
     def _skipped(self, state: TrainState, epoch: int) -> None:
         state.skipped_steps, state.bad_steps = state.skipped_steps + 1, state.bad_steps + 1
@@ -234,7 +245,8 @@ class Trainer:
                                  f"(trainer.max_nonfinite={self.settings.max_nonfinite}); stopping")
 
     def _run(self, state, params, precision, train_data, val_data, n_batches, progress, stop) -> FitResult:
-        settings, model, optimizer = self.settings, state.model, state.optimizer
+        settings, model, module, optimizer = self.settings, state.model, state.module, state.optimizer
+        strategy = self.strategy
         accumulate, log_every = settings.accumulate_steps, settings.log_every_n_steps
         save_every = settings.checkpoint_every_n_steps
         guard = settings.nonfinite != "off"  # a NaN/inf loss makes the gradients non-finite too
@@ -250,7 +262,7 @@ class Trainer:
                 state.batch = index
                 window = min(accumulate, n_batches - index // accumulate * accumulate)
                 with precision.autocast():
-                    loss = self.objective.training_loss(model, move(batch))
+                    loss = self.objective.training_loss(module, move(batch))
                 precision.backward(loss if window == 1 else loss / window)
                 losses.append(loss.detach())
                 self._emit("on_batch_end", state, losses[-1])
@@ -268,7 +280,7 @@ class Trainer:
                     if state.step % log_every == 0:  # the only per-step device sync besides `taken`, and only here
                         self.sink.log(
                             {
-                                "train/loss": torch.stack(losses[-window:]).mean().item(),
+                                "train/loss": strategy.mean(torch.stack(losses[-window:]).mean()),
                                 "train/lr": lr,
                                 "train/grad_norm": grads.norm.item(),
                                 "train/grad_norm_clipped": grads.clipped_norm.item(),
@@ -277,21 +289,22 @@ class Trainer:
                         )
                 else:  # non-finite, or fp16 overflow (the scaler has lowered its scale): the schedule waits
                     self._skipped(state, epoch)
-                if stop.signum is not None or (taken and save_every and state.step % save_every == 0):
+                stopping = strategy.any(stop.signum is not None)  # every process stops at the same step
+                if stopping or (taken and save_every and state.step % save_every == 0):
                     save(["last"])
-                    if stop.signum is not None:
-                        raise TrainingInterrupted(stop.signum)
-            metrics = {"train/epoch_loss": torch.stack(losses).mean().item()}
+                    if stopping:
+                        raise TrainingInterrupted(stop.signum or signal.SIGTERM)
+            metrics = {"train/epoch_loss": strategy.mean(torch.stack(losses).mean())}
             if val_data is not None:
                 model.eval()
                 with torch.no_grad(), precision.autocast():
-                    measured = self.objective.evaluate(model, map(move, val_data))
+                    measured = self.objective.evaluate(module, map(move, val_data), reduce=strategy.reduce)
                 model.train()
                 metrics.update((f"val/{key}", value) for key, value in measured.items())
                 self._emit("on_validation_end", state, {k: v for k, v in metrics.items() if k.startswith("val/")})
-            verdict = self.stopping.update(epoch, metrics)
+            verdict = strategy.broadcast(self.stopping.update(epoch, metrics))  # rank 0 decides for every process
             if verdict.improved:
-                progress.best_model = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                progress.best_model = strategy.model_state(model)
             self.lr_policy.after_epoch(metrics)
             metrics["time/epoch_s"] = time.perf_counter() - started
             metrics["train/skipped_steps"] = state.skipped_steps
@@ -302,15 +315,16 @@ class Trainer:
             progress.epoch, progress.batch, progress.epoch_losses = epoch + 1, 0, []
             progress.stop_reason = (verdict.reason or "stopped") if verdict.stop else None
             periodic = [f"epoch-{epoch:04d}"] if (epoch + 1) % settings.checkpoint_every == 0 else []
+            stopping = strategy.any(stop.signum is not None)
             save(["last", *periodic, *(["best"] if verdict.improved else [])])
-            if stop.signum is not None:
-                raise TrainingInterrupted(stop.signum)
+            if stopping:
+                raise TrainingInterrupted(stop.signum or signal.SIGTERM)
             if verdict.stop:
                 self.log.info("early_stop", epoch=epoch, reason=progress.stop_reason, monitor=self.stopping.monitor,
                               best_value=self.stopping.best_value, best_epoch=self.stopping.best_epoch)
                 break
         if progress.best_model is not None:
-            model.load_state_dict(progress.best_model)
+            strategy.load_model_state(model, progress.best_model)
         history = progress.history
         return FitResult(
             epochs_completed=len(history),
