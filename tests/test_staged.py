@@ -30,7 +30,9 @@ class OptimizerSpy:
 
 def finetune(tmp_path, *overrides, spy=None):
     container = build_container(compose(["experiment=finetune", f"run_dir={tmp_path}", *overrides]))
-    model = container.model()
+    with torch.random.fork_rng():  # seeded as run() seeds it: the CLI's model, whatever ran before in this process
+        torch.manual_seed(container.config.seed())
+        model = container.model()
     if spy is not None:
         container.hooks.override(providers.List(providers.Object(spy)))
     container.model.override(providers.Object(model))
@@ -74,19 +76,34 @@ def test_unfrozen_base_is_fine_tuned_jointly(encoder_file, tmp_path):
 
 
 def test_fine_tuning_beats_the_same_predictor_from_scratch_on_50_labels(encoder_file, tmp_path):
-    """Best val/accuracy on 359 held-out digits after training on 50 labelled ones; ``seed`` picks the subset.
+    """Best val/accuracy on 359 held-out digits after training on 50 labelled ones; ``seed`` picks the
+    split, the labelled subset, the initialisation and the order. Both arms run experiment=finetune as is.
 
-    Measured (frozen base / from scratch): seed 0 0.852 / 0.802, seed 1 0.819 / 0.774,
-    seed 2 0.799 / 0.777: margins +0.050, +0.045, +0.022, mean +0.039.
+    A single draw moves by a few points either way, so the claim is on eight: the mean margin, and
+    at least six of the eight ahead. Measured with this encoder (frozen base / from scratch):
+    seed 0 0.855 / 0.783, 1 0.825 / 0.802, 2 0.805 / 0.774, 3 0.766 / 0.724, 4 0.769 / 0.716,
+    5 0.838 / 0.752, 6 0.855 / 0.791, 7 0.850 / 0.769: margins +0.072, +0.022, +0.031, +0.042,
+    +0.053, +0.086, +0.064, +0.081, mean +0.056, 8 of 8 ahead (seeds 8-11: +0.061, +0.047, +0.092,
+    +0.056). Other encoders, seeds 0-7: pre-trained with seed=1, mean +0.050, 7 of 8 ahead (seed 1:
+    0.000); pre-trained per seed on that seed's own training split, so it never saw the validation
+    images, mean +0.046, 7 of 8 (seeds 0-9: +0.044, 9 of 10). It can fail: an encoder pre-trained
+    with mask_ratio=0.85 gives mean +0.012 (6 of 8 ahead). From scratch is a little better at the
+    old lr of 0.01 (0.775 on seeds 0-9, against 0.765 at 0.03); this encoder's 0.82 still leads it.
     """
+    def best(run_dir, *overrides):
+        container = build_container(compose(["experiment=finetune", f"run_dir={run_dir}", *overrides]))
+        container.checkpoint_store.override(providers.Object(None))  # the per-epoch last.pt is most of the time
+        result = run(container)
+        assert result.monitor == "val/accuracy"
+        return result.best_value
+
     margins = []
-    for seed in (0, 1, 2):
-        _, frozen = finetune(tmp_path / f"frozen{seed}", f"encoder={encoder_file}", "freeze_base=true", f"seed={seed}")
-        _, scratch = finetune(tmp_path / f"scratch{seed}", "freeze_base=false", f"seed={seed}")
-        assert frozen.monitor == scratch.monitor == "val/accuracy"
-        margins.append(frozen.best_value - scratch.best_value)
-    assert min(margins) > 0
-    assert sum(margins) / len(margins) > 0.02
+    for seed in range(8):
+        frozen = best(tmp_path / f"frozen{seed}", f"encoder={encoder_file}", "freeze_base=true", f"seed={seed}")
+        scratch = best(tmp_path / f"scratch{seed}", "freeze_base=false", f"seed={seed}")
+        margins.append(frozen - scratch)
+    assert sum(margin > 0 for margin in margins) >= 6, margins
+    assert sum(margins) / len(margins) > 0.03, margins
 
 
 def test_stage_two_errors_are_one_line_config_errors(encoder_file, tmp_path):
