@@ -206,3 +206,73 @@ def test_a_read_only_folder_is_a_clear_error_and_the_previous_checkpoint_is_unch
 def test_keep_last_must_be_positive():
     with pytest.raises(ConfigError, match=r"trainer.keep_last=0 must be an integer >= 1"):
         LocalCheckpointStore("x", keep_last=0)
+
+
+def save_killed_at(directory, i: int, names: list[str], point: str, keep_last: int = 2) -> bool:
+    """Saves checkpoint ``i`` in a forked child that is killed (``os._exit``) on reaching ``point``.
+
+    The store's test hook stops the child there with nothing cleaned up, as ``kill -9`` would.
+    True when the save returned (``point`` was never reached), as a trainer would then acknowledge it.
+    """
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 3
+        try:
+            def hook(reached: str) -> None:
+                if reached == point:
+                    os._exit(9)
+
+            store = LocalCheckpointStore(directory, keep_last=keep_last, hook=hook)
+            store.start()
+            save(store, i, *names)
+            code = 0
+        finally:
+            os._exit(code)
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    assert code in (0, 9), code
+    return code == 0
+
+
+def test_a_save_cut_short_after_its_rename_still_loads_when_the_next_save_is_cut_short_before_its_rename(tmp_path):
+    # The flake of test_kill: a save killed after its rename left its entries under pending;
+    # the next save replaced pending with its own and was killed before its rename, so last.pt
+    # and epoch-0002.pt matched nothing any more and latest() fell back to checkpoint 1.
+    store = LocalCheckpointStore(tmp_path, keep_last=2)
+    save(store, 0, "last", "epoch-0000")
+    save(store, 1, "last", "epoch-0001")
+    assert not save_killed_at(tmp_path, 2, ["last", "epoch-0002"], "renamed")  # renamed, not yet committed
+    store.start()
+    assert store.load(store.latest())["i"] == 2  # not acknowledged, but newer: allowed, and now resumed from
+    assert not save_killed_at(tmp_path, 3, ["last", "epoch-0003"], "pending")  # hashes recorded, nothing renamed
+    store.start()
+    assert store.load(store.latest())["i"] == 2
+    assert store.load("last")["i"] == 2 and store.load("epoch-0002")["i"] == 2 and store.load("epoch-0001")["i"] == 1
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["files"]["last.pt"]["epoch"] == 2 and "epoch-0002.pt" in manifest["files"]  # committed by save 3
+    assert sorted(manifest["pending"]) == ["epoch-0003.pt", "last.pt"]
+    assert save_killed_at(tmp_path, 4, ["last", "epoch-0004"], "never")  # a whole save settles the rest
+    assert store.load(store.latest())["i"] == 4
+    assert sorted(os.listdir(tmp_path)) == ["epoch-0002.pt", "epoch-0004.pt", "last.pt", "manifest.json"]
+
+
+def test_latest_orders_a_file_by_the_entry_its_bytes_match(tmp_path):
+    store = LocalCheckpointStore(tmp_path, keep_last=2)
+    save(store, 0, "last", "epoch-0000")
+    save(store, 1, "last", "best")
+    # Cut short after best.pt was renamed, before last.pt was: best.pt holds checkpoint 2 (pending),
+    # last.pt still holds 1 (committed).
+    assert not save_killed_at(tmp_path, 2, ["best", "last"], "renamed best.pt")
+    store.start()
+    assert store.latest() == "best" and store.load("best")["i"] == 2 and store.load("last")["i"] == 1
+
+
+def test_a_pending_entry_whose_file_was_never_renamed_is_dropped_by_the_next_save(tmp_path):
+    store = LocalCheckpointStore(tmp_path, keep_last=2)
+    save(store, 0, "last")
+    assert not save_killed_at(tmp_path, 1, ["last"], "pending")
+    store.start()
+    assert store.load(store.latest())["i"] == 0
+    save(store, 2, "best")
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["files"]["last.pt"]["epoch"] == 0 and manifest["pending"] == {}
+    assert store.load("last")["i"] == 0 and store.latest() == "best"

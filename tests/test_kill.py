@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,8 @@ import time
 import pytest
 import torch
 
-from trainwire.checkpoints import LocalCheckpointStore, read_checkpoint
+from trainwire.checkpoints import LocalCheckpointStore, read_checkpoint, read_manifest, verify
+from trainwire.errors import CheckpointError
 
 pytestmark = pytest.mark.slow
 
@@ -170,6 +172,98 @@ def test_kill_9_during_checkpoint_writes_the_newest_valid_one_always_loads(tmp_p
         next_i = loaded["i"] + 1
     assert next_i > 15  # the writes really happened between the kills
     assert cut_short >= 1  # and some kills really landed in the middle of one
+
+
+def _small(i: int) -> dict:
+    return {"model": {"w": torch.full((8,), float(i))}, "i": i}
+
+
+def _save_small(store: LocalCheckpointStore, i: int, names: list[str]) -> None:
+    store.save(_small(i), names, meta={"epoch": i, "batch": 0, "step": i})
+
+
+def _points(directory, i: int, names: list[str]) -> list[str]:
+    """The steps a save of ``names`` into (a copy of) ``directory`` goes through, in order."""
+    scratch = directory.parent / f"{directory.name}-points"
+    shutil.copytree(directory, scratch)
+    reached: list[str] = []
+    _save_small(LocalCheckpointStore(scratch, keep_last=2, hook=reached.append), i, names)
+    shutil.rmtree(scratch)
+    return reached
+
+
+def _save_killed_at(directory, i: int, names: list[str], at: int) -> bool:
+    """Saves ``i`` in a forked child that ``os._exit``s at its step number ``at``; True if the save returned."""
+    pid = os.fork()
+    if pid == 0:  # the child never returns into pytest
+        code = 3
+        try:
+            count = iter(range(1 << 30))
+
+            def hook(point: str) -> None:
+                if next(count) == at:
+                    os._exit(9)  # nothing cleaned up, nothing flushed: as kill -9
+
+            store = LocalCheckpointStore(directory, keep_last=2, hook=hook)
+            store.start()
+            _save_small(store, i, names)
+            code = 0
+        finally:
+            os._exit(code)
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    assert code in (0, 9), code
+    return code == 0
+
+
+def _check(directory, floor: int, ceiling: int, before: dict[str, int]) -> tuple[int, dict[str, int]]:
+    """What a restart sees: the newest valid checkpoint is in [floor, ceiling], and nothing valid before was lost."""
+    store = LocalCheckpointStore(directory, keep_last=2)
+    store.start()
+    assert not [name for name in os.listdir(directory) if name.endswith(".tmp")]
+    name = store.latest()
+    assert name is not None
+    newest = store.load(name)["i"]
+    assert floor <= newest <= ceiling, (floor, newest, ceiling)
+    manifest = read_manifest(directory)
+    valid = {}
+    for file in sorted({*manifest["files"], *manifest["pending"]}):
+        try:
+            entry = verify(directory / file)
+        except CheckpointError:
+            continue
+        valid[file] = read_checkpoint(directory / file)["i"]
+        assert valid[file] == entry["epoch"], file  # ordered by the entry its bytes match
+    assert all(valid[file] <= newest for file in valid)
+    for file, i in before.items():  # each name keeps its checkpoint or a newer one; only pruning removes one
+        if file in valid:
+            assert valid[file] >= i, file
+        else:
+            newer = [other for other in valid if other.startswith("epoch-") and other > file]
+            assert file.startswith("epoch-") and len(newer) >= 2, (file, valid)
+    return newest, valid
+
+
+def test_kill_9_at_every_step_of_two_saves_in_a_row_never_loses_what_loaded_before(tmp_path):
+    """Deterministic: every pair of kill points (save 2 cut short at a, then save 3 cut short at b)."""
+    base = tmp_path / "base"
+    store = LocalCheckpointStore(base, keep_last=2)
+    for i in (0, 1):
+        _save_small(store, i, ["last", f"epoch-{i:04d}"])
+    _, committed = _check(base, 1, 1, {})
+    first, second = ["last", "epoch-0002", "best"], ["last", "epoch-0003"]
+    points = _points(base, 2, first)
+    assert points[:3] == ["written", "manifest staged", "pending"] and "committed" in points
+    for a in range(len(points) + 1):  # the last one: save 2 returns
+        one = tmp_path / f"a{a}"
+        shutil.copytree(base, one)
+        acknowledged = _save_killed_at(one, 2, first, a)
+        loaded, valid = _check(one, 2 if acknowledged else 1, 2, committed)
+        for b in range(len(_points(one, 3, second)) + 1):
+            two = tmp_path / f"a{a}b{b}"
+            shutil.copytree(one, two)
+            acknowledged = _save_killed_at(two, 3, second, b)
+            _check(two, 3 if acknowledged else loaded, 3, valid)
+            shutil.rmtree(two)
 
 
 def test_a_resume_path_that_fails_is_one_line_and_exit_1(tmp_path):

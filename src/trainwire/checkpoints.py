@@ -12,11 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import re
 import shutil
+import threading
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +58,107 @@ class CheckpointStore(ABC):
         """The state saved under ``name`` (or at a path); raises CheckpointError before returning anything unverified."""
 
 
+_CHUNK = 1 << 20  # bytes read per call when hashing a file
+_BIG = 1 << 20  # a write at least this long is hashed on the helper thread while it goes to disk
+_BATCH = 1 << 20  # torch.save's small writes (headers, small tensors) are gathered up to this
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    with open(path, "rb", buffering=0) as handle:
+        buffer = bytearray(_CHUNK)
+        view = memoryview(buffer)
+        while count := handle.readinto(buffer):
+            digest.update(view[:count])
     return digest.hexdigest()
+
+
+class _Hasher:
+    """A sha256 fed in order by one helper thread, so hashing overlaps the caller's I/O or parsing.
+
+    hashlib drops the GIL while it hashes a long buffer, so the two really run at once. The
+    caller must keep every submitted buffer alive and unchanged until ``wait`` returns.
+    """
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+        self._queue: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
+        self._done = threading.Semaphore(0)
+        self._pending = 0
+        self._thread = threading.Thread(target=self._run, name="trainwire-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (view := self._queue.get()) is not None:
+            self.digest.update(view)
+            self._done.release()
+
+    def submit(self, view: memoryview) -> None:
+        self._pending += 1
+        self._queue.put(view)
+
+    def wait(self) -> None:
+        """Returns once everything submitted is hashed; then ``digest`` may be used from this thread too."""
+        while self._pending:
+            self._done.acquire()
+            self._pending -= 1
+
+    def close(self) -> str:
+        self.wait()
+        self._queue.put(None)
+        self._thread.join()
+        return self.digest.hexdigest()
+
+
+class _HashingWriter:
+    """The file object ``torch.save`` writes to: bytes go to ``fd`` and into a sha256 as they pass.
+
+    So the file is never read back to hash it. A long write (a tensor's storage) is hashed on
+    the helper thread while it is written; short ones are gathered and written in batches.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.size = 0
+        self.hasher = _Hasher()
+        self._batch = bytearray()
+
+    def write(self, data) -> int:
+        view = memoryview(data)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        count = len(view)
+        if count >= _BIG:
+            self._write_batch()
+            self.hasher.submit(view)  # torch may reuse this buffer after write returns: wait below
+            try:
+                self._write_all(view)
+            finally:
+                self.hasher.wait()
+        else:
+            self.hasher.digest.update(view)  # the helper is idle between long writes
+            self._batch += view
+            if len(self._batch) >= _BATCH:
+                self._write_batch()
+        self.size += count
+        return count
+
+    def flush(self) -> None:
+        self._write_batch()
+
+    def _write_batch(self) -> None:
+        if self._batch:
+            self._write_all(memoryview(self._batch))
+            self._batch = bytearray()
+
+    def _write_all(self, view: memoryview) -> None:
+        while view:
+            view = view[os.write(self.fd, view):]
+
+    def close(self) -> str:
+        """Flushes what is gathered and returns the sha256 of everything written."""
+        self._write_batch()
+        return self.hasher.close()
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -105,9 +202,8 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
     return manifest
 
 
-def verify(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The manifest entry of the checkpoint at ``path`` when its bytes match it; CheckpointError otherwise."""
-    path = Path(path)
+def _entries(path: Path) -> list[dict[str, Any]]:
+    """The manifest entries (committed, then pending) that the file at ``path`` may match."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     manifest = read_manifest(path.parent)
@@ -118,11 +214,21 @@ def verify(path: str | os.PathLike[str]) -> dict[str, Any]:
     entries = [e for e in (manifest["files"].get(path.name), manifest["pending"].get(path.name)) if e]
     if not entries:
         raise CheckpointError(f"checkpoint {path} is not in {MANIFEST}; an unverified file is never used")
-    digest = _sha256(path)
+    return entries
+
+
+def _match(path: Path, entries: Sequence[Mapping[str, Any]], digest: str) -> dict[str, Any]:
     for entry in entries:
         if entry.get("sha256") == digest:
-            return entry
+            return dict(entry)
     raise CheckpointError(f"checkpoint {path} is corrupt or truncated: its sha256 does not match {MANIFEST}")
+
+
+def verify(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest entry of the checkpoint at ``path`` when its bytes match it; CheckpointError otherwise."""
+    path = Path(path)
+    entries = _entries(path)
+    return _match(path, entries, _sha256(path))
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -132,11 +238,35 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     refused before that object is built, so a malicious payload never runs.
     """
     path = Path(path)
-    verify(path)
+    entries = _entries(path)
+    # A helper thread hashes the file while torch.load parses it (hashlib and file reads release
+    # the GIL), so with a free core the check costs little time. Nothing is returned, and no
+    # verdict of the parse is given, before the digest matches the manifest: a file that does not
+    # match is reported as corrupt whatever the parse made of it.
+    hashed: dict[str, Any] = {}
+
+    def hash_file() -> None:
+        try:
+            hashed["digest"] = _sha256(path)
+        except OSError as error:
+            hashed["error"] = error
+
+    hashing = threading.Thread(target=hash_file, name="trainwire-sha256", daemon=True)
+    hashing.start()
+    state: Any = None
+    failure: Exception | None = None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # weights_only refuses with UnpicklingError; a bad archive raises others
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+        failure = error
+    finally:
+        hashing.join()
+    if "error" in hashed:
+        error = hashed["error"]
+        raise CheckpointError(f"cannot read checkpoint {path}: {error.strerror or error}") from None
+    _match(path, entries, hashed["digest"])
+    if failure is not None:
+        lines = [line.strip() for line in str(failure).splitlines() if line.strip()] or [type(failure).__name__]
         reason = next((line for line in lines if "WeightsUnpickler error" in line), lines[0])
         raise CheckpointError(f"checkpoint {path} was refused by torch.load(weights_only=True): {reason}") from None
     if not isinstance(state, dict):
@@ -165,19 +295,27 @@ class LocalCheckpointStore(CheckpointStore):
 
     Keeps ``last.pt``, ``best.pt`` and the newest ``keep_last`` periodic ``epoch-XXXX.pt``;
     older periodic files are pruned only after a new one is committed. ``config_yaml``, when
-    given, is stored in every checkpoint as the run's resolved config.
+    given, is stored in every checkpoint as the run's resolved config. ``hook`` is for tests:
+    it is called with the name of each step a save reaches (``written``, ``pending``,
+    ``renamed last.pt``, ...), so that a test can kill the process at exactly that point.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], keep_last: int = 3, config_yaml: str | None = None) -> None:
+    def __init__(self, directory: str | os.PathLike[str], keep_last: int = 3, config_yaml: str | None = None, *,
+                 hook: Callable[[str], None] | None = None) -> None:
         if not isinstance(keep_last, int) or keep_last < 1:
             raise ConfigError(f"trainer.keep_last={keep_last!r} must be an integer >= 1")
         self.directory = Path(directory)
         self.keep_last = keep_last
         self.config_yaml = config_yaml
+        self.hook = hook
         self.log = structlog.get_logger("trainwire")
 
     def path(self, name: str) -> Path:
         return self.directory / f"{name}.pt"
+
+    def _reached(self, point: str) -> None:
+        if self.hook is not None:
+            self.hook(point)
 
     def start(self) -> None:
         if not self.directory.is_dir():
@@ -196,21 +334,32 @@ class LocalCheckpointStore(CheckpointStore):
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             manifest = read_manifest(self.directory) or {"format": FORMAT, "files": {}, "pending": {}}
-            _write_file(staged[0], lambda handle: torch.save(payload, handle))
-            entry = {"sha256": _sha256(staged[0]), "size": staged[0].stat().st_size, **meta}
+            self._settle(manifest)
+            entry = {**self._write_data(staged[0], payload), **meta}
             for extra in staged[1:]:  # one write, several names: a hard link shares the fsynced bytes
                 try:
                     os.link(staged[0], extra)
                 except OSError:
                     _write_file(extra, lambda handle: _copy_into(staged[0], handle))
+            self._reached("written")
             manifest["pending"] = {f"{name}.pt": entry for name in names}
             self._write_manifest(manifest)
+            _fsync_dir(self.directory)  # the new hashes are durable before any name changes its bytes
+            self._reached("pending")
             for name, path in zip(names, staged):
                 os.replace(path, self.path(name))
-            _fsync_dir(self.directory)
-            manifest["files"].update(manifest["pending"])
+                self._reached(f"renamed {name}.pt")
+            _fsync_dir(self.directory)  # durable from here: each name verifies through its pending entry
+            self._reached("renamed")
+            manifest["files"].update(manifest.pop("pending"))
             manifest["pending"] = {}
+            doomed = self._doomed(manifest)
+            for name in doomed:  # out of the manifest first: a crash in between leaves an unused file, not a bad entry
+                del manifest["files"][name]
+            # No folder fsync for this write: should a power cut undo it, the manifest before it
+            # (the same entries under pending) comes back, which verifies the same files.
             self._write_manifest(manifest)
+            self._reached("committed")
         except OSError as error:
             where = error.filename or target
             raise CheckpointError(f"could not write checkpoint {target}: {error.strerror or error} ({where})") from None
@@ -221,46 +370,89 @@ class LocalCheckpointStore(CheckpointStore):
                 except OSError:
                     pass
         try:
-            self._prune(manifest)
+            for name in doomed:
+                (self.directory / name).unlink(missing_ok=True)
+                self._reached(f"pruned {name}")
         except OSError as error:  # the new checkpoint is committed; only the old ones are still there
             raise CheckpointError(f"saved {target}, but could not prune old checkpoints in {self.directory}: "
                                   f"{error.strerror or error}") from None
+
+    def _write_data(self, path: Path, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Writes ``payload`` to the new file ``path`` with one fsync; its sha256 is taken as the bytes pass."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        writer = _HashingWriter(fd)
+        try:
+            torch.save(payload, writer)
+            digest = writer.close()
+            os.fsync(fd)
+        finally:
+            writer.hasher.close()
+            os.close(fd)
+        return {"sha256": digest, "size": writer.size}
+
+    def _settle(self, manifest: dict[str, Any]) -> None:
+        """Resolves what a save cut short left under ``pending``, before a new save replaces it.
+
+        A pending entry whose file already holds its bytes (the save was cut short after its
+        rename) is committed: that checkpoint verified, may have been resumed from, and must not
+        stop verifying because a later save is cut short too. Any other pending entry (its file
+        still holds the committed bytes, or is missing) is dropped. Costs a hash only after a crash.
+        """
+        for name, entry in manifest["pending"].items():
+            committed = manifest["files"].get(name)
+            if not (_NAME.match(name.removesuffix(".pt")) and isinstance(entry, dict)):
+                continue
+            if isinstance(committed, dict) and committed.get("sha256") == entry.get("sha256"):
+                continue
+            try:
+                digest = _sha256(self.directory / name)
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                continue
+            if digest == entry.get("sha256"):
+                manifest["files"][name] = entry
+        manifest["pending"] = {}
 
     def _write_manifest(self, manifest: Mapping[str, Any]) -> None:
         staged = self.directory / f".{MANIFEST}.{uuid.uuid4().hex[:8]}.tmp"
         try:
             _write_file(staged, lambda handle: handle.write(json.dumps(manifest, indent=1, sort_keys=True).encode()))
+            self._reached("manifest staged")
             os.replace(staged, self.directory / MANIFEST)
         finally:
             staged.unlink(missing_ok=True)
-        _fsync_dir(self.directory)
 
-    def _prune(self, manifest: dict[str, Any]) -> None:
-        periodic = sorted((name for name in manifest["files"] if _PERIODIC.match(name)), reverse=True)
-        doomed = periodic[self.keep_last:]
-        if not doomed:
-            return
-        for name in doomed:  # out of the manifest first: a crash in between leaves an unused file, never a bad entry
-            del manifest["files"][name]
-        self._write_manifest(manifest)
-        for name in doomed:
-            (self.directory / name).unlink(missing_ok=True)
+    def _doomed(self, manifest: Mapping[str, Any]) -> list[str]:
+        """The periodic files beyond the newest ``keep_last``."""
+        periodic = sorted((name for name in manifest["files"] if _PERIODIC.match(name)),
+                          key=lambda name: int(name[len("epoch-"):-len(".pt")]), reverse=True)
+        return periodic[self.keep_last:]
 
     def latest(self) -> str | None:
         manifest = read_manifest(self.directory) if self.directory.is_dir() else None
         if manifest is None:
             return None
-        entries = {**manifest["pending"], **manifest["files"]}
+        # Every entry is a candidate, committed or pending, ordered by its own position: a file
+        # renamed into place by a save cut short before its commit counts as what it holds.
+        candidates = [(entry, name) for table in ("files", "pending") for name, entry in manifest[table].items()
+                      if _NAME.match(name.removesuffix(".pt")) and name.endswith(".pt") and isinstance(entry, dict)]
         # Newest by position; on a tie last.pt first, as it is the one written every time.
-        order = sorted(entries, key=lambda name: (entries[name].get("epoch", -1), entries[name].get("batch", -1),
-                                                  entries[name].get("step", -1), name == "last.pt"), reverse=True)
-        for name in order:
-            try:
-                verify(self.directory / name)
-            except CheckpointError as error:
-                self.log.warning("checkpoint_rejected", file=str(self.directory / name), reason=str(error))
-                continue
-            return name[: -len(".pt")]
+        candidates.sort(key=lambda item: (item[0].get("epoch", -1), item[0].get("batch", -1), item[0].get("step", -1),
+                                          item[1] == "last.pt"), reverse=True)
+        left = {name: sum(1 for _, other in candidates if other == name) for _, name in candidates}
+        digests: dict[str, str | None] = {}
+        for entry, name in candidates:
+            path = self.directory / name
+            if name not in digests:
+                try:
+                    digests[name] = _sha256(path) if path.is_file() else None
+                except OSError:
+                    digests[name] = None
+            if digests[name] is not None and digests[name] == entry.get("sha256"):
+                return name[: -len(".pt")]
+            left[name] -= 1
+            if not left[name]:
+                reason = f"corrupt or truncated: its sha256 does not match {MANIFEST}" if digests[name] else "missing"
+                self.log.warning("checkpoint_rejected", file=str(path), reason=f"checkpoint {path} is {reason}")
         return None
 
     def load(self, name: str) -> dict[str, Any]:
