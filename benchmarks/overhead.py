@@ -23,13 +23,18 @@ Two measurements:
 2. Lockstep: the two loops run on two threads that hand a baton over after every backward, so
    step k of one and step k of the other run back to back and meet the same machine. Each
    loop's active time per step is recorded (trainwire through an ``on_batch_end`` hook, the
-   hand-written loop by the same call); the median paired difference per step phase (step mod
-   10, so logged steps count in their share) is the overhead per step. On a machine that other
-   processes keep busy, the whole-run ratio swings by tens of percent and this one does not.
+   hand-written loop by the same call). Per step phase (step mod 10, so logged steps count in
+   their share) each loop's 10th-percentile time is its undisturbed step (other processes only
+   ever add time); trainwire's overhead is the difference. The rounds go through the four
+   combinations of which loop starts and which thread is made first (each is worth a few µs a
+   step). On a machine that other processes keep busy, the whole-run ratio swings by tens of
+   percent and this one by a few µs a step. For long steps (compute) it cannot resolve
+   trainwire's overhead, so the script also prints the ratio implied by the tiny workload's
+   overhead, which does not grow with the model.
 
 A benchmark, not a test: it prints PASS/MISS and exits 0 either way.
 
-    python benchmarks/overhead.py             # full run, about 2 minutes on 2 idle cores
+    python benchmarks/overhead.py             # full run, about 2 minutes on 2 idle cores, 3 on busy ones
     python benchmarks/overhead.py --quick     # smoke run, a few seconds
     python benchmarks/overhead.py --rounds 15
 """
@@ -258,14 +263,17 @@ def whole_runs(work: Workload, data: Any, rounds: int, tmp: Path, extra: dict[st
         if index == 0:
             diff = max((a - b).abs().max().item()
                        for a, b in zip(finals["trainwire"].parameters(), finals["hand-written"].parameters()))
-            print(f"  [{work.name}] warmup round: max |trainwire - hand-written| over the final weights = {diff:.3g}"
-                  + ("" if diff == 0 else "  (the loops do not do identical work!)"), flush=True)
+            progress(f"  [{work.name}] warmup round: max |trainwire - hand-written| over the final weights = "
+                     f"{diff:.3g}" + ("" if diff == 0 else "  (the loops do not do identical work!)"))
+            if diff != 0:
+                print(f"warning ({work.name}): the two loops ended with different weights (max |diff| {diff:.3g}): "
+                      "they no longer do the same work; the comparison is off")
             continue
         for name, wall in now.items():
             walls[name].append(wall)
-        print(f"  [{work.name}] round {index}/{rounds}: "
-              + ", ".join(f"{name} {work.steps / wall:,.0f} steps/s" for name, wall in now.items())
-              + f"; ratio {now['hand-written'] / now['trainwire']:.3f}", flush=True)
+        progress(f"  [{work.name}] round {index}/{rounds}: "
+                 + ", ".join(f"{name} {work.steps / wall:,.0f} steps/s" for name, wall in now.items())
+                 + f"; ratio {now['hand-written'] / now['trainwire']:.3f}")
     return {
         "sps": {name: [work.steps / wall for wall in values] for name, values in walls.items()},
         "ratio": [h / t for h, t in zip(walls["hand-written"], walls["trainwire"])],
@@ -334,12 +342,22 @@ def lockstep(work: Workload, data: Any, tmp: Path, index: int) -> dict[str, list
             errors.append(error)
 
     threads = [threading.Thread(target=target, args=(name,)) for name in names]
-    gc.collect()
-    for thread in threads:
-        thread.start()
-    batons[first].go.set()
-    for thread in threads:
-        thread.join()
+    # One core for both threads (they inherit the affinity), so that both loops meet the same core:
+    # on a VM the cores can differ in speed for a while, which no statistic of the windows undoes.
+    pinned = work.threads == 1 and hasattr(os, "sched_setaffinity")
+    if pinned:
+        cores = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {min(cores)})
+    try:
+        gc.collect()
+        for thread in threads:
+            thread.start()
+        batons[first].go.set()
+        for thread in threads:
+            thread.join()
+    finally:
+        if pinned:
+            os.sched_setaffinity(0, cores)
     if errors:
         raise errors[0]
     return {name: baton.active for name, baton in batons.items()}
@@ -355,26 +373,27 @@ def lockstep_overhead(work: Workload, active: dict[str, list[float]]) -> dict[st
     """Steady-state seconds per step of the hand-written loop, and trainwire's extra per step and per epoch.
 
     Window k (k >= 1) holds optimizer step k-1 (logged when k % LOG_EVERY == 0) and batch k's
-    forward and backward; the windows that open an epoch also hold the per-epoch work. Per step
-    phase (k mod LOG_EVERY) each loop's 10th-percentile window is its undisturbed time; the mean
-    over the phases is the time per step, logged steps counted in their share.
+    forward and backward; the windows that open an epoch also hold the per-epoch work. With many
+    steps: per step phase (k mod LOG_EVERY) each loop's 10th-percentile window is its undisturbed
+    time, and the mean over the phases is the time per step, logged steps counted in their
+    share. With few (long) steps: the median window of each, and the median paired difference.
     """
     tw, hw = active["trainwire"], active["hand-written"]
-    phases: dict[str, list[list[float]]] = {name: [[] for _ in range(LOG_EVERY)] for name in active}
-    epoch_windows: dict[str, list[float]] = {name: [] for name in active}
-    for k in range(1, min(len(tw), len(hw))):  # window 0 holds the setup
-        for name, windows in (("trainwire", tw), ("hand-written", hw)):
-            if k % work.batches_per_epoch == 0:
-                epoch_windows[name].append(windows[k])
-            else:
-                phases[name][k % LOG_EVERY].append(windows[k])
-    step = {name: statistics.fmean(_low(group) for group in groups if group) for name, groups in phases.items()}
-    overhead = step["trainwire"] - step["hand-written"]
+    windows = [k for k in range(1, min(len(tw), len(hw))) if k % work.batches_per_epoch]  # 0 holds the setup
+    epoch_windows = [k for k in range(1, min(len(tw), len(hw))) if k % work.batches_per_epoch == 0]
+    if len(windows) >= 30 * LOG_EVERY:
+        step = {}
+        for name, times in (("trainwire", tw), ("hand-written", hw)):
+            phases = [[times[k] for k in windows if k % LOG_EVERY == phase] for phase in range(LOG_EVERY)]
+            step[name] = statistics.fmean(_low(group) for group in phases if group)
+        hw_step, overhead = step["hand-written"], step["trainwire"] - step["hand-written"]
+    else:
+        hw_step = statistics.median(hw[k] for k in windows)
+        overhead = statistics.median(tw[k] - hw[k] for k in windows)
     epoch = float("nan")
-    if epoch_windows["trainwire"]:
-        epoch = statistics.median(epoch_windows["trainwire"]) - statistics.median(epoch_windows["hand-written"])
-        epoch -= overhead
-    return {"step_s": step["hand-written"], "overhead_s": overhead, "epoch_overhead_s": epoch}
+    if epoch_windows:
+        epoch = statistics.median(tw[k] - hw[k] for k in epoch_windows) - overhead
+    return {"step_s": hw_step, "overhead_s": overhead, "epoch_overhead_s": epoch}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,13 +405,14 @@ def measure(work: Workload, rounds: int, lockstep_rounds: int, dataloader: bool,
     torch.manual_seed(0)
     data = make_data(work, dataloader)
     result: dict[str, Any] = {"work": work, **whole_runs(work, data, rounds, tmp, extra)}
+    # (lockstep rounds run on one pinned core when the workload uses one thread; see lockstep())
     steps = []
     for index in range(lockstep_rounds):
         steps.append(lockstep_overhead(work, lockstep(work, data, tmp, index)))
         last = steps[-1]
-        print(f"  [{work.name}] lockstep {index + 1}/{lockstep_rounds}: hand-written step "
+        progress(f"  [{work.name}] lockstep {index + 1}/{lockstep_rounds}: hand-written step "
               f"{last['step_s'] * 1e6:,.1f} µs, trainwire +{last['overhead_s'] * 1e6:.2f} µs a step, "
-              f"+{last['epoch_overhead_s'] * 1e6:.0f} µs an epoch", flush=True)
+              f"+{last['epoch_overhead_s'] * 1e6:.0f} µs an epoch")
     # The rounds balance who starts first, so their mean (not median) cancels that bias.
     step_s = statistics.fmean(s["step_s"] for s in steps)
     overhead_s = statistics.fmean(s["overhead_s"] for s in steps)
@@ -432,8 +452,14 @@ def machine() -> str:
                     break
     except OSError:
         pass
-    return (f"{cpu}, {os.cpu_count()} cores; torch {torch.__version__}; Python {platform.python_version()}; "
+    load = " (load {:.1f})".format(os.getloadavg()[0]) if hasattr(os, "getloadavg") else ""
+    return (f"{cpu}, {os.cpu_count()} cores{load}; torch {torch.__version__}; Python {platform.python_version()}; "
             f"trainwire {trainwire.__version__}")
+
+
+def progress(line: str) -> None:
+    """Progress goes to stderr; stdout holds only the report (run_all.py collects it)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -442,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None,
                         help="whole-run rounds per workload (default 9; 2 with --quick)")
     parser.add_argument("--lockstep-rounds", type=int, default=None,
-                        help="lockstep rounds per workload (default 4, which balances who starts; 1 with --quick)")
+                        help="lockstep rounds per workload (default 8 for tiny, 4 for compute: multiples of 4 "
+                        "balance who starts; 1 with --quick)")
     parser.add_argument("--dataloader", action="store_true", help="feed the tiny workload through a DataLoader")
     parser.add_argument("--compute-threads", type=int, default=1,
                         help="torch threads for the compute-bound workload (default 1: on small shared VMs "
@@ -452,22 +479,19 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds if args.rounds is not None else (2 if args.quick else 9)
     if rounds < 1:
         parser.error("--rounds must be >= 1")
-    lockstep_rounds = args.lockstep_rounds if args.lockstep_rounds is not None else (1 if args.quick else 4)
-    if lockstep_rounds < 1:
+    if args.lockstep_rounds is not None and args.lockstep_rounds < 1:
         parser.error("--lockstep-rounds must be >= 1")
 
     extra: dict[str, Runner] = {}
+    notes: list[str] = []
     try:
         import lightning  # noqa: F401
     except ImportError:
-        print("note: lightning is not installed; skipping the Lightning comparison")
+        notes.append("Lightning: not installed, so the Lightning comparison was skipped.")
     else:
         extra["lightning"] = run_lightning
 
-    print(f"machine: {machine()}")
-    print("fairness: both loops read the loss and the grad norm with .item() every 10 steps and append loss, lr "
-          "and grad norm to metrics.jsonl (flushed); both read the epoch's mean loss once per epoch and log one "
-          "line to /dev/null (trainwire: structlog, default processors, rendered into /dev/null)", flush=True)
+    progress(f"machine: {machine()}")
     results = []
     fixed: dict[str, float] = {}
     started = time.perf_counter()
@@ -476,20 +500,20 @@ def main(argv: list[str] | None = None) -> int:
         for work in workloads(args.quick, args.compute_threads):
             if args.only and work.name != args.only:
                 continue
-            print(f"{work.describe()}: {work.steps} steps a run ({work.epochs} epochs × {work.batches_per_epoch} "
-                  f"batches); {rounds} whole-run rounds after a warmup round, then {lockstep_rounds} in lockstep",
-                  flush=True)
             use_dataloader = args.dataloader and work.name == "tiny"
+            lockstep_rounds = args.lockstep_rounds or (1 if args.quick else 8 if work.name == "tiny" else 4)
+            progress(f"{work.describe()}: {work.steps} steps a run ({work.epochs} epochs × {work.batches_per_epoch} "
+                     f"batches); {rounds} whole-run rounds after a warmup round, then {lockstep_rounds} in lockstep")
             extras = extra if work.name == "tiny" else {}
             results.append(measure(work, rounds, lockstep_rounds, use_dataloader, tmp, extras))
             if work.name == "tiny":
                 fixed = fixed_cost(work, tmp, 3 if args.quick else 9)
     elapsed = time.perf_counter() - started
 
-    print()
     print(f"Machine: {machine()}  ")
     print(f"Data: {'a DataLoader (tiny)' if args.dataloader else 'a pre-built list of batches'}; {rounds} "
-          f"interleaved whole-run rounds and {lockstep_rounds} lockstep round(s) per workload."
+          "interleaved whole-run rounds per workload after a warmup round, then "
+          + ", ".join(f"{len(r['overhead_us'])} lockstep ({r['work'].name})" for r in results) + "."
           + (" QUICK SMOKE RUN: the numbers mean nothing." if args.quick else ""))
     print()
     print("| workload | trainwire steps/s | hand-written steps/s | ratio | lockstep: step µs | lockstep: overhead "
@@ -513,15 +537,29 @@ def main(argv: list[str] | None = None) -> int:
         if "lightning" in sps:
             print(f"| {work.name} via Lightning | {spread(sps['lightning'], ',.0f')} | | | | | | | |")
     print()
+    print("Same work: identical final weights checked; both loops read the loss and the grad norm with .item() "
+          "every 10 steps and append loss, lr and grad norm to a flushed metrics.jsonl, and read the epoch's mean "
+          "loss once an epoch and log one line to /dev/null (trainwire: structlog's default processors rendering "
+          "into /dev/null). trainwire runs at its defaults (so it also reads the grad norm every step to skip "
+          "non-finite steps, when its version does that); the hand-written loop does not.")
     print("steps/s and ratio: whole runs by the wall clock, setup and teardown included; median (min–max) over the "
           "rounds; ratio = median of the per-round trainwire/hand-written steps/s (the verdict). lockstep: the two "
           "loops on two threads taking turns after every backward; per step phase (step mod 10, so logged steps "
-          "count in their share) each loop's 10th-percentile active time; step = the hand-written loop's, overhead "
-          "= trainwire's extra (mean (min–max) over the rounds, which balance who starts), ratio = step / "
-          "(step + overhead). Per-epoch and per-run work are left out of the lockstep figures.")
+          "count in their share) each loop's 10th-percentile active time (for runs under 300 steps: the median "
+          "paired difference); step = the hand-written loop's, overhead = trainwire's extra (mean (min–max) over "
+          "the rounds, which balance who starts), ratio = step / (step + overhead). Per-epoch and per-run work are "
+          "left out of the lockstep figures.")
+    tiny = next((result for result in results if result["work"].name == "tiny"), None)
     for result in results:
-        print(f"Per epoch ({result['work'].name}), trainwire's extra beyond its per-step overhead: "
-              f"{spread(result['epoch_overhead_us'], '.0f')} µs.")
+        if tiny is not None and result is not tiny:
+            tiny_overhead = statistics.fmean(tiny["overhead_us"])
+            print(f"{result['work'].name}: tiny's per-step overhead ({tiny_overhead:.1f} µs, which does not grow with "
+                  f"the model) is {tiny_overhead / result['step_us']:.2%} of a {result['work'].name} step: an implied "
+                  f"ratio of {result['step_us'] / (result['step_us'] + tiny_overhead):.4f}, finer than this "
+                  "machine resolves directly.")
+    if tiny is not None:
+        print(f"Per epoch (tiny), trainwire's extra beyond its per-step overhead: "
+              f"{spread(tiny['epoch_overhead_us'], '.0f')} µs.")
     if fixed:
         print(f"Whole 2-step runs (tiny; mostly setup and teardown), median wall time: trainwire "
               f"{fixed['trainwire'] * 1e3:.2f} ms, hand-written {fixed['hand-written'] * 1e3:.2f} ms "
@@ -530,6 +568,8 @@ def main(argv: list[str] | None = None) -> int:
     if share < 0.9:
         print(f"warning: the benchmark got only {share:.0%} of its cores in the whole-run rounds (other processes "
               "compete for the CPU): whole-run ratios are noisy; trust the lockstep ratio.")
+    for note in notes:
+        print(note)
     print(f"(ran in {elapsed:.0f} s; exit status 0 whatever the result: this is a benchmark, not a test)")
     return 0
 
