@@ -35,6 +35,7 @@ from trainwire.paradigms import Paradigm
 from trainwire.precision import resolve_device
 from trainwire.sinks.base import MetricsSink, NullSink
 from trainwire.trainer import FitResult, OptimizerFactory, Trainer, TrainState
+from trainwire.hooks import emit
 
 GAN_LOSSES = ("logistic", "wasserstein_gp")
 
@@ -154,10 +155,7 @@ class GANTrainer(Paradigm):
         self.log = logger or structlog.get_logger("trainwire")
 
     def _emit(self, event: str, *args: Any) -> None:
-        for hook in self.hooks:
-            method = getattr(hook, event, None)
-            if method is not None:
-                method(*args)
+        emit(self.hooks, event, *args)
 
     def run(self, model: nn.Module, train_data: Iterable[Any], val_data: Iterable[Any] | None = None) -> FitResult:
         """The loop, in short::

@@ -7,6 +7,7 @@ A hook observes; to change a decision, write a policy instead.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -21,6 +22,14 @@ HOOK_EVENTS = (
     "on_train_end",
     "on_exception",
 )
+
+
+def emit(hooks: Sequence[Any], event: str, *args: Any) -> None:
+    """Calls ``event`` on each hook that has it, in order (what every loop does at its fixed points)."""
+    for hook in hooks:
+        method = getattr(hook, event, None)
+        if method is not None:
+            method(*args)
 
 
 class Hook:

@@ -21,7 +21,7 @@ from trainwire.data import epoch_batches, resumable_sampler
 from trainwire.distributed import STRATEGIES, Strategy, make_strategy
 from trainwire.errors import ConfigError, NonFiniteError, TrainingInterrupted
 from trainwire.gradients import GradientPolicy, NoClip
-from trainwire.hooks import HOOK_EVENTS
+from trainwire.hooks import emit
 from trainwire.lr import Constant, LRPolicy, steps_per_epoch
 from trainwire.objectives import Objective
 from trainwire.precision import Precision
@@ -166,10 +166,7 @@ class Trainer:
         self.log = logger or structlog.get_logger("trainwire")
 
     def _emit(self, event: str, *args: Any) -> None:
-        for hook in self.hooks:
-            method = getattr(hook, event, None)
-            if method is not None:
-                method(*args)
+        emit(self.hooks, event, *args)
 
     def fit(self, model: nn.Module, train_data: Iterable[Any], val_data: Iterable[Any] | None = None) -> FitResult:
         """Trains ``model`` on ``train_data`` and returns what happened. The loop, in short::
