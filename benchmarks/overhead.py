@@ -136,6 +136,18 @@ def make_data(work: Workload, dataloader: bool) -> Any:
 # None in the whole-run rounds (trainwire then runs with no hooks at all).
 
 
+PROGRESS = False  # --progress: the tqdm bar on (into /dev/null), wired as the CLI wires it
+
+
+def _sink(run_dir: Path, work: Workload) -> Any:
+    if not PROGRESS:
+        return JsonlSink(run_dir)
+    from trainwire import FanOut, GuardedFanOut
+    from trainwire.progress import ProgressBar
+
+    return GuardedFanOut(FanOut(JsonlSink(run_dir), ProgressBar(work.epochs, file=DEVNULL)))
+
+
 def run_trainwire(model: nn.Module, data: Any, work: Workload, run_dir: Path, baton: Baton | None) -> None:
     trainer = Trainer(
         objective=Classification(),
@@ -144,7 +156,7 @@ def run_trainwire(model: nn.Module, data: Any, work: Workload, run_dir: Path, ba
         lr_policy=WarmupCosine(warmup_steps=work.warmup_steps),
         gradient_policy=NormClipper(MAX_NORM),
         stopping_policy=NeverStop(),
-        sink=JsonlSink(run_dir),
+        sink=_sink(run_dir, work),
         hooks=[] if baton is None else [baton],
         logger=QUIET_LOGGER,
     )
@@ -475,7 +487,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch threads for the compute-bound workload (default 1: on small shared VMs "
                         "two threads can swing 10x from run to run)")
     parser.add_argument("--only", choices=("tiny", "compute"), help="run one workload only")
+    parser.add_argument("--progress", action="store_true", help="trainwire with its tqdm progress bar on")
     args = parser.parse_args(argv)
+    global PROGRESS
+    PROGRESS = args.progress
     rounds = args.rounds if args.rounds is not None else (2 if args.quick else 9)
     if rounds < 1:
         parser.error("--rounds must be >= 1")
