@@ -225,3 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, ValueError) as error:
         print(f"trainwire: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except ImportError as error:
+        print(f"trainwire: error: {command} needs {error.name or 'matplotlib'}, which is not installed "
+              "(pip install 'trainwire[plot]')", file=sys.stderr)
+        sys.exit(2)

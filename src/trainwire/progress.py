@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from collections.abc import Mapping
 from typing import IO, Any
 
+from trainwire.errors import ConfigError
 from trainwire.sinks.base import MetricsSink
 
 
@@ -76,8 +78,11 @@ def _find(metrics: Mapping[str, float], name: str) -> float | None:
 
 
 def progress_enabled(setting: str, stream: IO[str] | None = None) -> bool:
-    """``always``, ``never``, or ``auto``: on when ``stream`` (stderr) is a terminal."""
+    """``always``, ``never``, or ``auto``: on when ``stream`` (stderr) is a terminal and tqdm is installed."""
+    installed = importlib.util.find_spec("tqdm") is not None
     if setting == "auto":
         stream = stream or sys.stderr
-        return bool(getattr(stream, "isatty", lambda: False)())
+        return installed and bool(getattr(stream, "isatty", lambda: False)())
+    if setting == "always" and not installed:
+        raise ConfigError("progress=always needs tqdm, which is not installed (pip install 'trainwire[progress]')")
     return setting == "always"
