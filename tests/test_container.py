@@ -138,3 +138,15 @@ def test_null_sink_keeps_the_local_record(tmp_path):
     assert isinstance(container.metrics_sink(), NullSink)
     run(container)
     assert (tmp_path / "summary.json").exists() and (tmp_path / "config.yaml").exists()
+
+
+def test_wandb_keys_may_be_written_at_the_sink_level(tmp_path, monkeypatch):
+    """`sink.project/entity/name/mode` (the foundation's names) read as the W&B sink's own keys."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose(["sink=wandb", "sink.project=p", "sink.entity=e", "sink.name=n", "sink.mode=offline",
+                   f"run_dir={tmp_path}"])
+    assert set(cfg.sink) == {"wandb"}
+    assert {key: cfg.sink.wandb[key] for key in ("project", "entity", "name", "mode")} == {
+        "project": "p", "entity": "e", "name": "n", "mode": "offline"}
+    with pytest.raises(ConfigError, match="sink.mode='sideways' is not one of online, offline, disabled"):
+        build_container(compose(["sink=wandb", "sink.mode=sideways", f"run_dir={tmp_path}"])).metrics_sink()
