@@ -10,6 +10,7 @@ import tempfile
 import pytest
 import torch
 
+from forked_saves import save_in_killed_child
 from trainwire.checkpoints import LocalCheckpointStore, load_weights, read_checkpoint, verify
 from trainwire.errors import CheckpointError, ConfigError
 
@@ -209,28 +210,9 @@ def test_keep_last_must_be_positive():
 
 
 def save_killed_at(directory, i: int, names: list[str], point: str, keep_last: int = 2) -> bool:
-    """Saves checkpoint ``i`` in a forked child that is killed (``os._exit``) on reaching ``point``.
-
-    The store's test hook stops the child there with nothing cleaned up, as ``kill -9`` would.
-    True when the save returned (``point`` was never reached), as a trainer would then acknowledge it.
-    """
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        code = 3
-        try:
-            def hook(reached: str) -> None:
-                if reached == point:
-                    os._exit(9)
-
-            store = LocalCheckpointStore(directory, keep_last=keep_last, hook=hook)
-            store.start()
-            save(store, i, *names)
-            code = 0
-        finally:
-            os._exit(code)
-    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-    assert code in (0, 9), code
-    return code == 0
+    """Saves checkpoint ``i`` in a child killed on reaching ``point``; True when the save returned."""
+    return save_in_killed_child(directory, lambda store: save(store, i, *names),
+                                lambda reached, _: reached == point, keep_last)
 
 
 def test_a_save_cut_short_after_its_rename_still_loads_when_the_next_save_is_cut_short_before_its_rename(tmp_path):

@@ -17,6 +17,7 @@ import time
 import pytest
 import torch
 
+from forked_saves import save_in_killed_child
 from trainwire.checkpoints import LocalCheckpointStore, read_checkpoint, read_manifest, verify
 from trainwire.errors import CheckpointError
 
@@ -193,26 +194,8 @@ def _points(directory, i: int, names: list[str]) -> list[str]:
 
 
 def _save_killed_at(directory, i: int, names: list[str], at: int) -> bool:
-    """Saves ``i`` in a forked child that ``os._exit``s at its step number ``at``; True if the save returned."""
-    pid = os.fork()
-    if pid == 0:  # the child never returns into pytest
-        code = 3
-        try:
-            count = iter(range(1 << 30))
-
-            def hook(point: str) -> None:
-                if next(count) == at:
-                    os._exit(9)  # nothing cleaned up, nothing flushed: as kill -9
-
-            store = LocalCheckpointStore(directory, keep_last=2, hook=hook)
-            store.start()
-            _save_small(store, i, names)
-            code = 0
-        finally:
-            os._exit(code)
-    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-    assert code in (0, 9), code
-    return code == 0
+    """Saves ``i`` in a child killed at its step number ``at``; True if the save returned."""
+    return save_in_killed_child(directory, lambda store: _save_small(store, i, names), lambda _, step: step == at)
 
 
 def _check(directory, floor: int, ceiling: int, before: dict[str, int]) -> tuple[int, dict[str, int]]:
