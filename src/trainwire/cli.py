@@ -106,6 +106,7 @@ def _agreed_config(cfg):
             error = str(problem)
     plain, error = broadcast_object((plain, error))
     if error is not None:
+        _leave()  # every rank has the verdict, so all reach the barrier; gloo may abort at exit without it
         raise ConfigError(error)
     return plain
 
