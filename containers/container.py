@@ -67,14 +67,16 @@ def _wandb_sink(node: dict[str, Any], config: dict[str, Any], run_dir: Path) -> 
 
 
 def _gan_trainer(node: dict[str, Any], trainer: dict[str, Any], optimizer: dict[str, Any], generator_lr: Any,
-                 critic_lr: Any, gradient_policy: Any, sink: Any, hooks: list[Any]) -> gan.GANTrainer:
+                 critic_lr: Any, gradient_policy: Any, sink: Any, hooks: list[Any], checkpoints: Any) -> gan.GANTrainer:
     def factory(lr: float | None) -> Any:
         return _build(optimizer_factory, {**optimizer, **({"lr": lr} if lr is not None else {})},
                       type=optimizer["type"])
 
     settings = gan.GANSettings(max_epochs=trainer["max_epochs"], critic_steps=node["critic_steps"], loss=node["loss"],
                                gp_weight=node["gp_weight"], log_every_n_steps=trainer["log_every_n_steps"],
-                               device=trainer["device"], eval_samples=node["eval_samples"])
+                               device=trainer["device"], eval_samples=node["eval_samples"],
+                               checkpoint_every=trainer["checkpoint_every"],
+                               checkpoint_every_n_steps=trainer["checkpoint_every_n_steps"], resume=trainer["resume"])
     stage = None
     if node["stage"]:  # the classification stage is the ordinary Trainer, on the GAN's classifier
         stage = Trainer(objective=objectives.Classification(), optimizer=factory(None),
@@ -83,6 +85,7 @@ def _gan_trainer(node: dict[str, Any], trainer: dict[str, Any], optimizer: dict[
         generator_optimizer=factory(node["generator_lr"]), critic_optimizer=factory(node["critic_lr"]),
         settings=settings, generator_lr=generator_lr, critic_lr=critic_lr, gradient_policy=gradient_policy,
         sink=sink, hooks=hooks, stage=stage, trigger=gan.AccuracyTrigger(node["goal"], node["tolerance"]),
+        checkpoints=checkpoints,
     )
 
 
@@ -240,5 +243,5 @@ class TrainerContainer(containers.DeclarativeContainer):
         pretrain=providers.Factory(paradigms.Pretrain, trainer, providers.Callable(_under, run_dir, config.paradigm.save_to)),
         # A loop of another shape, from the same slots: two lr policies (one per network), the gradient policy, sinks, hooks.
         gan=providers.Factory(_gan_trainer, config.paradigm, config.trainer, config.optimizer, lr_policy, lr_policy,
-                              gradient_policy, sink, hooks),
+                              gradient_policy, sink, hooks, checkpoint_store),
     )

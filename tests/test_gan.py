@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import signal
 
 import pytest
 import torch
 from dependency_injector import providers
 
-from trainwire import ConfigError, NoClip
+from trainwire import CheckpointError, ConfigError, NoClip, TrainingInterrupted
+from trainwire.checkpoints import LocalCheckpointStore, read_checkpoint
 from trainwire.config import compose
 from trainwire.containers import build_container, run
 from trainwire.data import digits
@@ -31,6 +33,7 @@ def test_experiment_gan_moves_the_samples_toward_the_data(tmp_path):
                                          "trainer.max_epochs=5"]))
     model, loaders = container.model(), container.data()
     container.model.override(providers.Object(model))
+    container.data.override(providers.Object(loaders))
     built = container.paradigm()
     assert isinstance(built, GANTrainer) and built.generator_lr is not built.critic_lr  # one lr policy per network
     before = distance_now(model, loaders.val)
@@ -39,6 +42,7 @@ def test_experiment_gan_moves_the_samples_toward_the_data(tmp_path):
     # Measured: 8.76 at init -> 2.2 after 5 epochs; two halves of the real data sit 0.13 apart.
     assert after[-1] < 0.35 * before
     assert after[-1] == pytest.approx(distance_now(model, loaders.val))
+    assert loaders.train.batch_sampler.epoch == 4  # each epoch was shuffled afresh (set_epoch), the last one 4th
 
 
 class CountingLR(Constant):
@@ -109,3 +113,46 @@ def test_gan_errors_name_the_key(tmp_path):
         build_container(compose(["experiment=gan", "paradigm.loss=hinge"])).paradigm()
     with pytest.raises(ConfigError, match="paradigm=gan needs model=gan"):
         run(compose(["paradigm=gan", f"run_dir={tmp_path}"]))
+
+
+class SignalAtBatch:
+    """A stage hook that sends this process SIGTERM at a batch of its ``fit`` number ``fit`` (from 1)."""
+
+    def __init__(self, fit: int, batch: int = 3) -> None:
+        self.fit, self.batch, self.fits = fit, batch, 0
+
+    def on_train_start(self, state):
+        self.fits += 1
+
+    def on_batch_end(self, state, loss):
+        if self.fits == self.fit and state.epoch == 0 and state.batch == self.batch:
+            signal.raise_signal(signal.SIGTERM)
+
+
+# Fit 1: the stage before epoch 0; fit 2: its re-run at the end of epoch 0, before epoch 0's checkpoint;
+# fit 3: the re-run at the end of epoch 1, when epoch 0's checkpoint stands (resuming replays epoch 1).
+@pytest.mark.parametrize(("fit", "saved"), [(1, False), (2, False), (3, True)])
+def test_a_signal_in_a_classification_stage_stops_the_run_and_says_whether_a_checkpoint_stands(tmp_path, fit, saved):
+    container = build_container(compose(["experiment=gan", f"run_dir={tmp_path}", "trainer.max_epochs=3",
+                                         "paradigm.stage_epochs=1", "paradigm.goal=0.999", "paradigm.tolerance=0"]))
+    loop = container.paradigm()
+    loop.stage.hooks.append(SignalAtBatch(fit))
+    loop.sink = sink = RecordingSink()
+    container.paradigm.override(providers.Object(loop))
+    with pytest.raises(TrainingInterrupted) as stopped:
+        run(container)
+    assert stopped.value.exit_code == 143 and stopped.value.saved is saved and sink.status == "killed"
+    assert (LocalCheckpointStore(tmp_path / "checkpoints").latest() is not None) is saved
+    if saved:
+        assert read_checkpoint(tmp_path / "checkpoints" / "last.pt")["position"] == {"epoch": 1, "batch": 0}
+
+
+def test_a_gan_resume_refuses_a_checkpoint_of_another_loop_or_plan(tmp_path):
+    supervised = tmp_path / "supervised"
+    run(compose([f"run_dir={supervised}", "trainer.max_epochs=1", "lr=constant"]))
+    job = ["experiment=gan", "paradigm.stage=false", "trainer.max_epochs=1"]
+    with pytest.raises(CheckpointError, match=r"lacks paradigm, generator_optimizer, critic_optimizer, generator_lr"):
+        run(compose([*job, f"run_dir={tmp_path / 'a'}", f"trainer.resume={supervised / 'checkpoints' / 'last.pt'}"]))
+    run(compose([*job, f"run_dir={tmp_path / 'b'}"]))
+    with pytest.raises(CheckpointError, match=r"planned with paradigm.critic_steps=2, this run has 3"):
+        run(compose([*job, f"run_dir={tmp_path / 'b'}", "trainer.resume=auto", "paradigm.critic_steps=3"]))

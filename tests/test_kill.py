@@ -27,11 +27,19 @@ JOB = ["trainer.max_epochs=3", "trainer.accumulate_steps=3", "trainer.checkpoint
        "trainer.checkpoint_every=1", "trainer.log_every_n_steps=1", "model.dropout=0.1", "lr.warmup_epochs=1",
        "log.format=json"]  # digits: 23 batches an epoch, 8 optimizer steps, the last window short
 STEPS = 24
+LOSSES = ("train/loss",)  # what each logged step records, to compare with the uninterrupted run
+# GAN-style: digits in 23 batches an epoch, a generator step every 2 critic steps (11 an epoch, then 12: the
+# phase carries over), the classification stage before epoch 0 and re-run after every epoch (goal 0.999).
+GAN_JOB = ["experiment=gan", "trainer.max_epochs=4", "paradigm.stage_epochs=1", "paradigm.goal=0.999",
+           "paradigm.tolerance=0", "trainer.log_every_n_steps=1", "trainer.checkpoint_every_n_steps=3",
+           "log.format=json"]
+GAN_STEPS = 46
+GAN_LOSSES = ("train/critic_grad_norm", "train/critic_loss", "train/generator_loss")  # the first only per step
 
 
-def start(run_dir, *overrides: str) -> subprocess.Popen:
+def start(run_dir, *overrides: str, job: list[str] = JOB) -> subprocess.Popen:
     command = [os.path.join(os.path.dirname(sys.executable), "trainwire"), "train", f"hydra.run.dir={run_dir}",
-               *JOB, *overrides]
+               *job, *overrides]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
     return subprocess.Popen(command, cwd=run_dir.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
@@ -44,45 +52,57 @@ def records(run_dir) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
 
 
-def wait_for_step(process: subprocess.Popen, run_dir, step: int, after: int) -> None:
+def wait_for_step(process: subprocess.Popen, run_dir, step: int, after: int, key: str = "train/loss") -> None:
     """Returns once a record of ``step`` (or later) appears beyond the first ``after`` records."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if any(r.get("step", 0) >= step and "train/loss" in r for r in records(run_dir)[after:]):
+        if any(r.get("step", 0) >= step and key in r for r in records(run_dir)[after:]):
             return
         assert process.poll() is None, f"the run ended before step {step}: {process.stderr.read()}"
         time.sleep(0.005)
     raise AssertionError(f"step {step} never came")
 
 
-def finish(run_dir, *overrides: str) -> None:
-    process = start(run_dir, *overrides)
+def finish(run_dir, *overrides: str, job: list[str] = JOB) -> None:
+    process = start(run_dir, *overrides, job=job)
     _, err = process.communicate(timeout=300)
     assert process.returncode == 0, err
 
 
+def logged(run_dir, keys: tuple[str, ...]) -> list[tuple[int, tuple[float, ...]]]:
+    return [(r["step"], tuple(r[key] for key in keys)) for r in records(run_dir) if keys[0] in r]
+
+
+def run_reference(run_dir, steps: int, keys: tuple[str, ...], job: list[str]):
+    """An uninterrupted run: its final parameters, each step's losses, and each epoch's metrics."""
+    run_dir.parent.mkdir(exist_ok=True)
+    finish(run_dir, job=job)
+    losses = dict(logged(run_dir, keys))
+    assert sorted(losses) == list(range(1, steps + 1))
+    final = read_checkpoint(run_dir / "checkpoints" / "last.pt")
+    return final["model"], losses, [{k: v for k, v in h.items() if k != "time/epoch_s"} for h in final["history"]]
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("reference") / "run"
-    run_dir.parent.mkdir(exist_ok=True)
-    finish(run_dir)
-    losses = {r["step"]: r["train/loss"] for r in records(run_dir) if "train/loss" in r}
-    val = [r["val/loss"] for r in records(run_dir) if "val/loss" in r]
-    assert sorted(losses) == list(range(1, STEPS + 1))
-    return read_checkpoint(run_dir / "checkpoints" / "last.pt")["model"], losses, val
+    return run_reference(tmp_path_factory.mktemp("reference") / "run", STEPS, LOSSES, JOB)
 
 
-def assert_matches(reference, run_dir) -> None:
-    model, losses, val = reference
+@pytest.fixture(scope="module")
+def gan_reference(tmp_path_factory):
+    return run_reference(tmp_path_factory.mktemp("gan-reference") / "run", GAN_STEPS, GAN_LOSSES, GAN_JOB)
+
+
+def assert_matches(reference, run_dir, keys: tuple[str, ...] = LOSSES) -> None:
+    model, losses, history = reference
     final = read_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert all(torch.equal(model[k], v) for k, v in final["model"].items()), "final parameters differ"
     seen = {}
-    for record in records(run_dir):
-        if "train/loss" in record:  # steps replayed after a kill appear twice: both must match
-            assert record["train/loss"] == losses[record["step"]], record["step"]
-            seen[record["step"]] = record["train/loss"]
+    for step, values in logged(run_dir, keys):  # steps replayed after a kill appear twice: both must match
+        assert values == losses[step], step
+        seen[step] = values
     assert seen == losses
-    assert [h["val/loss"] for h in final["history"]] == val
+    assert [{k: v for k, v in h.items() if k != "time/epoch_s"} for h in final["history"]] == history
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -256,3 +276,25 @@ def test_a_resume_path_that_fails_is_one_line_and_exit_1(tmp_path):
     assert process.returncode == 1
     assert err.strip().splitlines()[-1] == f"trainwire: error: checkpoint {tmp_path / 'missing.pt'} does not exist"
     assert "Traceback" not in err
+
+
+def test_gan_kill_9_and_sigterm_then_resume_auto_is_exact(tmp_path, gan_reference):
+    """The GAN loop keeps its run as the Trainer does: mid-epoch, around classification stage re-runs."""
+    run_dir = tmp_path / "run"
+    kill_at = random.Random().randrange(2, GAN_STEPS - 12)
+    process = start(run_dir, job=GAN_JOB)
+    wait_for_step(process, run_dir, kill_at, after=0, key=GAN_LOSSES[0])
+    process.kill()
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    seen = len(records(run_dir))
+    process = start(run_dir, "trainer.resume=auto", job=GAN_JOB)
+    wait_for_step(process, run_dir, kill_at + 6, after=seen, key=GAN_LOSSES[0])
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert "trainwire: interrupted by SIGTERM; checkpoint saved in" in err
+    saved = read_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert saved["paradigm"] == "gan" and 0 < saved["counters"]["step"] < GAN_STEPS
+    finish(run_dir, "trainer.resume=auto", job=GAN_JOB)
+    assert_matches(gan_reference, run_dir, GAN_LOSSES)

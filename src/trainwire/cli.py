@@ -65,7 +65,8 @@ def _train_task(cfg) -> None:
         _say(f"trainwire: error: {error}")
         sys.exit(1)
     except TrainingInterrupted as interrupted:  # the checkpoint is written: `trainer.resume=auto` continues
-        _say(f"trainwire: {interrupted}; checkpoint saved in {run_dir / 'checkpoints'}")
+        where = f"checkpoint saved in {run_dir / 'checkpoints'}" if interrupted.saved else "no checkpoint yet"
+        _say(f"trainwire: {interrupted}; {where}")
         _leave()  # every rank stopped at the same step (the strategy agreed on it)
         sys.exit(interrupted.exit_code)
     _leave()

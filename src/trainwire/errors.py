@@ -21,15 +21,15 @@ class NonFiniteError(RuntimeError):
 
 
 class TrainingInterrupted(BaseException):
-    """``fit`` stopped at a step boundary because of SIGTERM or SIGINT, after writing a checkpoint.
+    """Training stopped at a step boundary because of SIGTERM or SIGINT, after writing a checkpoint if it has a store.
 
     A ``BaseException`` like ``KeyboardInterrupt``: a request to stop is not an error for an
     ``except Exception`` to swallow. ``exit_code`` is the shell's convention (143, 130).
     """
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, *, saved: bool = True) -> None:
         import signal
 
-        self.signum = signum
+        self.signum, self.saved = signum, saved  # saved: a checkpoint to resume from exists
         self.exit_code = 128 + signum
         super().__init__(f"interrupted by {signal.Signals(signum).name}")

@@ -3,8 +3,11 @@
 ``GANTrainer`` is a ``Paradigm``: per batch it takes one critic step, and after every
 ``critic_steps`` critic steps one generator step. Each network has its own optimizer and its
 own ``LRPolicy``; the ``GradientPolicy`` is applied to each network's gradients before its
-step; metrics go to a ``MetricsSink`` and hooks see the usual events. ``Trainer.fit`` is not
-touched: the classification stage that the ``AccuracyTrigger`` re-runs *is* a ``Trainer``.
+step; metrics go to a ``MetricsSink`` and hooks see the usual events; a ``CheckpointStore``
+keeps the run, which SIGTERM saves and ``trainer.resume`` continues exactly, as the Trainer's.
+``Trainer.fit`` is not touched: the classification stage that the ``AccuracyTrigger`` re-runs
+*is* a ``Trainer``. The checkpoint holds both networks' optimizers and lr policies, so it has
+its own components (``COMPONENTS``); the file format and its guarantees are the Trainer's.
 
 The model is a ``GAN``: a ``generator`` (noise → samples in [0, 1]) and a ``critic`` whose
 feature ``body`` is shared with a ``classifier`` (body + class head). Adversarial updates move
@@ -18,24 +21,29 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim import Optimizer
 
-from trainwire.errors import ConfigError
+from trainwire.checkpoints import CheckpointStore
+from trainwire.data import epoch_batches, resumable_sampler
+from trainwire.errors import ConfigError, TrainingInterrupted
 from trainwire.gradients import GradientPolicy, NoClip
+from trainwire.hooks import emit
 from trainwire.lr import Constant, LRPolicy
 from trainwire.models import ACTIVATIONS
 from trainwire.objectives import Classification
 from trainwire.paradigms import Paradigm
 from trainwire.precision import resolve_device
+from trainwire.signals import StopRequest, stop_requests
 from trainwire.sinks.base import MetricsSink, NullSink
+from trainwire.state import FORMAT, check, finite, find, rng_state, set_rng_state, versions
 from trainwire.trainer import FitResult, OptimizerFactory, Trainer, TrainState
-from trainwire.hooks import emit
 
 GAN_LOSSES = ("logistic", "wasserstein_gp")
 
@@ -110,6 +118,16 @@ class AccuracyTrigger:
         return metrics[self.monitor] < self.goal - self.tolerance
 
 
+# GANSettings fields set from the trainer group (the rest are paradigm.*), and the plan a resume must share.
+_KEYS = {key: f"trainer.{key}" for key in ("max_epochs", "log_every_n_steps", "checkpoint_every",
+                                           "checkpoint_every_n_steps", "resume")}
+PLAN_LABELS = {"max_epochs": "trainer.max_epochs", "critic_steps": "paradigm.critic_steps",
+               "batches_per_epoch": "batches per epoch (data.batch_size)"}
+COMPONENTS = ("format", "paradigm", "plan", "model", "generator_optimizer", "critic_optimizer", "generator_lr",
+              "critic_lr", "gradients", "rng", "sampler", "position", "counters", "history", "epoch_losses",
+              "versions")
+
+
 @dataclass
 class GANSettings:
     """How the adversarial loop runs; ``step`` counts generator steps."""
@@ -121,16 +139,43 @@ class GANSettings:
     log_every_n_steps: int = 10
     device: str = "auto"
     eval_samples: int = 512
+    checkpoint_every: int = 10  # epochs between periodic epoch-XXXX.pt (last.pt is written every epoch)
+    checkpoint_every_n_steps: int | None = None  # also write last.pt every n generator steps
+    resume: str | None = None  # null, "auto" or a checkpoint path, as trainer.resume
 
     def __post_init__(self) -> None:
-        for key in ("max_epochs", "critic_steps", "log_every_n_steps", "eval_samples"):
+        for key in ("max_epochs", "critic_steps", "log_every_n_steps", "eval_samples", "checkpoint_every",
+                    "checkpoint_every_n_steps"):
             value = getattr(self, key)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"paradigm.{key}={value!r} must be an integer >= 1")
+            if not (value is None and key == "checkpoint_every_n_steps") and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{_KEYS.get(key, 'paradigm.' + key)}={value!r} must be an integer >= 1")
         if self.loss not in GAN_LOSSES:
             raise ConfigError(f"paradigm.loss={self.loss!r} is not one of {', '.join(GAN_LOSSES)}")
         if self.gp_weight < 0:
             raise ConfigError(f"paradigm.gp_weight={self.gp_weight} must be >= 0")
+
+
+@dataclass
+class _Run:
+    """One ``run``'s optimizers and position: what the loop works on and what a checkpoint holds besides weights."""
+
+    model: GAN
+    g_opt: Optimizer
+    c_opt: Optimizer
+    train_data: Any
+    plan: dict[str, int]
+    state: TrainState  # the counters hooks see; ``state.step`` counts generator steps
+    epoch: int = 0
+    batch: int = 0  # the next batch of ``epoch``
+    critic_steps: int = 0  # critic steps so far: the generator steps after every ``settings.critic_steps`` of them
+    reruns: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    c_losses: list[Tensor] = field(default_factory=list)  # this epoch's, detached; read once at its end
+    g_losses: list[Tensor] = field(default_factory=list)
+
+
+def _stacked(losses: list[Tensor]) -> Tensor:
+    return torch.stack(losses).cpu() if losses else torch.zeros(0)
 
 
 class GANTrainer(Paradigm):
@@ -138,13 +183,21 @@ class GANTrainer(Paradigm):
 
     ``stage`` is a Trainer for the classification stage (``None``: no stage, no trigger); it
     runs once before the adversarial loop and again whenever ``trigger`` says so.
+
+    With a ``CheckpointStore`` it never loses the run, as the Trainer does not: ``last.pt`` after
+    every epoch (and every ``checkpoint_every_n_steps`` generator steps), ``epoch-XXXX.pt`` every
+    ``checkpoint_every`` epochs, and on SIGTERM/SIGINT after the current batch, before it stops
+    with ``TrainingInterrupted``. ``settings.resume`` continues exactly where a checkpoint left off.
+    A signal during a classification stage stops that stage (which saves nothing); the run then
+    resumes from its newest checkpoint and replays the stage exactly.
     """
 
     def __init__(self, *, generator_optimizer: OptimizerFactory, critic_optimizer: OptimizerFactory,
                  settings: GANSettings | None = None, generator_lr: LRPolicy | None = None,
                  critic_lr: LRPolicy | None = None, gradient_policy: GradientPolicy | None = None,
                  sink: MetricsSink | None = None, hooks: Sequence[Any] = (), stage: Trainer | None = None,
-                 trigger: AccuracyTrigger | None = None, logger: Any = None) -> None:
+                 trigger: AccuracyTrigger | None = None, checkpoints: CheckpointStore | None = None,
+                 logger: Any = None) -> None:
         self.generator_optimizer, self.critic_optimizer = generator_optimizer, critic_optimizer
         self.settings = settings or GANSettings()
         self.generator_lr, self.critic_lr = generator_lr or Constant(), critic_lr or Constant()
@@ -152,6 +205,7 @@ class GANTrainer(Paradigm):
         self.sink = sink or NullSink()
         self.hooks = list(hooks)
         self.stage, self.trigger = stage, (trigger or AccuracyTrigger()) if stage is not None else None
+        self.checkpoints = checkpoints
         self.log = logger or structlog.get_logger("trainwire")
 
     def _emit(self, event: str, *args: Any) -> None:
@@ -160,13 +214,15 @@ class GANTrainer(Paradigm):
     def run(self, model: nn.Module, train_data: Iterable[Any], val_data: Iterable[Any] | None = None) -> FitResult:
         """The loop, in short::
 
-            stage.fit(classifier)                                    # when a stage is given
+            resume from a checkpoint if settings.resume says so, else stage.fit(classifier) (when a stage is given)
             for epoch in range(max_epochs):
-                for batch in train_data:
+                for batch in train_data (from the resumed batch on):
                     critic step (gradient policy, critic optimizer, critic lr policy)
                     every critic_steps critic steps: generator step (the same, for the generator)
+                    checkpoint every n generator steps, or now and stop if SIGTERM/SIGINT came
                 evaluate: val/mean_cov_distance of samples vs the validation data; val/accuracy
                 if trigger.should_rerun(metrics): stage.fit(classifier) again
+                log; checkpoint
         """
         if not isinstance(model, GAN):
             raise ConfigError(f"paradigm=gan needs model=gan; got {type(model).__name__}")
@@ -179,44 +235,51 @@ class GANTrainer(Paradigm):
                               "of an epoch: the generator would never step")
         device = resolve_device(settings.device)
         model.to(device)
-        g_params = list(model.generator.parameters())
-        c_params = list(model.critic.parameters())
-        g_opt, c_opt = self.generator_optimizer(g_params), self.critic_optimizer(c_params)
+        g_opt = self.generator_optimizer(list(model.generator.parameters()))
+        c_opt = self.critic_optimizer(list(model.critic.parameters()))
         self.critic_lr.attach(c_opt, steps_per_epoch=n_batches, max_epochs=settings.max_epochs)
         self.generator_lr.attach(g_opt, steps_per_epoch=n_batches // settings.critic_steps,
                                  max_epochs=settings.max_epochs)
-        state = TrainState(model=model, optimizer=g_opt)
-        self.sink.start()
-        try:
-            result = self._loop(state, model, g_opt, c_opt, g_params, c_params, train_data, val_data, device)
-        except BaseException as error:
-            self._emit("on_exception", state, error)
-            self.sink.finish("killed" if isinstance(error, KeyboardInterrupt) else "failed")
-            raise
+        plan = {"max_epochs": settings.max_epochs, "critic_steps": settings.critic_steps, "batches_per_epoch": n_batches}
+        run = _Run(model, g_opt, c_opt, train_data, plan, TrainState(model=model, optimizer=g_opt))
+        # Before the RNG is restored: iterating a DataLoader draws a seed from the global generator.
+        real_val = torch.cat([batch[0] for batch in val_data]).to(device)
+        resumed = self._resume(run)  # before the sinks start: a checkpoint that fails verification changes nothing
+        with stop_requests() as stop:
+            self.sink.start()
+            try:
+                result = self._loop(run, val_data, real_val, stop, resumed)
+            except BaseException as error:
+                self._emit("on_exception", run.state, error)
+                self.sink.finish("killed" if isinstance(error, (KeyboardInterrupt, TrainingInterrupted)) else "failed")
+                raise
         self.sink.summary(result.summary())
         self.sink.finish("finished")
         self.log.info("train_end", **result.summary())
-        self._emit("on_train_end", state, result)
+        self._emit("on_train_end", run.state, result)
         return result
 
-    def _stage(self, model: GAN, train_data: Any, val_data: Any) -> None:
-        self.stage.fit(model.classifier, train_data, val_data)
-        model.train()
+    def _stage(self, run: _Run, val_data: Any) -> None:
+        try:
+            self.stage.fit(run.model.classifier, run.train_data, val_data)
+        except TrainingInterrupted as stop:  # the stage saves nothing: this run's newest checkpoint is what resumes
+            saved = self.checkpoints is not None and self.checkpoints.latest() is not None
+            raise TrainingInterrupted(stop.signum, saved=saved) from None
+        run.model.train()
 
-    def _loop(self, state, model, g_opt, c_opt, g_params, c_params, train_data, val_data, device) -> FitResult:
-        settings, loss = self.settings, self.settings.loss
-        real_val = torch.cat([batch[0] for batch in val_data]).to(device)
-        history: list[dict[str, float]] = []
-        reruns, epoch_times, critic_steps = 0, [], 0
-        if self.stage is not None:
-            self._stage(model, train_data, val_data)
+    def _loop(self, run: _Run, val_data: Any, real_val: Tensor, stop: StopRequest, resumed: bool) -> FitResult:
+        settings, loss, model, state = self.settings, self.settings.loss, run.model, run.state
+        g_params, c_params = list(model.generator.parameters()), list(model.critic.parameters())
+        device = real_val.device
+        save_every = settings.checkpoint_every_n_steps
+        if self.stage is not None and not resumed:
+            self._stage(run, val_data)
         self._emit("on_train_start", state)
         model.train()
-        for epoch in range(settings.max_epochs):
+        for epoch in range(run.epoch, settings.max_epochs):
             state.epoch, started = epoch, time.perf_counter()
             self._emit("on_epoch_start", state)
-            c_losses, g_losses = [], []
-            for index, batch in enumerate(train_data):
+            for index, batch in enumerate(epoch_batches(run.train_data, epoch, run.batch), start=run.batch):
                 state.batch = index
                 real = batch[0].to(device)
                 with torch.no_grad():
@@ -224,54 +287,115 @@ class GANTrainer(Paradigm):
                 c_loss = critic_loss(loss, model.critic, real, fake, settings.gp_weight)
                 c_loss.backward()
                 c_grads = self.gradients.apply(c_params)
-                c_lr = c_opt.param_groups[0]["lr"]
-                c_opt.step()
-                c_opt.zero_grad(set_to_none=True)
+                c_lr = run.c_opt.param_groups[0]["lr"]
+                run.c_opt.step()
+                run.c_opt.zero_grad(set_to_none=True)
                 self.critic_lr.after_step()
-                c_losses.append(c_loss.detach())
-                critic_steps += 1
-                if critic_steps % settings.critic_steps:
-                    continue
-                g_loss = generator_loss(loss, model.critic, model.sample(len(real)))
-                g_loss.backward()
-                c_opt.zero_grad(set_to_none=True)  # the generator's backward also reached the critic
-                g_grads = self.gradients.apply(g_params)
-                g_lr = g_opt.param_groups[0]["lr"]
-                g_opt.step()
-                g_opt.zero_grad(set_to_none=True)
-                self.generator_lr.after_step()
-                g_losses.append(g_loss.detach())
-                state.step += 1
-                self._emit("on_batch_end", state, g_losses[-1])
-                if state.step % settings.log_every_n_steps == 0:  # the only per-step device sync
-                    self.sink.log({"train/critic_loss": c_losses[-1].item(), "train/generator_loss": g_loss.item(),
-                                   "train/critic_lr": c_lr, "train/generator_lr": g_lr,
-                                   "train/critic_grad_norm": c_grads.norm.item(),
-                                   "train/generator_grad_norm": g_grads.norm.item()}, step=state.step, epoch=epoch)
-            metrics = {"train/critic_loss": torch.stack(c_losses).mean().item()}
-            if g_losses:
-                metrics["train/generator_loss"] = torch.stack(g_losses).mean().item()
+                run.c_losses.append(c_loss.detach())
+                run.critic_steps += 1
+                generator_turn = run.critic_steps % settings.critic_steps == 0
+                if generator_turn:
+                    g_loss = generator_loss(loss, model.critic, model.sample(len(real)))
+                    g_loss.backward()
+                    run.c_opt.zero_grad(set_to_none=True)  # the generator's backward also reached the critic
+                    g_grads = self.gradients.apply(g_params)
+                    g_lr = run.g_opt.param_groups[0]["lr"]
+                    run.g_opt.step()
+                    run.g_opt.zero_grad(set_to_none=True)
+                    self.generator_lr.after_step()
+                    run.g_losses.append(g_loss.detach())
+                    state.step += 1
+                    self._emit("on_batch_end", state, run.g_losses[-1])
+                    if state.step % settings.log_every_n_steps == 0:  # the only per-step device sync
+                        self.sink.log({"train/critic_loss": run.c_losses[-1].item(),
+                                       "train/generator_loss": g_loss.item(),
+                                       "train/critic_lr": c_lr, "train/generator_lr": g_lr,
+                                       "train/critic_grad_norm": c_grads.norm.item(),
+                                       "train/generator_grad_norm": g_grads.norm.item()}, step=state.step, epoch=epoch)
+                run.batch = index + 1
+                if stop.signum is not None or (generator_turn and save_every and state.step % save_every == 0):
+                    self._save(run, ["last"])
+                    if stop.signum is not None:
+                        raise TrainingInterrupted(stop.signum, saved=self.checkpoints is not None)
+            metrics = {"train/critic_loss": torch.stack(run.c_losses).mean().item()}
+            if run.g_losses:
+                metrics["train/generator_loss"] = torch.stack(run.g_losses).mean().item()
             metrics.update(self._evaluate(model, real_val, val_data))
             self._emit("on_validation_end", state, {k: v for k, v in metrics.items() if k.startswith("val/")})
             if self.stage is not None and self.trigger.should_rerun(metrics):
                 self.log.info("stage_rerun", epoch=epoch, accuracy=metrics["val/accuracy"], goal=self.trigger.goal,
                               tolerance=self.trigger.tolerance)
-                self._stage(model, train_data, val_data)
-                reruns += 1
+                self._stage(run, val_data)
+                run.reruns += 1
                 metrics["stage/accuracy"] = self._evaluate(model, real_val, val_data)["val/accuracy"]
             if self.stage is not None:
-                metrics["stage/reruns"] = float(reruns)
+                metrics["stage/reruns"] = float(run.reruns)
             self.critic_lr.after_epoch(metrics)
             self.generator_lr.after_epoch(metrics)
-            epoch_times.append(time.perf_counter() - started)
-            metrics["time/epoch_s"] = epoch_times[-1]
-            history.append(metrics)
+            metrics["time/epoch_s"] = time.perf_counter() - started
+            run.history.append(metrics)
             self.sink.log(metrics, step=state.step, epoch=epoch)
             self.log.info("epoch", epoch=epoch, step=state.step, **metrics)
             self._emit("on_epoch_end", state, metrics)
+            run.epoch, run.batch, run.c_losses, run.g_losses = epoch + 1, 0, [], []
+            self._save(run, ["last", *([f"epoch-{epoch:04d}"] if (epoch + 1) % settings.checkpoint_every == 0 else [])])
+            if stop.signum is not None:
+                raise TrainingInterrupted(stop.signum, saved=self.checkpoints is not None)
+        history = run.history
         return FitResult(epochs_completed=len(history), best_epoch=None, best_value=None, monitor=None,
                          stop_reason="max_epochs", history=history, steps=state.step,
-                         avg_epoch_time_s=math.fsum(epoch_times) / len(epoch_times))
+                         avg_epoch_time_s=math.fsum(h["time/epoch_s"] for h in history) / max(len(history), 1))
+
+    def _save(self, run: _Run, names: list[str]) -> None:
+        """Writes the whole adversarial state at a batch boundary (gradients are zero there)."""
+        if self.checkpoints is None:
+            return
+        sampler = resumable_sampler(run.train_data)
+        saved = {
+            "format": FORMAT, "paradigm": "gan", "plan": run.plan,
+            "model": finite(run.model.state_dict()),
+            "generator_optimizer": run.g_opt.state_dict(), "critic_optimizer": run.c_opt.state_dict(),
+            "generator_lr": self.generator_lr.state_dict(), "critic_lr": self.critic_lr.state_dict(),
+            "gradients": self.gradients.state_dict(),
+            "rng": rng_state(),
+            "sampler": sampler.state_dict() if sampler is not None else {},
+            "position": {"epoch": run.epoch, "batch": run.batch},
+            "counters": {"step": run.state.step, "critic_steps": run.critic_steps, "reruns": run.reruns},
+            "history": run.history,
+            "epoch_losses": {"critic": _stacked(run.c_losses), "generator": _stacked(run.g_losses)},
+            "versions": versions(),
+        }
+        self.checkpoints.save(saved, names, meta={"epoch": run.epoch, "batch": run.batch, "step": run.state.step})
+
+    def _resume(self, run: _Run) -> bool:
+        """Puts back what ``settings.resume`` names (every component checked first); False for a fresh start."""
+        if self.checkpoints is not None:
+            self.checkpoints.start()
+        where, checkpoint = find(self.settings.resume, self.checkpoints)
+        if checkpoint is None:
+            if self.settings.resume is not None:
+                self.log.info("resume_fresh", reason="no valid checkpoint")
+            return False
+        check(checkpoint, COMPONENTS, run.plan, f"checkpoint {where}", PLAN_LABELS)
+        run.model.load_state_dict(checkpoint["model"])
+        run.g_opt.load_state_dict(checkpoint["generator_optimizer"])
+        run.c_opt.load_state_dict(checkpoint["critic_optimizer"])
+        self.generator_lr.load_state_dict(checkpoint["generator_lr"])
+        self.critic_lr.load_state_dict(checkpoint["critic_lr"])
+        self.gradients.load_state_dict(checkpoint["gradients"])
+        sampler = resumable_sampler(run.train_data)
+        if sampler is not None and checkpoint["sampler"]:
+            sampler.load_state_dict(checkpoint["sampler"])
+        set_rng_state(checkpoint["rng"])
+        counters, position, losses = checkpoint["counters"], checkpoint["position"], checkpoint["epoch_losses"]
+        run.state.step, run.critic_steps, run.reruns = counters["step"], counters["critic_steps"], counters["reruns"]
+        run.epoch, run.batch = position["epoch"], position["batch"]
+        run.history = list(checkpoint["history"])
+        device = next(run.model.parameters()).device
+        run.c_losses = list(losses["critic"].to(device).unbind())
+        run.g_losses = list(losses["generator"].to(device).unbind())
+        self.log.info("resumed", checkpoint=where, epoch=run.epoch, batch=run.batch, step=run.state.step)
+        return True
 
     @torch.no_grad()
     def _evaluate(self, model: GAN, real_val: Tensor, val_data: Any) -> dict[str, float]:

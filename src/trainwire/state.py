@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from trainwire.trainer import Trainer, TrainState
 
 FORMAT = 1
+PLAN_LABELS = {"max_epochs": "trainer.max_epochs", "accumulate_steps": "trainer.accumulate_steps",
+               "batches_per_epoch": "batches per epoch (data.batch_size)"}
 COMPONENTS = ("format", "plan", "model", "optimizer", "lr_policy", "precision", "stopping", "gradients", "rng", "sampler",
               "position", "counters", "history", "best_model", "epoch_losses", "versions")
 
@@ -70,7 +72,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
+    """The trainwire and torch versions that wrote a checkpoint."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -80,14 +83,38 @@ def _versions() -> dict[str, str]:
     return {"trainwire": trainwire, "torch": str(torch.__version__)}  # TorchVersion is not a plain str
 
 
+def finite(weights: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``weights``, once checked: never let a diverged model overwrite a good checkpoint (one sync per save)."""
+    checks = [value.isfinite().all() for value in weights.values() if value.is_floating_point()]
+    if checks and not bool(torch.stack(checks).all()):
+        raise NonFiniteError("the model has non-finite parameters; refusing to save them as a checkpoint")
+    return weights
+
+
+def check(checkpoint: dict[str, Any], components: tuple[str, ...], plan: dict[str, int], name: str,
+          labels: dict[str, str]) -> None:
+    """Refuses (CheckpointError) a checkpoint missing a component, of another format, or planned otherwise.
+
+    Called before any state is touched, so a refused resume changes nothing. ``labels`` names
+    each plan entry as the user sets it (a config key).
+    """
+    missing = [key for key in components if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{name} lacks {', '.join(missing)}; refusing to resume from part of a state")
+    if checkpoint["format"] != FORMAT:
+        raise CheckpointError(f"{name} has format {checkpoint['format']}; this trainwire reads format {FORMAT}")
+    for key, value in plan.items():
+        if checkpoint["plan"].get(key) != value:
+            raise CheckpointError(f"{name} was planned with {labels[key]}={checkpoint['plan'].get(key)}, this run "
+                                  f"has {value}: the LR schedule and the batch position would not line up; resume "
+                                  "with the same settings")
+
+
 def capture(trainer: Trainer, state: TrainState, precision: Precision, progress: Progress,
             sampler: Any = None) -> dict[str, Any]:
     """The whole training state at a step boundary. Refuses (NonFiniteError) when a parameter is not finite."""
     model, strategy = state.model, trainer.strategy
-    weights = strategy.model_state(model)  # the whole model, also when it is sharded over processes
-    checks = [value.isfinite().all() for value in weights.values() if value.is_floating_point()]
-    if checks and not bool(torch.stack(checks).all()):  # once per checkpoint: never let a diverged model overwrite a good one
-        raise NonFiniteError("the model has non-finite parameters; refusing to save them as a checkpoint")
+    weights = finite(strategy.model_state(model))  # the whole model, also when it is sharded over processes
     losses = torch.stack(progress.epoch_losses).cpu() if progress.epoch_losses else torch.zeros(0)
     return {
         "format": FORMAT,
@@ -106,7 +133,7 @@ def capture(trainer: Trainer, state: TrainState, precision: Precision, progress:
         "history": progress.history,
         "best_model": progress.best_model,
         "epoch_losses": losses,
-        "versions": _versions(),
+        "versions": versions(),
     }
 
 
@@ -149,17 +176,7 @@ def find(resume: str | None, store: CheckpointStore | None) -> tuple[str | None,
 def restore(checkpoint: dict[str, Any], trainer: Trainer, state: TrainState, precision: Precision,
             sampler: Any = None, *, name: str = "checkpoint", plan: dict[str, int] | None = None) -> Progress:
     """Puts every part back; checks every component is present, and the plan the same, before touching any."""
-    missing = [key for key in COMPONENTS if key not in checkpoint]
-    if missing:
-        raise CheckpointError(f"{name} lacks {', '.join(missing)}; refusing to resume from part of a state")
-    if checkpoint["format"] != FORMAT:
-        raise CheckpointError(f"{name} has format {checkpoint['format']}; this trainwire reads format {FORMAT}")
-    for key, value in (plan or {}).items():
-        if checkpoint["plan"].get(key) != value:
-            label = "batches per epoch (data.batch_size)" if key == "batches_per_epoch" else f"trainer.{key}"
-            raise CheckpointError(f"{name} was planned with {label}={checkpoint['plan'].get(key)}, this run has "
-                                  f"{value}: the LR schedule and the batch position would not line up; resume with "
-                                  "the same settings")
+    check(checkpoint, COMPONENTS, plan or {}, name, PLAN_LABELS)
     trainer.strategy.load_model_state(state.model, checkpoint["model"])
     trainer.strategy.load_optimizer_state(state.model, state.optimizer, checkpoint["optimizer"])
     trainer.lr_policy.load_state_dict(checkpoint["lr_policy"])

@@ -290,7 +290,7 @@ class Trainer:
                 if stopping or (taken and save_every and state.step % save_every == 0):
                     save(["last"])
                     if stopping:
-                        raise TrainingInterrupted(stop.signum or signal.SIGTERM)
+                        raise TrainingInterrupted(stop.signum or signal.SIGTERM, saved=self.checkpoints is not None)
             metrics = {"train/epoch_loss": strategy.mean(torch.stack(losses).mean())}
             if val_data is not None:
                 model.eval()
@@ -315,7 +315,7 @@ class Trainer:
             stopping = strategy.any(stop.signum is not None)
             save(["last", *periodic, *(["best"] if verdict.improved else [])])
             if stopping:
-                raise TrainingInterrupted(stop.signum or signal.SIGTERM)
+                raise TrainingInterrupted(stop.signum or signal.SIGTERM, saved=self.checkpoints is not None)
             if verdict.stop:
                 self.log.info("early_stop", epoch=epoch, reason=progress.stop_reason, monitor=self.stopping.monitor,
                               best_value=self.stopping.best_value, best_epoch=self.stopping.best_epoch)
