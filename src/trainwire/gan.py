@@ -369,12 +369,8 @@ class GANTrainer(Paradigm):
 
     def _resume(self, run: _Run) -> bool:
         """Puts back what ``settings.resume`` names (every component checked first); False for a fresh start."""
-        if self.checkpoints is not None:
-            self.checkpoints.start()
-        where, checkpoint = find(self.settings.resume, self.checkpoints)
+        where, checkpoint = find(self.settings.resume, self.checkpoints, self.log)
         if checkpoint is None:
-            if self.settings.resume is not None:
-                self.log.info("resume_fresh", reason="no valid checkpoint")
             return False
         check(checkpoint, COMPONENTS, run.plan, f"checkpoint {where}", PLAN_LABELS)
         run.model.load_state_dict(checkpoint["model"])

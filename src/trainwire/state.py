@@ -144,24 +144,23 @@ def resume(trainer: Trainer, state: TrainState, precision: Precision, plan: dict
     ``plan`` (max_epochs, accumulate_steps, batches_per_epoch) must match the checkpoint's:
     the LR schedule and the batch position only mean the same thing under the same plan.
     """
-    if trainer.checkpoints is not None:
-        trainer.checkpoints.start()
-    where, checkpoint = find(trainer.settings.resume, trainer.checkpoints)
+    where, checkpoint = find(trainer.settings.resume, trainer.checkpoints, trainer.log)
     if checkpoint is None:
-        if trainer.settings.resume is not None:
-            trainer.log.info("resume_fresh", reason="no valid checkpoint")
         return Progress(plan=plan)
     progress = restore(checkpoint, trainer, state, precision, sampler, name=f"checkpoint {where}", plan=plan)
     trainer.log.info("resumed", checkpoint=where, epoch=progress.epoch, batch=progress.batch, step=state.step)
     return progress
 
 
-def find(resume: str | None, store: CheckpointStore | None) -> tuple[str | None, dict[str, Any] | None]:
-    """The checkpoint ``trainer.resume`` names, verified and loaded: (where, state), or (None, None) to start fresh.
+def find(resume: str | None, store: CheckpointStore | None, log: Any) -> tuple[str | None, dict[str, Any] | None]:
+    """Starts ``store``, then the checkpoint ``trainer.resume`` names, verified and loaded: (where, state),
+    or (None, None) to start fresh.
 
     ``auto`` is the store's newest valid checkpoint, or a fresh start when there is none; any
     other value is a checkpoint name of the store or a path.
     """
+    if store is not None:
+        store.start()  # cleans what a crash left, before anything is looked for
     if resume is None:
         return None, None
     if resume == "auto":
@@ -169,6 +168,7 @@ def find(resume: str | None, store: CheckpointStore | None) -> tuple[str | None,
             raise ConfigError("trainer.resume='auto' needs a checkpoint store, and the Trainer has none")
         resume = store.latest()
         if resume is None:
+            log.info("resume_fresh", reason="no valid checkpoint")
             return None, None
     return resume, store.load(resume) if store is not None else read_checkpoint(resume)
 
