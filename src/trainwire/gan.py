@@ -42,7 +42,7 @@ from trainwire.paradigms import Paradigm
 from trainwire.precision import resolve_device
 from trainwire.signals import StopRequest, stop_requests
 from trainwire.sinks.base import MetricsSink, NullSink
-from trainwire.state import FORMAT, check, finite, find, rng_state, set_rng_state, versions
+from trainwire.state import FORMAT, check, finite, find, rng_state, set_rng_state, stacked, versions
 from trainwire.trainer import FitResult, OptimizerFactory, Trainer, TrainState
 
 GAN_LOSSES = ("logistic", "wasserstein_gp")
@@ -172,10 +172,6 @@ class _Run:
     history: list[dict[str, float]] = field(default_factory=list)
     c_losses: list[Tensor] = field(default_factory=list)  # this epoch's, detached; read once at its end
     g_losses: list[Tensor] = field(default_factory=list)
-
-
-def _stacked(losses: list[Tensor]) -> Tensor:
-    return torch.stack(losses).cpu() if losses else torch.zeros(0)
 
 
 class GANTrainer(Paradigm):
@@ -362,7 +358,7 @@ class GANTrainer(Paradigm):
             "position": {"epoch": run.epoch, "batch": run.batch},
             "counters": {"step": run.state.step, "critic_steps": run.critic_steps, "reruns": run.reruns},
             "history": run.history,
-            "epoch_losses": {"critic": _stacked(run.c_losses), "generator": _stacked(run.g_losses)},
+            "epoch_losses": {"critic": stacked(run.c_losses), "generator": stacked(run.g_losses)},
             "versions": versions(),
         }
         self.checkpoints.save(saved, names, meta={"epoch": run.epoch, "batch": run.batch, "step": run.state.step})

@@ -83,6 +83,11 @@ def versions() -> dict[str, str]:
     return {"trainwire": trainwire, "torch": str(torch.__version__)}  # TorchVersion is not a plain str
 
 
+def stacked(losses: list[Tensor]) -> Tensor:
+    """An epoch's detached losses so far as one CPU tensor (empty at the epoch's start), to save."""
+    return torch.stack(losses).cpu() if losses else torch.zeros(0)
+
+
 def finite(weights: dict[str, Tensor]) -> dict[str, Tensor]:
     """``weights``, once checked: never let a diverged model overwrite a good checkpoint (one sync per save)."""
     checks = [value.isfinite().all() for value in weights.values() if value.is_floating_point()]
@@ -115,7 +120,6 @@ def capture(trainer: Trainer, state: TrainState, precision: Precision, progress:
     """The whole training state at a step boundary. Refuses (NonFiniteError) when a parameter is not finite."""
     model, strategy = state.model, trainer.strategy
     weights = finite(strategy.model_state(model))  # the whole model, also when it is sharded over processes
-    losses = torch.stack(progress.epoch_losses).cpu() if progress.epoch_losses else torch.zeros(0)
     return {
         "format": FORMAT,
         "plan": progress.plan,
@@ -132,7 +136,7 @@ def capture(trainer: Trainer, state: TrainState, precision: Precision, progress:
                      "stop_reason": progress.stop_reason},
         "history": progress.history,
         "best_model": progress.best_model,
-        "epoch_losses": losses,
+        "epoch_losses": stacked(progress.epoch_losses),
         "versions": versions(),
     }
 
