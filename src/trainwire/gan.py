@@ -180,7 +180,7 @@ class GANTrainer(Paradigm):
     ``stage`` is a Trainer for the classification stage (``None``: no stage, no trigger); it
     runs once before the adversarial loop and again whenever ``trigger`` says so.
 
-    With a ``CheckpointStore`` it never loses the run, as the Trainer does not: ``last.pt`` after
+    With a ``CheckpointStore`` it keeps the run as the Trainer does: ``last.pt`` after
     every epoch (and every ``checkpoint_every_n_steps`` generator steps), ``epoch-XXXX.pt`` every
     ``checkpoint_every`` epochs, and on SIGTERM/SIGINT after the current batch, before it stops
     with ``TrainingInterrupted``. ``settings.resume`` continues exactly where a checkpoint left off.
