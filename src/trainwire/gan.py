@@ -33,7 +33,7 @@ from torch.optim import Optimizer
 from trainwire.checkpoints import CheckpointStore
 from trainwire.data import epoch_batches, resumable_sampler
 from trainwire.errors import ConfigError, TrainingInterrupted
-from trainwire.gradients import GradientPolicy, NoClip
+from trainwire.gradients import GradientPolicy, GradStats, NoClip
 from trainwire.hooks import emit
 from trainwire.lr import Constant, LRPolicy
 from trainwire.models import ACTIVATIONS
@@ -281,24 +281,14 @@ class GANTrainer(Paradigm):
                 with torch.no_grad():
                     fake = model.sample(len(real))
                 c_loss = critic_loss(loss, model.critic, real, fake, settings.gp_weight)
-                c_loss.backward()
-                c_grads = self.gradients.apply(c_params)
-                c_lr = run.c_opt.param_groups[0]["lr"]
-                run.c_opt.step()
-                run.c_opt.zero_grad(set_to_none=True)
-                self.critic_lr.after_step()
+                c_grads, c_lr = self._update(c_loss, c_params, run.c_opt, self.critic_lr)
                 run.c_losses.append(c_loss.detach())
                 run.critic_steps += 1
                 generator_turn = run.critic_steps % settings.critic_steps == 0
                 if generator_turn:
                     g_loss = generator_loss(loss, model.critic, model.sample(len(real)))
-                    g_loss.backward()
-                    run.c_opt.zero_grad(set_to_none=True)  # the generator's backward also reached the critic
-                    g_grads = self.gradients.apply(g_params)
-                    g_lr = run.g_opt.param_groups[0]["lr"]
-                    run.g_opt.step()
-                    run.g_opt.zero_grad(set_to_none=True)
-                    self.generator_lr.after_step()
+                    # The generator's backward also reaches the critic: its gradients are dropped unused.
+                    g_grads, g_lr = self._update(g_loss, g_params, run.g_opt, self.generator_lr, also_clear=run.c_opt)
                     run.g_losses.append(g_loss.detach())
                     state.step += 1
                     self._emit("on_batch_end", state, run.g_losses[-1])
@@ -341,6 +331,19 @@ class GANTrainer(Paradigm):
         return FitResult(epochs_completed=len(history), best_epoch=None, best_value=None, monitor=None,
                          stop_reason="max_epochs", history=history, steps=state.step,
                          avg_epoch_time_s=math.fsum(h["time/epoch_s"] for h in history) / max(len(history), 1))
+
+    def _update(self, loss: Tensor, params: list[Tensor], optimizer: Optimizer, lr_policy: LRPolicy,
+                also_clear: Optimizer | None = None) -> tuple[GradStats, float]:
+        """One network's step: backward, the gradient policy, the optimizer and its lr policy; (norms, lr used)."""
+        loss.backward()
+        if also_clear is not None:
+            also_clear.zero_grad(set_to_none=True)
+        grads = self.gradients.apply(params)
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        lr_policy.after_step()
+        return grads, lr
 
     def _save(self, run: _Run, names: list[str]) -> None:
         """Writes the whole adversarial state at a batch boundary (gradients are zero there)."""
