@@ -70,8 +70,9 @@ def build_container(
     container.config.from_dict(plain)
     # Build each cheap policy once now, so a bad value fails here rather than mid-run.
     for slot in (container.lr_policy, container.stopping_policy, container.gradient_policy,
-                 container.optimizer, container.objective, container.settings):
+                 container.optimizer, container.objective, container.nonfinite, container.checkpoint_policy):
         slot()
+    container.step().check(container.settings())  # a setting the paradigm's step cannot honour: refused now
     return container
 
 

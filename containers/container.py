@@ -23,6 +23,9 @@ from trainwire.progress import ProgressBar, progress_enabled
 from trainwire.sinks import FanOut, JsonlSink, NullSink
 from trainwire.sinks.isolation import GuardedFanOut, IsolatedSink, UnavailableSink
 from trainwire.sinks.stages import PrefixedSink
+from trainwire.cadence import Cadence
+from trainwire.nonfinite import make_nonfinite
+from trainwire.steps import SupervisedStep
 from trainwire.trainer import Trainer, TrainerSettings
 
 
@@ -66,26 +69,26 @@ def _wandb_sink(node: dict[str, Any], config: dict[str, Any], run_dir: Path) -> 
     return _build(WandbSink, {**node, "dir": node["dir"] or str(run_dir)}, config=config)
 
 
-def _gan_trainer(node: dict[str, Any], trainer: dict[str, Any], optimizer: dict[str, Any], generator_lr: Any,
-                 critic_lr: Any, gradient_policy: Any, sink: Any, hooks: list[Any], checkpoints: Any) -> gan.GANTrainer:
-    def factory(lr: float | None) -> Any:
-        return _build(optimizer_factory, {**optimizer, **({"lr": lr} if lr is not None else {})},
-                      type=optimizer["type"])
+def _with_lr(factory: Any, lr: float | None) -> Any:
+    """``factory`` with its lr replaced (through a param group, so a user's ``_target_`` optimizer works too)."""
+    if lr is None:
+        return factory
+    return lambda params: factory([{"params": list(params), "lr": lr}])
 
-    settings = gan.GANSettings(max_epochs=trainer["max_epochs"], critic_steps=node["critic_steps"], loss=node["loss"],
-                               gp_weight=node["gp_weight"], log_every_n_steps=trainer["log_every_n_steps"],
-                               device=trainer["device"], eval_samples=node["eval_samples"],
-                               checkpoint_every=trainer["checkpoint_every"],
-                               checkpoint_every_n_steps=trainer["checkpoint_every_n_steps"], resume=trainer["resume"])
+
+def _gan_step(node: dict[str, Any], trainer: dict[str, Any], optimizer: Any, generator_lr: Any, critic_lr: Any,
+              gradient_policy: Any) -> gan.GANStep:
     stage = None
     if node["stage"]:  # the classification stage is the ordinary Trainer, on the GAN's classifier
-        stage = Trainer(objective=objectives.Classification(), optimizer=factory(None),
-                        settings=TrainerSettings(max_epochs=node["stage_epochs"], device=trainer["device"]))
-    return gan.GANTrainer(
-        generator_optimizer=factory(node["generator_lr"]), critic_optimizer=factory(node["critic_lr"]),
-        settings=settings, generator_lr=generator_lr, critic_lr=critic_lr, gradient_policy=gradient_policy,
-        sink=sink, hooks=hooks, stage=stage, trigger=gan.AccuracyTrigger(node["goal"], node["tolerance"]),
-        checkpoints=checkpoints,
+        settings = TrainerSettings(max_epochs=node["stage_epochs"], device=trainer["device"],
+                                   precision=trainer["precision"], nonfinite=trainer["nonfinite"],
+                                   max_nonfinite=trainer["max_nonfinite"])
+        stage = Trainer(objective=objectives.Classification(), optimizer=optimizer, settings=settings)
+    return gan.GANStep(
+        generator_optimizer=_with_lr(optimizer, node["generator_lr"]), critic_optimizer=_with_lr(optimizer, node["critic_lr"]),
+        generator_lr=generator_lr, critic_lr=critic_lr, gradient_policy=gradient_policy,
+        critic_steps=node["critic_steps"], loss=node["loss"], gp_weight=node["gp_weight"],
+        stage=stage, trigger=gan.AccuracyTrigger(node["goal"], node["tolerance"]),
     )
 
 
@@ -193,6 +196,7 @@ class TrainerContainer(containers.DeclarativeContainer):
             masked_reconstruction=providers.Factory(_build, pretraining.MaskedReconstruction, config.objective),
             nll=providers.Factory(generative.NegativeLogLikelihood),
             adversarial=providers.Factory(_build, adversarial.adversarial_classification, config.objective),
+            gan=providers.Factory(_build, gan.GANEvaluation, config.objective),
         ),
         config.metrics_every,
     )
@@ -224,14 +228,26 @@ class TrainerContainer(containers.DeclarativeContainer):
         config.stage,
     )
 
+    # What one batch does to the weights: the paradigm's step (ADR 0015).
+    step = _slot(
+        config.paradigm,
+        supervised=providers.Factory(SupervisedStep, objective, optimizer, lr_policy, gradient_policy),
+        pretrain=providers.Factory(SupervisedStep, objective, optimizer, lr_policy, gradient_policy),
+        # Two lr policies (one per network) from the lr group; the gradient policy applies to each.
+        gan=providers.Factory(_gan_step, config.paradigm, config.trainer, optimizer, lr_policy, lr_policy,
+                              gradient_policy),
+    )
+    nonfinite = providers.Factory(make_nonfinite, config.trainer.nonfinite, config.trainer.max_nonfinite)
+    checkpoint_policy = providers.Factory(Cadence, config.trainer.checkpoint_every, config.trainer.checkpoint_every_n_steps)
+
     trainer = providers.Factory(
         Trainer,
         objective=objective,
-        optimizer=optimizer,
+        step=step,
         settings=settings,
-        lr_policy=lr_policy,
         stopping_policy=stopping_policy,
-        gradient_policy=gradient_policy,
+        nonfinite=nonfinite,
+        checkpoint_policy=checkpoint_policy,
         sink=sink,
         checkpoints=checkpoint_store,
         strategy=strategy,
@@ -241,7 +257,5 @@ class TrainerContainer(containers.DeclarativeContainer):
         config.paradigm,
         supervised=providers.Factory(paradigms.Supervised, trainer),
         pretrain=providers.Factory(paradigms.Pretrain, trainer, providers.Callable(_under, run_dir, config.paradigm.save_to)),
-        # A loop of another shape, from the same slots: two lr policies (one per network), the gradient policy, sinks, hooks.
-        gan=providers.Factory(_gan_trainer, config.paradigm, config.trainer, config.optimizer, lr_policy, lr_policy,
-                              gradient_policy, sink, hooks, checkpoint_store),
+        gan=providers.Factory(paradigms.Supervised, trainer),  # the loop is the same; the step is the GAN's
     )

@@ -15,7 +15,7 @@ from trainwire import (
 )
 from trainwire.config import GROUPS, SUBGROUPS, compose, options
 from trainwire.containers import TrainerContainer, build_container, run
-from trainwire.gan import GAN, GANTrainer
+from trainwire.gan import GAN, GANEvaluation
 from trainwire.generative import GaussianDensity, NegativeLogLikelihood
 from trainwire.models import MLP
 from trainwire.paradigms import Paradigm, Pretrain, Supervised
@@ -30,7 +30,7 @@ EXPECTED = {
     ("objective", "classification"): Classification, ("objective", "regression"): Regression,
     ("model", "mlp"): MLP, ("model", "masked_autoencoder"): MaskedAutoencoder, ("model", "predictor"): Predictor,
     ("objective", "masked_reconstruction"): MaskedReconstruction,
-    ("paradigm", "supervised"): Supervised, ("paradigm", "pretrain"): Pretrain, ("paradigm", "gan"): GANTrainer,
+    ("paradigm", "supervised"): Supervised, ("paradigm", "pretrain"): Pretrain, ("paradigm", "gan"): Supervised, ("objective", "gan"): GANEvaluation,
     ("model", "gan"): GAN, ("model", "gaussian_density"): GaussianDensity, ("objective", "nll"): NegativeLogLikelihood,
 }
 SINKS = {"wandb": "trainwire.sinks.wandb.WandbSink", "tensorboard": "trainwire.sinks.tensorboard.TensorBoardSink",
@@ -130,7 +130,7 @@ def test_a_users_own_policy_by_subclassing_the_container(tmp_path):
         gradient_policy = providers.Factory(NormClipper, max_norm=0.25)
 
     container = build_container(compose([f"run_dir={tmp_path}"]), MyContainer)
-    assert container.trainer().gradients.max_norm == 0.25
+    assert container.trainer().step.gradients.max_norm == 0.25
 
 
 def test_null_sink_keeps_the_local_record(tmp_path):

@@ -90,7 +90,7 @@ def assert_same_training(expected_dir: Path, run_dir: Path, *, exact: bool) -> N
             assert torch.equal(final["model"][key], value), key
         else:
             torch.testing.assert_close(final["model"][key], value, rtol=0, atol=1e-6)
-    assert final["counters"]["step"] == expected["counters"]["step"] == STEPS
+    assert final["loop"]["step"] == expected["loop"]["step"] == STEPS
     losses = {r["step"]: r["train/loss"] for r in records(expected_dir) if "train/loss" in r}
     seen = {}
     for record in records(run_dir):  # steps replayed after the kill appear twice: each must match
@@ -98,7 +98,7 @@ def assert_same_training(expected_dir: Path, run_dir: Path, *, exact: bool) -> N
             assert record["train/loss"] == pytest.approx(losses[record["step"]], abs=0 if exact else 1e-6)
             seen[record["step"]] = record["train/loss"]
     assert sorted(seen) == sorted(losses) == list(range(1, STEPS + 1))
-    assert [h["val/loss"] for h in final["history"]] == pytest.approx([h["val/loss"] for h in expected["history"]],
+    assert [h["val/loss"] for h in final["loop"]["history"]] == pytest.approx([h["val/loss"] for h in expected["loop"]["history"]],
                                                                        abs=0 if exact else 1e-6)
 
 
@@ -127,8 +127,8 @@ def test_ddp_at_batch_b_matches_one_process_at_batch_2b(ddp_run, tmp_path):
         torch.testing.assert_close(ddp["model"][key], value, rtol=0, atol=1e-6)
         assert not torch.equal(value, read_checkpoint(tmp_path / "checkpoints" / "epoch-0000.pt")["model"][key])
     # Validation is reduced over the whole set (sum, then divide), not a mean of per-rank means.
-    assert [h["val/loss"] for h in ddp["history"]] == pytest.approx([h["val/loss"] for h in one["history"]], abs=1e-6)
-    assert [h["val/accuracy"] for h in ddp["history"]] == [h["val/accuracy"] for h in one["history"]]
+    assert [h["val/loss"] for h in ddp["loop"]["history"]] == pytest.approx([h["val/loss"] for h in one["loop"]["history"]], abs=1e-6)
+    assert [h["val/accuracy"] for h in ddp["loop"]["history"]] == [h["val/accuracy"] for h in one["loop"]["history"]]
     config = (ddp_run / "config.yaml").read_text()
     assert "strategy: ddp" in config and f"run_dir: {ddp_run}" in config
 
@@ -139,7 +139,7 @@ def test_kill_9_of_one_rank_then_resume_auto_continues_exactly(ddp_run, tmp_path
     process = train(tmp_path, "trainer.strategy=ddp", f"hydra.run.dir={run_dir}")
     kill_rank_at_step(process, run_dir, rank=1, step=28)
     saved = read_checkpoint(run_dir / "checkpoints" / "last.pt")
-    assert 27 <= saved["counters"]["step"] < STEPS  # a mid-run checkpoint is what resume starts from
+    assert 27 <= saved["loop"]["step"] < STEPS  # a mid-run checkpoint is what resume starts from
     finish(train(tmp_path, "trainer.strategy=ddp", f"hydra.run.dir={run_dir}", "trainer.resume=auto"))
     assert_same_training(ddp_run, run_dir, exact=True)
 

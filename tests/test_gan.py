@@ -1,4 +1,4 @@
-"""GAN-style training: its own loop, composed from the Trainer's ports; samples approach the data."""
+"""GAN-style training: a step of the one loop; samples approach the data."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from trainwire.checkpoints import LocalCheckpointStore, read_checkpoint
 from trainwire.config import compose
 from trainwire.containers import build_container, run
 from trainwire.data import digits
-from trainwire.gan import GAN, AccuracyTrigger, GANSettings, GANTrainer, mean_cov_distance
+from trainwire.gan import GAN, AccuracyTrigger, GANEvaluation, GANStep, mean_cov_distance
 from trainwire.lr import Constant
+from trainwire.trainer import Trainer, TrainerSettings
 from trainwire.testing import RecordingHook, RecordingSink
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,8 +35,8 @@ def test_experiment_gan_moves_the_samples_toward_the_data(tmp_path):
     model, loaders = container.model(), container.data()
     container.model.override(providers.Object(model))
     container.data.override(providers.Object(loaders))
-    built = container.paradigm()
-    assert isinstance(built, GANTrainer) and built.generator_lr is not built.critic_lr  # one lr policy per network
+    built = container.step()
+    assert isinstance(built, GANStep) and built.generator_lr is not built.critic_lr  # one lr policy per network
     before = distance_now(model, loaders.val)
     result = run(container)
     after = [h["val/mean_cov_distance"] for h in result.history]
@@ -67,13 +68,14 @@ def test_critic_steps_per_generator_step_each_with_its_own_optimizer_lr_policy_a
     data = digits(batch_size=64, seed=0, train_samples=384)  # 6 batches an epoch
     model = GAN(64, 10, latent_dim=4, hidden=[16])
     g_lr, c_lr, clipper, sink, hook = CountingLR(), CountingLR(), RecordingClipper(), RecordingSink(), RecordingHook()
-    loop = GANTrainer(
+    step = GANStep(
         generator_optimizer=functools.partial(torch.optim.Adam, lr=1e-3),
         critic_optimizer=functools.partial(torch.optim.SGD, lr=1e-2),
-        settings=GANSettings(max_epochs=2, critic_steps=3, device="cpu", log_every_n_steps=1),
-        generator_lr=g_lr, critic_lr=c_lr, gradient_policy=clipper, sink=sink, hooks=[hook],
+        critic_steps=3, generator_lr=g_lr, critic_lr=c_lr, gradient_policy=clipper,
     )
-    result = loop.run(model, data.train, data.val)
+    trainer = Trainer(objective=GANEvaluation(), step=step, sink=sink, hooks=[hook],
+                      settings=TrainerSettings(max_epochs=2, device="cpu", log_every_n_steps=1))
+    result = trainer.fit(model, data.train, data.val)
     assert c_lr.steps == 12 and g_lr.steps == 4 and result.steps == 4  # 2 epochs x 6 critic steps, / 3
     assert (c_lr.steps_per_epoch, g_lr.steps_per_epoch) == (6, 2)
     assert isinstance(c_lr.optimizer, torch.optim.SGD) and isinstance(g_lr.optimizer, torch.optim.Adam)
@@ -108,9 +110,13 @@ def test_the_classification_stage_reruns_when_accuracy_falls_below_goal_minus_to
 
 def test_gan_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="paradigm.critic_steps=0 must be an integer >= 1"):
-        build_container(compose(["experiment=gan", "paradigm.critic_steps=0"])).paradigm()
+        build_container(compose(["experiment=gan", "paradigm.critic_steps=0"]))
     with pytest.raises(ConfigError, match="paradigm.loss='hinge' is not one of logistic, wasserstein_gp"):
-        build_container(compose(["experiment=gan", "paradigm.loss=hinge"])).paradigm()
+        build_container(compose(["experiment=gan", "paradigm.loss=hinge"]))
+    with pytest.raises(ConfigError, match="paradigm=gan steps both networks every batch; trainer.accumulate_steps=2"):
+        build_container(compose(["experiment=gan", "trainer.accumulate_steps=2"]))
+    with pytest.raises(ConfigError, match="paradigm=gan evaluates with objective=gan; got Classification"):
+        run(compose(["experiment=gan", "objective=classification", f"run_dir={tmp_path / 'objective'}"]))
     with pytest.raises(ConfigError, match="paradigm=gan needs model=gan"):
         run(compose(["paradigm=gan", f"run_dir={tmp_path}"]))
 
@@ -136,22 +142,22 @@ def test_a_signal_in_a_classification_stage_stops_the_run_and_says_whether_a_che
     container = build_container(compose(["experiment=gan", f"run_dir={tmp_path}", "trainer.max_epochs=3",
                                          "paradigm.stage_epochs=1", "paradigm.goal=0.999", "paradigm.tolerance=0"]))
     loop = container.paradigm()
-    loop.stage.hooks.append(SignalAtBatch(fit))
-    loop.sink = sink = RecordingSink()
+    loop.trainer.step.stage.hooks.append(SignalAtBatch(fit))
+    loop.trainer.sink = sink = RecordingSink()
     container.paradigm.override(providers.Object(loop))
     with pytest.raises(TrainingInterrupted) as stopped:
         run(container)
     assert stopped.value.exit_code == 143 and stopped.value.saved is saved and sink.status == "killed"
     assert (LocalCheckpointStore(tmp_path / "checkpoints").latest() is not None) is saved
     if saved:
-        assert read_checkpoint(tmp_path / "checkpoints" / "last.pt")["position"] == {"epoch": 1, "batch": 0}
+        assert read_checkpoint(tmp_path / "checkpoints" / "last.pt")["loop"]["position"] == {"epoch": 1, "batch": 0}
 
 
 def test_a_gan_resume_refuses_a_checkpoint_of_another_loop_or_plan(tmp_path):
     supervised = tmp_path / "supervised"
     run(compose([f"run_dir={supervised}", "trainer.max_epochs=1", "lr=constant"]))
     job = ["experiment=gan", "paradigm.stage=false", "trainer.max_epochs=1"]
-    with pytest.raises(CheckpointError, match=r"lacks paradigm, generator_optimizer, critic_optimizer, generator_lr"):
+    with pytest.raises(CheckpointError, match=r"lacks generator_optimizer, critic_optimizer, generator_lr, critic_lr"):
         run(compose([*job, f"run_dir={tmp_path / 'a'}", f"trainer.resume={supervised / 'checkpoints' / 'last.pt'}"]))
     run(compose([*job, f"run_dir={tmp_path / 'b'}"]))
     with pytest.raises(CheckpointError, match=r"planned with paradigm.critic_steps=2, this run has 3"):

@@ -80,7 +80,7 @@ def run_reference(run_dir, steps: int, keys: tuple[str, ...], job: list[str]):
     losses = dict(logged(run_dir, keys))
     assert sorted(losses) == list(range(1, steps + 1))
     final = read_checkpoint(run_dir / "checkpoints" / "last.pt")
-    return final["model"], losses, [{k: v for k, v in h.items() if k != "time/epoch_s"} for h in final["history"]]
+    return final["model"], losses, [{k: v for k, v in h.items() if k != "time/epoch_s"} for h in final["loop"]["history"]]
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def assert_matches(reference, run_dir, keys: tuple[str, ...] = LOSSES) -> None:
         assert values == losses[step], step
         seen[step] = values
     assert seen == losses
-    assert [{k: v for k, v in h.items() if k != "time/epoch_s"} for h in final["history"]] == history
+    assert [{k: v for k, v in h.items() if k != "time/epoch_s"} for h in final["loop"]["history"]] == history
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -132,7 +132,7 @@ def test_a_stop_signal_saves_exits_with_its_code_and_resume_continues_exactly(tm
     assert "checkpoint saved in" in err
     saved = read_checkpoint(run_dir / "checkpoints" / "last.pt")
     step_records = [r["step"] for r in records(run_dir) if "train/loss" in r]
-    assert saved["counters"]["step"] == step_records[-1]  # the step in flight was finished and saved
+    assert saved["loop"]["step"] == step_records[-1]  # the step in flight was finished and saved
     finish(run_dir, f"data.num_workers={workers}", "trainer.resume=auto", "trainer.checkpoint_every_n_steps=null")
     assert_matches(reference, run_dir)
 
@@ -295,6 +295,6 @@ def test_gan_kill_9_and_sigterm_then_resume_auto_is_exact(tmp_path, gan_referenc
     assert process.returncode == 143, err
     assert "trainwire: interrupted by SIGTERM; checkpoint saved in" in err
     saved = read_checkpoint(run_dir / "checkpoints" / "last.pt")
-    assert saved["paradigm"] == "gan" and 0 < saved["counters"]["step"] < GAN_STEPS
+    assert saved["plan"]["paradigm"] == "gan" and 0 < saved["loop"]["step"] < GAN_STEPS
     finish(run_dir, "trainer.resume=auto", job=GAN_JOB)
     assert_matches(gan_reference, run_dir, GAN_LOSSES)

@@ -97,7 +97,7 @@ def test_a_crashed_run_resumed_from_auto_matches_the_uninterrupted_run_exactly(t
     model, result, sink = fit(tmp_path, model_seed=99, resume="auto")  # a different init: all of it comes back
     assert result.epochs_completed == EPOCHS
     assert_same_run(reference, model, result, [crashed, sink])
-    assert first["position"]["epoch"] == epoch
+    assert first["loop"]["position"]["epoch"] == epoch
 
 
 def test_sigterm_finishes_the_step_saves_and_resumes_exactly(tmp_path, reference):
@@ -110,8 +110,8 @@ def test_sigterm_finishes_the_step_saves_and_resumes_exactly(tmp_path, reference
     assert crashed.status == "killed"
     assert signal.getsignal(signal.SIGTERM) is previous  # fit leaves no handler behind
     saved = read_checkpoint(tmp_path / "last.pt")
-    assert saved["position"] == {"epoch": 1, "batch": 6}  # the window of batches 4 and 5 was finished first
-    assert saved["counters"]["step"] == 5 + 3
+    assert saved["loop"]["position"] == {"epoch": 1, "batch": 6}  # the window of batches 4 and 5 was finished first
+    assert saved["loop"]["step"] == 5 + 3
     model, result, sink = fit(tmp_path, resume="auto", checkpoint_every_n_steps=None)
     assert_same_run(reference, model, result, [crashed, sink])
 
@@ -141,7 +141,7 @@ def test_a_second_signal_during_the_save_corrupts_nothing(tmp_path, reference):
         fit(tmp_path, store=store, hooks=[Crash(0, 5, action=first_signal)])
     assert interrupted.value.exit_code == 143  # the first signal decides
     assert not store.armed  # the SIGINT really arrived during the save
-    assert store.latest() == "last" and read_checkpoint(tmp_path / "last.pt")["position"] == {"epoch": 0, "batch": 6}
+    assert store.latest() == "last" and read_checkpoint(tmp_path / "last.pt")["loop"]["position"] == {"epoch": 0, "batch": 6}
     model, result, sink = fit(tmp_path, resume="auto")
     assert all(torch.equal(reference[0][k], v) for k, v in model.state_dict().items())
 
@@ -275,7 +275,7 @@ def test_non_finite_parameters_are_never_saved(tmp_path):
     with pytest.raises(NonFiniteError, match="refusing to save"):
         fit(tmp_path, hooks=[Diverge()])
     saved = read_checkpoint(tmp_path / "last.pt")
-    assert saved["position"] == {"epoch": 1, "batch": 10}  # the last good one, written mid epoch 1
+    assert saved["loop"]["position"] == {"epoch": 1, "batch": 10}  # the last good one, written mid epoch 1
     assert all(torch.isfinite(v).all() for v in saved["model"].values())
 
 
@@ -330,7 +330,7 @@ def test_the_container_keeps_checkpoints_in_the_run_directory_and_resumes_from_t
         with pytest.raises(RuntimeError, match="crash"):
             run(crashing)
     saved = read_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
-    assert saved["position"] == {"epoch": 1, "batch": 9}  # step 32, the last multiple of 4: 23 in epoch 0, 9 in 1
+    assert saved["loop"]["position"] == {"epoch": 1, "batch": 9}  # step 32, the last multiple of 4: 23 in epoch 0, 9 in 1
     assert yaml.safe_load(saved["config_yaml"])["run_dir"] == str(tmp_path / "cut")
     assert saved["versions"]["torch"] == str(torch.__version__)
     resumed = run(job(tmp_path / "cut", "trainer.resume=auto"))
@@ -357,14 +357,14 @@ def test_fit_off_the_main_thread_installs_no_handlers_and_still_checkpoints(tmp_
     assert "error" not in outcome, outcome.get("error")
     assert outcome["result"].epochs_completed == 1
     assert signal.getsignal(signal.SIGTERM) is previous
-    assert read_checkpoint(tmp_path / "last.pt")["position"] == {"epoch": 1, "batch": 0}
+    assert read_checkpoint(tmp_path / "last.pt")["loop"]["position"] == {"epoch": 1, "batch": 0}
 
 
 def test_every_rng_survives_a_weights_only_round_trip(tmp_path):
     import importlib.util
     import random
 
-    from trainwire.state import rng_state, set_rng_state
+    from trainwire.state import RNGPart
 
     def draw():
         values = [random.random(), torch.rand(3).tolist()]
@@ -374,10 +374,10 @@ def test_every_rng_survives_a_weights_only_round_trip(tmp_path):
             values.append(numpy.random.rand(3).tolist())
         return values
 
-    torch.save(rng_state(), tmp_path / "rng.pt")
+    torch.save(RNGPart().state_dict(), tmp_path / "rng.pt")
     expected = draw()
     draw()
-    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    RNGPart().load_state_dict(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert draw() == expected
 
 
@@ -406,7 +406,7 @@ def test_best_pt_holds_the_best_epoch_and_last_pt_the_end(tmp_path):
     stopper = ScriptedStopper(improved=[1], monitor=None)
     model, result, _ = fit(tmp_path, stopper=stopper)
     best, last = read_checkpoint(tmp_path / "best.pt"), read_checkpoint(tmp_path / "last.pt")
-    assert best["position"] == {"epoch": 2, "batch": 0} and last["position"] == {"epoch": EPOCHS, "batch": 0}
+    assert best["loop"]["position"] == {"epoch": 2, "batch": 0} and last["loop"]["position"] == {"epoch": EPOCHS, "batch": 0}
     assert all(torch.equal(best["model"][k], v) for k, v in model.state_dict().items())  # fit restored the best
     assert not all(torch.equal(last["model"][k], v) for k, v in model.state_dict().items())
-    assert all(torch.equal(last["best_model"][k], v) for k, v in model.state_dict().items())
+    assert all(torch.equal(last["loop"]["best_model"][k], v) for k, v in model.state_dict().items())

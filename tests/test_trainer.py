@@ -263,10 +263,11 @@ def test_no_host_reads_on_steps_where_nothing_is_logged(task, nonfinite, per_ste
     settings = TrainerSettings(max_epochs=1, device="cpu", log_every_n_steps=4, nonfinite=nonfinite)
     with reads:
         make_trainer(gradient_policy=NormClipper(1.0), hooks=[Probe()], settings=settings).fit(make_model(), train)
-    # on_batch_end runs before the batch's optimizer step, so the reads between entries k and k+1
-    # are those of step k+1 (and, for the last, of the end of the epoch).
+    # on_batch_end runs after the batch's optimizer step (state.step not yet counting it), before it
+    # is logged, so the reads between entries k and k+1 are step k+1's log and step k+2's guard
+    # (for the last, its log and the end of the epoch).
     added = {step: later - count for (step, count), (_, later) in zip(per_batch, per_batch[1:])}
     assert len(added) == len(train) == 12
     # Logged steps 4, 8, 12 read loss and the two norms (lr is already a float); the epoch's
     # end reads its mean loss once; every other step reads only what the guard reads.
-    assert added == {k: per_step + (3 if k in (3, 7) else 4 if k == 11 else 0) for k in range(12)}
+    assert added == {k: (3 if (k + 1) % 4 == 0 else 0) + (per_step if k < 11 else 1) for k in range(12)}

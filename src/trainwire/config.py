@@ -212,6 +212,12 @@ class AdversarialConfig:
 
 
 @dataclass
+class GANEvaluationConfig:
+    type: str = "gan"
+    eval_samples: int = 512  # generated samples compared with the validation data each epoch
+
+
+@dataclass
 class NLLConfig:
     type: str = "nll"
 
@@ -296,7 +302,6 @@ class GANParadigmConfig:
     gp_weight: float = 10.0          # gradient-penalty weight (wasserstein_gp only)
     generator_lr: Optional[float] = None  # null: optimizer.lr
     critic_lr: Optional[float] = None     # null: optimizer.lr
-    eval_samples: int = 512          # samples compared with the validation data each epoch
     stage: bool = True               # run the classification stage first, and again when the trigger fires
     stage_epochs: int = 3
     goal: float = 0.9                # the classifier's val/accuracy goal ...
@@ -347,7 +352,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "optimizer": {"adamw": AdamWConfig, "adam": AdamConfig, "sgd": SGDConfig},
     "objective": {"classification": ClassificationConfig, "regression": RegressionConfig,
                   "masked_reconstruction": MaskedReconstructionConfig, "nll": NLLConfig,
-                  "adversarial": AdversarialConfig},
+                  "adversarial": AdversarialConfig, "gan": GANEvaluationConfig},
     "model": {"mlp": MLPConfig, "masked_autoencoder": MaskedAutoencoderConfig, "predictor": PredictorConfig,
               "gaussian_density": GaussianDensityConfig, "gan": GANModelConfig},
     "data": {"digits": DataConfig, "diabetes": DataConfig},

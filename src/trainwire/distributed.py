@@ -15,9 +15,10 @@ totals) go through CPU tensors on a gloo group, so they never sync a GPU.
 
 from __future__ import annotations
 
+import functools
 import pickle
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -29,6 +30,23 @@ from trainwire.precision import resolve_device
 from trainwire.sinks.base import MetricsSink
 
 STRATEGIES = ("single", "ddp", "fsdp")
+
+
+def _unchanged(batch: Any) -> Any:
+    return batch
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """``batch`` with every tensor in it (in dicts, lists and tuples, at any depth) moved to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a NamedTuple keeps its type and fields
+        return type(batch)(*(to_device(item, device) for item in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(item, device) for item in batch)
+    return batch
 
 
 class Strategy(ABC):
@@ -48,6 +66,12 @@ class Strategy(ABC):
     def device(self, requested: str) -> torch.device:
         """The device this process trains on, from ``trainer.device``."""
         return resolve_device(requested)
+
+    def mover(self, device: torch.device) -> Callable[[Any], Any]:
+        """What puts a batch on ``device``: any nesting of tensors in dicts, lists and tuples (nothing to do on CPU)."""
+        if device.type == "cpu":
+            return _unchanged
+        return functools.partial(to_device, device=device)
 
     @abstractmethod
     def setup(self, model: nn.Module) -> nn.Module:

@@ -21,15 +21,16 @@ class NonFiniteError(RuntimeError):
 
 
 class TrainingInterrupted(BaseException):
-    """Training stopped at a step boundary because of SIGTERM or SIGINT, after writing a checkpoint if it has a store.
+    """Training stopped at a step boundary (SIGTERM, SIGINT or a ``StopToken``), after writing a checkpoint if it has a store.
 
     A ``BaseException`` like ``KeyboardInterrupt``: a request to stop is not an error for an
-    ``except Exception`` to swallow. ``exit_code`` is the shell's convention (143, 130).
+    ``except Exception`` to swallow. ``signum`` is the signal, or None for ``StopToken.stop()``;
+    ``exit_code`` is the shell's convention (143, 130; 143 for a token, a polite termination).
     """
 
-    def __init__(self, signum: int, *, saved: bool = True) -> None:
+    def __init__(self, signum: int | None, *, saved: bool = True) -> None:
         import signal
 
         self.signum, self.saved = signum, saved  # saved: a checkpoint to resume from exists
-        self.exit_code = 128 + signum
-        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.exit_code = 128 + (signum or signal.SIGTERM)
+        super().__init__(f"interrupted by {signal.Signals(signum).name}" if signum else "stopped by a StopToken")

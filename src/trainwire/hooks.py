@@ -42,7 +42,9 @@ class Hook:
         """Before the first batch of each epoch (``state.epoch`` is the new epoch)."""
 
     def on_batch_end(self, state: TrainState, loss: Any) -> None:
-        """After each micro-batch's backward; ``loss`` is a detached tensor (reading it syncs)."""
+        """After each micro-batch's step work (at an optimizer-step boundary, after the optimizer step;
+        ``state.step`` counts it only afterwards), before it is logged; ``loss`` is detached (reading it syncs).
+        Gradients are already cleared at a boundary: to look at them, write a ``GradientPolicy``."""
 
     def on_validation_end(self, state: TrainState, metrics: dict[str, float]) -> None:
         """After each validation pass, with its ``val/`` metrics."""

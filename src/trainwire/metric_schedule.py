@@ -17,7 +17,8 @@ class ScheduledMetrics(Objective):
 
     ``metrics_due(epoch)`` says which metrics an epoch computes: those listed with
     ``epoch % n == 0`` (epoch 0 computes them all), every unlisted one, and ``loss`` always.
-    The Trainer calls ``evaluate`` once per epoch, so the n-th call is epoch n - 1.
+    The Trainer calls ``evaluate`` once per epoch, so the n-th call is epoch n - 1; the count is
+    checkpointed (``state_dict``), so a resumed run computes them at the same epochs.
     An objective whose ``evaluate`` takes an ``only`` keyword gets the due names and can skip
     the work; with any other the metrics are computed and those not due are left out.
     """
@@ -46,3 +47,9 @@ class ScheduledMetrics(Objective):
             return self.objective.evaluate(model, batches, only=due, reduce=reduce)
         measured = self.objective.evaluate(model, batches, reduce=reduce)
         return {name: value for name, value in measured.items() if name not in self.every or name in due}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"evaluations": self.evaluations}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.evaluations = state.get("evaluations", 0)

@@ -38,6 +38,13 @@ class Objective(ABC):
         may be empty): apply it to the sums, then divide, so the metrics cover the whole set.
         """
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the objective must keep across a resume (a metric schedule's position); most keep nothing."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restores what ``state_dict`` returned."""
+
 
 class Classification(Objective):
     """Cross-entropy on ``(inputs, class_index)`` batches; reports loss and accuracy."""

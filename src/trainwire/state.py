@@ -1,75 +1,145 @@
-"""What a checkpoint holds, and putting it back: the union of every stateful part's ``state_dict``.
+"""A checkpoint is the union of named stateful parts, each with ``state_dict()`` / ``load_state_dict()``.
 
-The Trainer calls ``capture`` at a step boundary (gradients are zero there, so no partial
-accumulation window needs saving) and ``restore`` before its first batch. Everything in a
-checkpoint is a tensor or a plain container, so it loads with ``torch.load(weights_only=True)``.
+The Trainer registers its parts (the model, the step's optimizers and LR policies, the
+stopping and non-finite policies, the sampler, the RNGs, the objective's metric schedule,
+the loop's own counters and history, and any hook that has state) in a mapping; ``capture``
+asks each for its state at a step boundary (gradients are zero there, so no partial
+accumulation window needs saving), ``restore`` checks that every part is in the checkpoint
+and the plan is the same before it touches any, then loads them in order. Adding a part is
+adding an entry, not editing this module. Everything saved is a tensor or a plain container,
+so a checkpoint loads with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.optim import Optimizer
 
 from trainwire.checkpoints import CheckpointStore, read_checkpoint
 from trainwire.errors import CheckpointError, ConfigError, NonFiniteError
 
-if TYPE_CHECKING:
-    from trainwire.precision import Precision
-    from trainwire.trainer import Trainer, TrainState
-
-FORMAT = 1
-PLAN_LABELS = {"max_epochs": "trainer.max_epochs", "accumulate_steps": "trainer.accumulate_steps",
-               "batches_per_epoch": "batches per epoch (data.batch_size)"}
-COMPONENTS = ("format", "plan", "model", "optimizer", "lr_policy", "precision", "stopping", "gradients", "rng", "sampler",
-              "position", "counters", "history", "best_model", "epoch_losses", "versions")
+FORMAT = 2  # 1: the fixed component list of the first build (refused: no release has shipped)
+RESERVED = ("format", "plan", "versions")
 
 
-@dataclass
-class Progress:
-    """What the loop has produced beyond the counters; ``epoch``/``batch`` is the next batch to run."""
+@runtime_checkable
+class Stateful(Protocol):
+    """Anything a checkpoint can hold: its state as tensors and plain containers, and putting it back."""
 
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_model: dict[str, Tensor] | None = None
-    epoch_losses: list[Tensor] = field(default_factory=list)  # this epoch's detached micro-batch losses
-    epoch: int = 0
-    batch: int = 0
-    stop_reason: str | None = None  # set once the stopping policy has ended the run
-    plan: dict[str, int] = field(default_factory=dict)  # what the schedule and positions were planned on
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> Any: ...
 
 
-def rng_state() -> dict[str, Any]:
+def is_stateful(obj: Any) -> bool:
+    return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
+
+
+def finite(weights: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``weights``, once checked: never let a diverged model overwrite a good checkpoint (one sync per save)."""
+    checks = [value.isfinite().all() for value in weights.values() if value.is_floating_point()]
+    if checks and not bool(torch.stack(checks).all()):
+        raise NonFiniteError("the model has non-finite parameters; refusing to save them as a checkpoint")
+    return weights
+
+
+class ModelPart:
+    """The whole model through the strategy (gathered when sharded), checked finite before it is saved."""
+
+    def __init__(self, strategy: Any, model: nn.Module) -> None:
+        self.strategy, self.model = strategy, model
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return finite(self.strategy.model_state(self.model))
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        self.strategy.load_model_state(self.model, state)
+
+
+class OptimizerPart:
+    """An optimizer's state through the strategy (FSDP keys it by parameter name)."""
+
+    def __init__(self, strategy: Any, model: nn.Module, optimizer: Optimizer) -> None:
+        self.strategy, self.model, self.optimizer = strategy, model, optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.strategy.optimizer_state(self.model, self.optimizer)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.strategy.load_optimizer_state(self.model, self.optimizer, state)
+
+
+class RNGPart:
     """Every random generator the loop may draw from: python, numpy (when importable), torch, CUDA."""
-    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    try:
-        import numpy
-    except ImportError:
-        pass
-    else:
-        kind, keys, pos, has_gauss, gauss = numpy.random.get_state(legacy=True)
-        state["numpy"] = [kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, gauss]
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
 
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    torch.set_rng_state(state["torch"])
-    if "numpy" in state:
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
         try:
             import numpy
         except ImportError:
             pass
         else:
-            kind, keys, pos, has_gauss, gauss = state["numpy"]
-            numpy.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, gauss))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+            kind, keys, pos, has_gauss, gauss = numpy.random.get_state(legacy=True)
+            state["numpy"] = [kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, gauss]
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        torch.set_rng_state(state["torch"])
+        if "numpy" in state:
+            try:
+                import numpy
+            except ImportError:
+                pass
+            else:
+                kind, keys, pos, has_gauss, gauss = state["numpy"]
+                numpy.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, gauss))
+        if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Losses(list):
+    """An epoch's detached losses so far (read once at the epoch's end); saved as one CPU tensor."""
+
+    def __init__(self, device: torch.device | None = None) -> None:
+        super().__init__()
+        self.device = device
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"losses": torch.stack(self).cpu() if self else torch.zeros(0)}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        self[:] = list(state["losses"].to(self.device).unbind()) if self.device else list(state["losses"].unbind())
+
+
+@dataclass
+class Position:
+    """The loop's own state: where it is, what it has produced. ``epoch``/``batch`` is the next batch to run."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0  # optimizer steps taken so far
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_model: dict[str, Tensor] | None = None
+    stop_reason: str | None = None  # set once the stopping policy has ended the run
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"position": {"epoch": self.epoch, "batch": self.batch}, "step": self.step, "history": self.history,
+                "best_model": self.best_model, "stop_reason": self.stop_reason}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.epoch, self.batch = state["position"]["epoch"], state["position"]["batch"]
+        self.step, self.history, self.best_model = state["step"], list(state["history"]), state["best_model"]
+        self.stop_reason = state["stop_reason"]
 
 
 def versions() -> dict[str, str]:
@@ -83,77 +153,38 @@ def versions() -> dict[str, str]:
     return {"trainwire": trainwire, "torch": str(torch.__version__)}  # TorchVersion is not a plain str
 
 
-def stacked(losses: list[Tensor]) -> Tensor:
-    """An epoch's detached losses so far as one CPU tensor (empty at the epoch's start), to save."""
-    return torch.stack(losses).cpu() if losses else torch.zeros(0)
+def capture(parts: Mapping[str, Any], plan: Mapping[str, Any]) -> dict[str, Any]:
+    """The whole training state: every part's ``state_dict``, with the plan and the versions that wrote it."""
+    return {"format": FORMAT, "plan": dict(plan), **{name: part.state_dict() for name, part in parts.items()},
+            "versions": versions()}
 
 
-def finite(weights: dict[str, Tensor]) -> dict[str, Tensor]:
-    """``weights``, once checked: never let a diverged model overwrite a good checkpoint (one sync per save)."""
-    checks = [value.isfinite().all() for value in weights.values() if value.is_floating_point()]
-    if checks and not bool(torch.stack(checks).all()):
-        raise NonFiniteError("the model has non-finite parameters; refusing to save them as a checkpoint")
-    return weights
+def check(checkpoint: Mapping[str, Any], parts: Mapping[str, Any], plan: Mapping[str, Any], name: str) -> None:
+    """Refuses (CheckpointError) a checkpoint of another format, missing a part, or planned otherwise.
 
-
-def check(checkpoint: dict[str, Any], components: tuple[str, ...], plan: dict[str, int], name: str,
-          labels: dict[str, str]) -> None:
-    """Refuses (CheckpointError) a checkpoint missing a component, of another format, or planned otherwise.
-
-    Called before any state is touched, so a refused resume changes nothing. ``labels`` names
-    each plan entry as the user sets it (a config key).
+    Called before any state is touched, so a refused resume changes nothing. The plan's keys
+    name each entry as the user sets it (a config key).
     """
-    missing = [key for key in components if key not in checkpoint]
+    if checkpoint.get("format") != FORMAT:
+        raise CheckpointError(f"{name} has format {checkpoint.get('format')}; this trainwire reads format {FORMAT} "
+                              "(a checkpoint of an earlier build: start a fresh run)")
+    missing = [key for key in parts if key not in checkpoint]
     if missing:
-        raise CheckpointError(f"{name} lacks {', '.join(missing)}; refusing to resume from part of a state")
-    if checkpoint["format"] != FORMAT:
-        raise CheckpointError(f"{name} has format {checkpoint['format']}; this trainwire reads format {FORMAT}")
+        raise CheckpointError(f"{name} lacks {', '.join(missing)}; refusing to resume from part of a state "
+                              "(was it written by another paradigm or model?)")
     for key, value in plan.items():
         if checkpoint["plan"].get(key) != value:
-            raise CheckpointError(f"{name} was planned with {labels[key]}={checkpoint['plan'].get(key)}, this run "
-                                  f"has {value}: the LR schedule and the batch position would not line up; resume "
+            raise CheckpointError(f"{name} was planned with {key}={checkpoint['plan'].get(key)}, this run has "
+                                  f"{value}: the LR schedule and the batch position would not line up; resume "
                                   "with the same settings")
 
 
-def capture(trainer: Trainer, state: TrainState, precision: Precision, progress: Progress,
-            sampler: Any = None) -> dict[str, Any]:
-    """The whole training state at a step boundary. Refuses (NonFiniteError) when a parameter is not finite."""
-    model, strategy = state.model, trainer.strategy
-    weights = finite(strategy.model_state(model))  # the whole model, also when it is sharded over processes
-    return {
-        "format": FORMAT,
-        "plan": progress.plan,
-        "model": weights,
-        "optimizer": strategy.optimizer_state(model, state.optimizer),
-        "lr_policy": trainer.lr_policy.state_dict(),
-        "precision": precision.state_dict(),
-        "stopping": trainer.stopping.state_dict(),
-        "gradients": trainer.gradients.state_dict(),
-        "rng": rng_state(),
-        "sampler": sampler.state_dict() if sampler is not None else {},
-        "position": {"epoch": progress.epoch, "batch": progress.batch},
-        "counters": {"step": state.step, "skipped_steps": state.skipped_steps, "bad_steps": state.bad_steps,
-                     "stop_reason": progress.stop_reason},
-        "history": progress.history,
-        "best_model": progress.best_model,
-        "epoch_losses": stacked(progress.epoch_losses),
-        "versions": versions(),
-    }
-
-
-def resume(trainer: Trainer, state: TrainState, precision: Precision, plan: dict[str, int],
-           sampler: Any = None) -> Progress:
-    """Starts the trainer's store and restores what ``trainer.resume`` names; a fresh Progress when nothing.
-
-    ``plan`` (max_epochs, accumulate_steps, batches_per_epoch) must match the checkpoint's:
-    the LR schedule and the batch position only mean the same thing under the same plan.
-    """
-    where, checkpoint = find(trainer.settings.resume, trainer.checkpoints, trainer.log)
-    if checkpoint is None:
-        return Progress(plan=plan)
-    progress = restore(checkpoint, trainer, state, precision, sampler, name=f"checkpoint {where}", plan=plan)
-    trainer.log.info("resumed", checkpoint=where, epoch=progress.epoch, batch=progress.batch, step=state.step)
-    return progress
+def restore(checkpoint: Mapping[str, Any], parts: Mapping[str, Any], plan: Mapping[str, Any],
+            name: str = "checkpoint") -> None:
+    """Checks the whole checkpoint, then loads every part in the order they were registered."""
+    check(checkpoint, parts, plan, name)
+    for key, part in parts.items():
+        part.load_state_dict(checkpoint[key])
 
 
 def find(resume: str | None, store: CheckpointStore | None, log: Any) -> tuple[str | None, dict[str, Any] | None]:
@@ -175,30 +206,3 @@ def find(resume: str | None, store: CheckpointStore | None, log: Any) -> tuple[s
             log.info("resume_fresh", reason="no valid checkpoint")
             return None, None
     return resume, store.load(resume) if store is not None else read_checkpoint(resume)
-
-
-def restore(checkpoint: dict[str, Any], trainer: Trainer, state: TrainState, precision: Precision,
-            sampler: Any = None, *, name: str = "checkpoint", plan: dict[str, int] | None = None) -> Progress:
-    """Puts every part back; checks every component is present, and the plan the same, before touching any."""
-    check(checkpoint, COMPONENTS, plan or {}, name, PLAN_LABELS)
-    trainer.strategy.load_model_state(state.model, checkpoint["model"])
-    trainer.strategy.load_optimizer_state(state.model, state.optimizer, checkpoint["optimizer"])
-    trainer.lr_policy.load_state_dict(checkpoint["lr_policy"])
-    precision.load_state_dict(checkpoint["precision"])
-    trainer.stopping.load_state_dict(checkpoint["stopping"])
-    trainer.gradients.load_state_dict(checkpoint["gradients"])
-    if sampler is not None and checkpoint["sampler"]:
-        sampler.load_state_dict(checkpoint["sampler"])
-    set_rng_state(checkpoint["rng"])
-    counters, position = checkpoint["counters"], checkpoint["position"]
-    state.step, state.skipped_steps, state.bad_steps = counters["step"], counters["skipped_steps"], counters["bad_steps"]
-    state.epoch = position["epoch"]
-    return Progress(
-        history=list(checkpoint["history"]),
-        best_model=checkpoint["best_model"],
-        epoch_losses=list(checkpoint["epoch_losses"].to(precision.device).unbind()),
-        epoch=position["epoch"],
-        batch=position["batch"],
-        stop_reason=counters["stop_reason"],
-        plan=dict(plan or checkpoint["plan"]),
-    )

@@ -1,10 +1,8 @@
-"""The Trainer: runs the loop, owns the order of events and the counters, and no policy."""
+"""The Trainer: runs the one loop, owns the order of events and the counters, and no policy."""
 
 from __future__ import annotations
 
-import functools
 import math
-import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -15,29 +13,32 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from trainwire import state as checkpoint_state
+from trainwire import state as parts_codec
+from trainwire.cadence import Cadence, CheckpointPolicy
 from trainwire.checkpoints import CheckpointStore
 from trainwire.data import epoch_batches, resumable_sampler
 from trainwire.distributed import STRATEGIES, Strategy, make_strategy
-from trainwire.errors import ConfigError, NonFiniteError, TrainingInterrupted
-from trainwire.gradients import GradientPolicy, NoClip
+from trainwire.errors import ConfigError, TrainingInterrupted
+from trainwire.gradients import GradientPolicy
 from trainwire.hooks import emit
-from trainwire.lr import Constant, LRPolicy, steps_per_epoch
+from trainwire.lr import LRPolicy
+from trainwire.nonfinite import NONFINITE, NonFinitePolicy, make_nonfinite
 from trainwire.objectives import Objective
 from trainwire.precision import Precision
-from trainwire.signals import stop_requests
+from trainwire.signals import StopToken, stop_requests
 from trainwire.sinks.base import MetricsSink, NullSink
+from trainwire.state import ModelPart, Position, RNGPart, is_stateful
+from trainwire.steps import OptimizerFactory, Step, StepContext, SupervisedStep
 from trainwire.stopping import NeverStop, StoppingPolicy
 
-OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
-NONFINITE = ("skip", "raise", "off")
+__all__ = ["FitResult", "OptimizerFactory", "TrainState", "Trainer", "TrainerSettings"]
 
 
 @dataclass
 class TrainerSettings:
     """How the loop runs; also the schema of the ``trainer`` config group."""
 
-    max_epochs: int = 100
+    max_epochs: int = 60
     accumulate_steps: int = 1
     precision: str = "32"
     log_every_n_steps: int = 10
@@ -68,7 +69,7 @@ class TrainerSettings:
 
 @dataclass
 class TrainState:
-    """The counters, and what hooks may look at. ``step`` counts optimizer steps taken so far."""
+    """What hooks may look at. ``step`` counts optimizer steps taken so far; ``batch`` is the batch just run."""
 
     model: nn.Module
     optimizer: Optimizer
@@ -76,8 +77,6 @@ class TrainState:
     epoch: int = 0
     step: int = 0
     batch: int = 0
-    skipped_steps: int = 0  # optimizer steps skipped for a non-finite loss or gradient
-    bad_steps: int = 0  # of them, how many in a row just now
 
 
 @dataclass
@@ -115,16 +114,6 @@ class FitResult:
         }
 
 
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(item, device) for item in batch)
-    if isinstance(batch, dict):
-        return {key: _to_device(value, device) for key, value in batch.items()}
-    return batch
-
-
 def _batch_count(data: Any, name: str) -> int:
     try:
         count = len(data)
@@ -136,30 +125,41 @@ def _batch_count(data: Any, name: str) -> int:
 
 
 class Trainer:
-    """Runs ``fit``; every decision inside it is delegated to the injected policies."""
+    """Runs ``fit``; every decision inside it is delegated to the injected step and policies.
+
+    ``step`` is what one batch does to the weights; without one, ``objective``, ``optimizer``,
+    ``lr_policy`` and ``gradient_policy`` make the ``SupervisedStep``. ``nonfinite`` and
+    ``checkpoint_policy`` default to what ``settings`` names.
+    """
 
     def __init__(
         self,
         *,
         objective: Objective,
-        optimizer: OptimizerFactory,
+        optimizer: OptimizerFactory | None = None,
         settings: TrainerSettings | None = None,
+        step: Step | None = None,
         lr_policy: LRPolicy | None = None,
         stopping_policy: StoppingPolicy | None = None,
         gradient_policy: GradientPolicy | None = None,
+        nonfinite: NonFinitePolicy | None = None,
+        checkpoint_policy: CheckpointPolicy | None = None,
         sink: MetricsSink | None = None,
         checkpoints: CheckpointStore | None = None,
         strategy: Strategy | None = None,
         hooks: Sequence[Any] = (),
         logger: Any = None,
     ) -> None:
+        if (step is None) == (optimizer is None):
+            raise ConfigError("Trainer takes either step= or optimizer= (which makes the supervised step), not both")
         self.objective = objective
-        self.optimizer_factory = optimizer
-        self.settings = settings or TrainerSettings()
-        self.lr_policy = lr_policy or Constant()
+        self.settings = settings = settings or TrainerSettings()
+        self.step = step or SupervisedStep(objective, optimizer, lr_policy, gradient_policy)
+        self.step.check(settings)
         self.stopping = stopping_policy or NeverStop()
-        self.gradients = gradient_policy or NoClip()
-        self.strategy = strategy or make_strategy(self.settings.strategy)
+        self.nonfinite = nonfinite or make_nonfinite(settings.nonfinite, settings.max_nonfinite)
+        self.cadence = checkpoint_policy or Cadence(settings.checkpoint_every, settings.checkpoint_every_n_steps)
+        self.strategy = strategy or make_strategy(settings.strategy)
         self.sink = self.strategy.rank0_only(sink or NullSink())  # only rank 0 writes
         self.checkpoints = checkpoints
         self.hooks = list(hooks)
@@ -168,24 +168,26 @@ class Trainer:
     def _emit(self, event: str, *args: Any) -> None:
         emit(self.hooks, event, *args)
 
-    def fit(self, model: nn.Module, train_data: Iterable[Any], val_data: Iterable[Any] | None = None) -> FitResult:
+    def fit(self, model: nn.Module, train_data: Iterable[Any], val_data: Iterable[Any] | None = None, *,
+            stop: StopToken | None = None) -> FitResult:
         """Trains ``model`` on ``train_data`` and returns what happened. The loop, in short::
 
-            resume from a checkpoint if trainer.resume says so
+            restore every stateful part from a checkpoint if trainer.resume says so
             for epoch in range(max_epochs):
                 for batch in train_data (from the resumed batch on):
-                    loss = objective.training_loss(model, batch) / accumulate_steps
-                    backward(loss)
-                    if at the accumulation boundary:
-                        grads = gradient_policy.apply(parameters)   # after unscaling
-                        optimizer.step() unless not finite; lr_policy.after_step(); log every n steps
-                        checkpoint every n steps, or now and stop if SIGTERM/SIGINT came
+                    result = step.train_step(module, batch)   # objective, backward, gradients, optimizer, lr
+                    at each counted optimizer step: non-finite policy; log every n steps;
+                    checkpoint as the cadence says, or now and stop if a stop was asked for
                 metrics = objective.evaluate(model, val_data)        # eval mode, no_grad
+                step.end_epoch(metrics)                              # train metrics, lr policies
                 verdict = stopping_policy.update(epoch, metrics)     # keep best weights
-                lr_policy.after_epoch(metrics); log; checkpoint; stop if verdict.stop
+                log; checkpoint as the cadence says; stop if asked or if verdict.stop
             restore the best weights; sink.summary(...); sink.finish()
+
+        ``stop`` is a ``StopToken``: ``stop.stop()`` from any thread ends the run at its next
+        optimizer step, with ``last.pt`` written there; SIGTERM/SIGINT in the main thread set it.
         """
-        settings = self.settings
+        settings, strategy = self.settings, self.strategy
         n_batches = _batch_count(train_data, "train_data")
         if val_data is not None:
             _batch_count(val_data, "val_data")
@@ -194,26 +196,31 @@ class Trainer:
                 f"stopping.monitor={self.stopping.monitor!r} needs validation data, and none was given "
                 "(monitor a train/ metric or use stopping=none)"
             )
-        device = self.strategy.device(settings.device)
-        precision = Precision(settings.precision, device)
-        model.to(device)
-        module = self.strategy.setup(model)  # before the optimizer: FSDP replaces the parameters
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
-        self.lr_policy.attach(
-            optimizer, steps_per_epoch=steps_per_epoch(n_batches, settings.accumulate_steps),
-            max_epochs=settings.max_epochs,
-        )
-        state = TrainState(model=model, optimizer=optimizer, module=module)
+        precision = Precision(settings.precision, strategy.device(settings.device))
+        model.to(precision.device)
+        module = strategy.setup(model)  # before the optimizers: FSDP replaces the parameters
+        token = stop if stop is not None else StopToken()
+        context = StepContext(strategy, precision, self.nonfinite.checks, n_batches, settings.max_epochs,
+                              settings.accumulate_steps, self.objective, train_data, val_data, token, self.log)
+        position = Position()
+        parts = self._parts(model, precision, position, train_data, self.step.setup(model, context))
+        plan = {"trainer.max_epochs": settings.max_epochs, "trainer.accumulate_steps": settings.accumulate_steps,
+                "batches per epoch (data.batch_size)": n_batches, **self.step.plan()}
         # Before the sinks start: a checkpoint that fails verification changes nothing.
-        plan = {"max_epochs": settings.max_epochs, "accumulate_steps": settings.accumulate_steps,
-                "batches_per_epoch": n_batches}
-        progress = checkpoint_state.resume(self, state, precision, plan, resumable_sampler(train_data))
-        with stop_requests() as stop:
+        where, checkpoint = parts_codec.find(settings.resume, self.checkpoints, self.log)
+        if checkpoint is not None:
+            parts_codec.restore(checkpoint, parts, plan, name=f"checkpoint {where}")
+            self.log.info("resumed", checkpoint=where, epoch=position.epoch, batch=position.batch, step=position.step)
+        state = TrainState(model=model, optimizer=self.step.optimizer, module=module, epoch=position.epoch,
+                           step=position.step)
+        with stop_requests(token):
             self.sink.start()
             try:
-                result = self._run(state, params, precision, train_data, val_data, n_batches, progress, stop)
+                self.step.start(model, resumed=checkpoint is not None)
+                result = self._run(state, position, parts, plan, train_data, val_data, token)
             except BaseException as error:
+                if isinstance(error, TrainingInterrupted) and not error.saved and self.checkpoints is not None:
+                    error.saved = self.checkpoints.latest() is not None  # stopped inside a step's own work
                 self._emit("on_exception", state, error)
                 self.sink.finish("killed" if isinstance(error, (KeyboardInterrupt, TrainingInterrupted)) else "failed")
                 raise
@@ -223,113 +230,85 @@ class Trainer:
         self._emit("on_train_end", state, result)
         return result
 
-    def _save(self, names: list[str], state: TrainState, precision: Precision, progress, train_data) -> None:
-        if self.checkpoints is None:
-            return
-        saved = checkpoint_state.capture(self, state, precision, progress, resumable_sampler(train_data))
-        if self.strategy.is_rank0:  # every process captures (FSDP gathers), one writes
-            meta = {"epoch": progress.epoch, "batch": progress.batch, "step": state.step}
-            self.checkpoints.save(saved, names, meta=meta)
+    def _parts(self, model, precision, position, train_data, step_parts) -> dict[str, Any]:
+        """Everything a checkpoint holds, by name, in the order it is restored (the RNGs last)."""
+        sampler = resumable_sampler(train_data)
+        parts = {"model": ModelPart(self.strategy, model), **step_parts, "precision": precision,
+                 "stopping": self.stopping, "nonfinite": self.nonfinite, "objective": self.objective,
+                 **({"sampler": sampler} if sampler is not None else {}), "loop": position}
+        parts.update((f"hook{index}.{type(hook).__name__}", hook) for index, hook in enumerate(self.hooks))
+        return {name: part for name, part in parts.items() if is_stateful(part)} | {"rng": RNGPart()}
 
-    def _skipped(self, state: TrainState, epoch: int) -> None:
-        state.skipped_steps, state.bad_steps = state.skipped_steps + 1, state.bad_steps + 1
-        self.sink.log({"train/skipped_steps": state.skipped_steps}, step=state.step, epoch=epoch)
-        self.log.warning("nonfinite_step_skipped", epoch=epoch, step=state.step, in_a_row=state.bad_steps)
-        if self.settings.nonfinite == "raise":
-            raise NonFiniteError(f"non-finite loss or gradients after step {state.step} (trainer.nonfinite=raise)")
-        if state.bad_steps >= self.settings.max_nonfinite:
-            raise NonFiniteError(f"{state.bad_steps} optimizer steps in a row had a non-finite loss or gradients "
-                                 f"(trainer.max_nonfinite={self.settings.max_nonfinite}); stopping")
+    def _boundary(self, names: list[str], token: StopToken, parts, plan) -> None:
+        """Writes the checkpoints ``names`` (and ``last`` when a stop was asked for), then stops if asked."""
+        stopping = self.strategy.any(token.stopped)  # every process stops at the same step
+        if stopping and "last" not in names:
+            names = ["last", *names]
+        if names and self.checkpoints is not None:
+            saved = parts_codec.capture(parts, plan)  # every process captures (FSDP gathers), one writes
+            if self.strategy.is_rank0:
+                loop = parts["loop"]
+                self.checkpoints.save(saved, names, meta={"epoch": loop.epoch, "batch": loop.batch, "step": loop.step})
+        if stopping:
+            raise TrainingInterrupted(token.signum, saved=self.checkpoints is not None)
 
-    def _run(self, state, params, precision, train_data, val_data, n_batches, progress, stop) -> FitResult:
-        settings, model, module, optimizer = self.settings, state.model, state.module, state.optimizer
-        strategy = self.strategy
-        accumulate, log_every = settings.accumulate_steps, settings.log_every_n_steps
-        save_every = settings.checkpoint_every_n_steps
-        guard = settings.nonfinite != "off"  # a NaN/inf loss makes the gradients non-finite too
-        move = (lambda batch: batch) if precision.device.type == "cpu" else (lambda b: _to_device(b, precision.device))
-        save = functools.partial(self._save, state=state, precision=precision, progress=progress, train_data=train_data)
+    def _run(self, state, position, parts, plan, train_data, val_data, token) -> FitResult:
+        settings, strategy, step, model, module = self.settings, self.strategy, self.step, state.model, state.module
+        log_every, move = settings.log_every_n_steps, strategy.mover(parts["precision"].device)
         self._emit("on_train_start", state)
+        self._boundary([], token, parts, plan)  # a token stopped before the run stops it before the first step
         model.train()
-        for epoch in range(progress.epoch, settings.max_epochs if progress.stop_reason is None else 0):
-            state.epoch, started, skip = epoch, time.perf_counter(), progress.batch
+        for epoch in range(position.epoch, settings.max_epochs if position.stop_reason is None else 0):
+            state.epoch, started, skip = epoch, time.perf_counter(), position.batch
             self._emit("on_epoch_start", state)
-            losses = progress.epoch_losses  # detached; read once at the end of the epoch
             for index, batch in enumerate(epoch_batches(train_data, epoch, skip), start=skip):
                 state.batch = index
-                window = min(accumulate, n_batches - index // accumulate * accumulate)
-                with precision.autocast():
-                    loss = self.objective.training_loss(module, move(batch))
-                precision.backward(loss if window == 1 else loss / window)
-                losses.append(loss.detach())
-                self._emit("on_batch_end", state, losses[-1])
-                if (index + 1) % accumulate and index + 1 != n_batches:
+                result = step.train_step(module, move(batch), index)
+                self._emit("on_batch_end", state, result.loss)
+                if not result.counted:
                     continue
-                precision.unscale(optimizer)
-                grads = self.gradients.apply(params)
-                lr = optimizer.param_groups[0]["lr"]
-                taken = precision.step(optimizer, grads if guard else None)  # skips non-finite gradients
-                optimizer.zero_grad(set_to_none=True)
-                progress.batch = index + 1
-                if taken:
-                    self.lr_policy.after_step()
-                    state.step, state.bad_steps = state.step + 1, 0
-                    if state.step % log_every == 0:  # the only per-step device sync besides `taken`, and only here
-                        self.sink.log(
-                            {
-                                "train/loss": strategy.mean(torch.stack(losses[-window:]).mean()),
-                                "train/lr": lr,
-                                "train/grad_norm": grads.norm.item(),
-                                "train/grad_norm_clipped": grads.clipped_norm.item(),
-                            },
-                            step=state.step, epoch=epoch,
-                        )
+                position.batch = index + 1
+                if result.taken:
+                    self.nonfinite.taken()
+                    position.step = state.step = state.step + 1
+                    if state.step % log_every == 0:  # the only per-step host reads besides the finite check
+                        self.sink.log(step.log_values(), step=state.step, epoch=epoch)
                 else:  # non-finite, or fp16 overflow (the scaler has lowered its scale): the schedule waits
-                    self._skipped(state, epoch)
-                stopping = strategy.any(stop.signum is not None)  # every process stops at the same step
-                if stopping or (taken and save_every and state.step % save_every == 0):
-                    save(["last"])
-                    if stopping:
-                        raise TrainingInterrupted(stop.signum or signal.SIGTERM, saved=self.checkpoints is not None)
-            metrics = {"train/epoch_loss": strategy.mean(torch.stack(losses).mean())}
+                    self.sink.log({"train/skipped_steps": self.nonfinite.skipped + 1}, step=state.step, epoch=epoch)
+                    self.log.warning("nonfinite_step_skipped", epoch=epoch, step=state.step,
+                                     in_a_row=self.nonfinite.in_a_row + 1)
+                    self.nonfinite.not_taken(state.step)
+                self._boundary(self.cadence.at_step(state.step) if result.taken else [], token, parts, plan)
+            metrics: dict[str, float] = {}
             if val_data is not None:
                 model.eval()
-                with torch.no_grad(), precision.autocast():
+                with torch.no_grad(), parts["precision"].autocast():
                     measured = self.objective.evaluate(module, map(move, val_data), reduce=strategy.reduce)
                 model.train()
                 metrics.update((f"val/{key}", value) for key, value in measured.items())
-                self._emit("on_validation_end", state, {k: v for k, v in metrics.items() if k.startswith("val/")})
+                self._emit("on_validation_end", state, dict(metrics))
+            step.end_epoch(model, metrics)
             verdict = strategy.broadcast(self.stopping.update(epoch, metrics))  # rank 0 decides for every process
             if verdict.improved:
-                progress.best_model = strategy.model_state(model)
-            self.lr_policy.after_epoch(metrics)
+                position.best_model = strategy.model_state(model)
             metrics["time/epoch_s"] = time.perf_counter() - started
-            metrics["train/skipped_steps"] = state.skipped_steps
-            progress.history.append(metrics)
+            metrics["train/skipped_steps"] = self.nonfinite.skipped
+            position.history.append(metrics)
             self.sink.log(metrics, step=state.step, epoch=epoch)
             self.log.info("epoch", epoch=epoch, step=state.step, **metrics)
             self._emit("on_epoch_end", state, metrics)
-            progress.epoch, progress.batch, progress.epoch_losses = epoch + 1, 0, []
-            progress.stop_reason = (verdict.reason or "stopped") if verdict.stop else None
-            periodic = [f"epoch-{epoch:04d}"] if (epoch + 1) % settings.checkpoint_every == 0 else []
-            stopping = strategy.any(stop.signum is not None)
-            save(["last", *periodic, *(["best"] if verdict.improved else [])])
-            if stopping:
-                raise TrainingInterrupted(stop.signum or signal.SIGTERM, saved=self.checkpoints is not None)
+            position.epoch, position.batch = epoch + 1, 0
+            position.stop_reason = (verdict.reason or "stopped") if verdict.stop else None
+            self._boundary(self.cadence.at_epoch(epoch, verdict.improved), token, parts, plan)
             if verdict.stop:
-                self.log.info("early_stop", epoch=epoch, reason=progress.stop_reason, monitor=self.stopping.monitor,
+                self.log.info("early_stop", epoch=epoch, reason=position.stop_reason, monitor=self.stopping.monitor,
                               best_value=self.stopping.best_value, best_epoch=self.stopping.best_epoch)
                 break
-        if progress.best_model is not None:
-            strategy.load_model_state(model, progress.best_model)
-        history = progress.history
+        if position.best_model is not None:
+            strategy.load_model_state(model, position.best_model)
+        history = position.history
         return FitResult(
-            epochs_completed=len(history),
-            best_epoch=self.stopping.best_epoch,
-            best_value=self.stopping.best_value,
-            monitor=self.stopping.monitor,
-            stop_reason=progress.stop_reason or "max_epochs",
-            history=history,
-            steps=state.step,
-            avg_epoch_time_s=math.fsum(h["time/epoch_s"] for h in history) / max(len(history), 1),
+            epochs_completed=len(history), best_epoch=self.stopping.best_epoch, best_value=self.stopping.best_value,
+            monitor=self.stopping.monitor, stop_reason=position.stop_reason or "max_epochs", history=history,
+            steps=state.step, avg_epoch_time_s=math.fsum(h["time/epoch_s"] for h in history) / max(len(history), 1),
         )

@@ -1,0 +1,41 @@
+"""Checkpoint cadence: which checkpoints to write at a step or an epoch end (the loop writes them).
+
+A policy answers with names (``last``, ``best``, ``epoch-0009``); the loop captures the state
+once and the store commits it under all of them. A stop request always writes ``last``,
+whatever the cadence says: that is the loop's promise, not a policy's choice.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from trainwire.errors import ConfigError
+
+
+class CheckpointPolicy(ABC):
+    """Port: when to checkpoint."""
+
+    @abstractmethod
+    def at_step(self, step: int) -> list[str]:
+        """Called after each optimizer step that was taken (``step``: steps so far); names to write now."""
+
+    @abstractmethod
+    def at_epoch(self, epoch: int, improved: bool) -> list[str]:
+        """Called at the end of each epoch (from 0), after the stopping verdict; names to write now."""
+
+
+class Cadence(CheckpointPolicy):
+    """``last`` every epoch (and every ``every_n_steps`` steps), ``epoch-XXXX`` every ``every_n_epochs``, ``best`` on improvement."""
+
+    def __init__(self, every_n_epochs: int = 10, every_n_steps: int | None = None) -> None:
+        for key, value in (("checkpoint_every", every_n_epochs), ("checkpoint_every_n_steps", every_n_steps)):
+            if not (value is None and key == "checkpoint_every_n_steps") and (type(value) is not int or value < 1):
+                raise ConfigError(f"trainer.{key}={value!r} must be an integer >= 1")
+        self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
+
+    def at_step(self, step: int) -> list[str]:
+        return ["last"] if self.every_n_steps and step % self.every_n_steps == 0 else []
+
+    def at_epoch(self, epoch: int, improved: bool) -> list[str]:
+        periodic = [f"epoch-{epoch:04d}"] if (epoch + 1) % self.every_n_epochs == 0 else []
+        return ["last", *periodic, *(["best"] if improved else [])]
