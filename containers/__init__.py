@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainwire.config import GROUPS, MULTI_SELECT, PROGRESS, SCHEMAS, LogConfig
 from trainwire.errors import ConfigError
+from trainwire.signals import StopToken
 from trainwire.trainer import FitResult, TrainerSettings
 
 from .container import TrainerContainer
@@ -76,8 +77,11 @@ def build_container(
     return container
 
 
-def run(cfg: DictConfig | dict[str, Any] | Container) -> FitResult:
+def run(cfg: DictConfig | dict[str, Any] | Container, *, stop: StopToken | None = None) -> FitResult:
     """Trains as the CLI does: builds the container (unless given one), the data and the model, then fits.
+
+    ``stop`` is a ``StopToken``: ``stop.stop()`` from any thread ends the run at its next optimizer
+    step with ``last.pt`` written there (``TrainingInterrupted``; ``trainer.resume=auto`` continues).
 
     The run is seeded with ``seed`` inside a forked RNG, so the caller's random state is untouched.
     With ``trainer.strategy`` ddp or fsdp (under torchrun) it joins the process group first,
@@ -92,7 +96,7 @@ def run(cfg: DictConfig | dict[str, Any] | Container) -> FitResult:
         paradigm = container.paradigm()  # the Trainer's fit, or a loop of another shape (trainwire.paradigms)
         loaders = container.data()
         model = container.model()
-        result = paradigm.run(model, loaders.train, loaders.val)
+        result = paradigm.run(model, loaders.train, loaders.val, stop=stop)
     # Not on an exception: a process that fails alone must exit (torchrun then stops the others),
     # not wait at a barrier the others never reach.
     strategy.teardown()

@@ -7,9 +7,14 @@ imported only when their sink is built; Hydra and dependency-injector only by th
 from trainwire.checkpoints import CheckpointStore, LocalCheckpointStore
 from trainwire.errors import CheckpointError, ConfigError, NonFiniteError, TrainingInterrupted
 from trainwire.gradients import GradientPolicy, GradStats, NoClip, NormClipper, ValueClipper
+from trainwire.cadence import Cadence, CheckpointPolicy
 from trainwire.hooks import Hook
 from trainwire.lr import Constant, CosineWarmRestarts, LRPolicy, ReduceOnPlateau, WarmupCosine
+from trainwire.nonfinite import IgnoreNonFinite, NonFinitePolicy, RaiseOnNonFinite, SkipNonFinite
 from trainwire.objectives import Classification, Objective, Regression
+from trainwire.signals import StopToken
+from trainwire.state import Stateful
+from trainwire.steps import Step, StepContext, StepResult, SupervisedStep
 from trainwire.sinks import FanOut, GuardedFanOut, IsolatedSink, JsonlSink, MetricsSink, NullSink
 from trainwire.stopping import NeverStop, PatienceStopper, StoppingPolicy, Verdict
 from trainwire.trainer import FitResult, Trainer, TrainerSettings, TrainState
@@ -17,10 +22,12 @@ from trainwire.trainer import FitResult, Trainer, TrainerSettings, TrainState
 __version__ = "0.1.0"
 
 __all__ = [
-    "CheckpointError", "CheckpointStore", "Classification", "ConfigError", "Constant", "CosineWarmRestarts", "FanOut",
+    "Cadence", "CheckpointError", "CheckpointPolicy", "CheckpointStore", "Classification", "ConfigError", "Constant", "CosineWarmRestarts", "FanOut",
     "FitResult", "GradStats", "GradientPolicy", "GuardedFanOut", "Hook", "IsolatedSink", "JsonlSink", "LRPolicy",
-    "LocalCheckpointStore", "MLflowSink", "MetricsSink", "NeverStop", "NonFiniteError", "NoClip", "NormClipper",
-    "NullSink", "Objective", "PatienceStopper", "ReduceOnPlateau", "Regression", "StoppingPolicy", "TensorBoardSink",
+    "IgnoreNonFinite", "LocalCheckpointStore", "MLflowSink", "MetricsSink", "NeverStop", "NonFiniteError",
+    "NonFinitePolicy", "NoClip", "NormClipper", "NullSink", "Objective", "PatienceStopper", "RaiseOnNonFinite",
+    "ReduceOnPlateau", "Regression", "SkipNonFinite", "Stateful", "Step", "StepContext", "StepResult", "StopToken",
+    "StoppingPolicy", "SupervisedStep", "TensorBoardSink",
     "TrainState", "Trainer", "TrainerSettings", "TrainingInterrupted", "ValueClipper",
     "Verdict", "WandbSink", "WarmupCosine",
 ]

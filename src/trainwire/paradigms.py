@@ -1,10 +1,10 @@
 """Paradigms: the shape of a whole run around the loop (``paradigm=`` in config).
 
-Most paradigms need no more than the Trainer's loop with another ``Objective`` or model
-(classification, regression, generative NLL, adversarial robustness, fine-tuning). A paradigm
-is the place for what happens *around* the loop (``Pretrain`` saves the encoder when training
-ends) or for a loop of another shape (``trainwire.gan.GANTrainer``, which implements this port
-too). None of them edits ``Trainer.fit``.
+Most paradigms need no more than the Trainer's loop with another ``Objective``, model or
+``Step`` (classification, regression, generative NLL, adversarial robustness, fine-tuning, and
+the GAN, whose critic/generator alternation is ``trainwire.gan.GANStep``). A paradigm is the
+place for what happens *around* the one loop (``Pretrain`` saves the encoder when training
+ends); none of them has a loop of its own.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from trainwire.errors import ConfigError
+from trainwire.signals import StopToken
 from trainwire.trainer import FitResult, Trainer
 
 
@@ -25,8 +26,9 @@ class Paradigm(ABC):
     """Port: runs one training job on a model and its data."""
 
     @abstractmethod
-    def run(self, model: nn.Module, train_data: Iterable[Any], val_data: Iterable[Any] | None = None) -> FitResult:
-        """Trains ``model`` (in place) and returns what happened."""
+    def run(self, model: nn.Module, train_data: Iterable[Any], val_data: Iterable[Any] | None = None, *,
+            stop: StopToken | None = None) -> FitResult:
+        """Trains ``model`` (in place) and returns what happened; ``stop`` ends it early from any thread."""
 
 
 class Supervised(Paradigm):
@@ -35,8 +37,9 @@ class Supervised(Paradigm):
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
 
-    def run(self, model: nn.Module, train_data: Iterable[Any], val_data: Iterable[Any] | None = None) -> FitResult:
-        return self.trainer.fit(model, train_data, val_data)
+    def run(self, model: nn.Module, train_data: Iterable[Any], val_data: Iterable[Any] | None = None, *,
+            stop: StopToken | None = None) -> FitResult:
+        return self.trainer.fit(model, train_data, val_data, stop=stop)
 
 
 class Pretrain(Paradigm):
@@ -45,14 +48,15 @@ class Pretrain(Paradigm):
     def __init__(self, trainer: Trainer, save_to: str | os.PathLike) -> None:
         self.trainer, self.save_to = trainer, Path(save_to)
 
-    def run(self, model: nn.Module, train_data: Iterable[Any], val_data: Iterable[Any] | None = None) -> FitResult:
+    def run(self, model: nn.Module, train_data: Iterable[Any], val_data: Iterable[Any] | None = None, *,
+            stop: StopToken | None = None) -> FitResult:
         from trainwire.pretraining import save_encoder
 
         encoder = getattr(model, "encoder", None)
         if encoder is None:
             raise ConfigError(f"paradigm=pretrain needs a model with an .encoder (e.g. model=masked_autoencoder); "
                               f"got {type(model).__name__}")
-        result = self.trainer.fit(model, train_data, val_data)
+        result = self.trainer.fit(model, train_data, val_data, stop=stop)
         save_encoder(encoder, self.save_to)
         self.trainer.log.info("encoder_saved", path=str(self.save_to))
         return result
