@@ -252,6 +252,22 @@ class Trainer:
         if stopping:
             raise TrainingInterrupted(token.signum, saved=self.checkpoints is not None)
 
+    def _not_taken(self, state: TrainState) -> None:
+        self.sink.log({"train/skipped_steps": self.nonfinite.skipped + 1}, step=state.step, epoch=state.epoch)
+        self.log.warning("nonfinite_step_skipped", epoch=state.epoch, step=state.step,
+                         in_a_row=self.nonfinite.in_a_row + 1)
+        self.nonfinite.not_taken(state.step)  # the policy counts it, and may stop the run
+
+    def _validate(self, state: TrainState, val_data, move, precision: Precision) -> dict[str, float]:
+        """The objective's metrics over the validation data (eval mode, no_grad), as ``val/<name>``."""
+        state.model.eval()
+        with torch.no_grad(), precision.autocast():
+            measured = self.objective.evaluate(state.module, map(move, val_data), reduce=self.strategy.reduce)
+        state.model.train()
+        metrics = {f"val/{key}": value for key, value in measured.items()}
+        self._emit("on_validation_end", state, dict(metrics))
+        return metrics
+
     def _run(self, state, position, parts, plan, train_data, val_data, token) -> FitResult:
         settings, strategy, step, model, module = self.settings, self.strategy, self.step, state.model, state.module
         log_every, move = settings.log_every_n_steps, strategy.mover(parts["precision"].device)
@@ -274,19 +290,9 @@ class Trainer:
                     if state.step % log_every == 0:  # the only per-step host reads besides the finite check
                         self.sink.log(step.log_values(), step=state.step, epoch=epoch)
                 else:  # non-finite, or fp16 overflow (the scaler has lowered its scale): the schedule waits
-                    self.sink.log({"train/skipped_steps": self.nonfinite.skipped + 1}, step=state.step, epoch=epoch)
-                    self.log.warning("nonfinite_step_skipped", epoch=epoch, step=state.step,
-                                     in_a_row=self.nonfinite.in_a_row + 1)
-                    self.nonfinite.not_taken(state.step)
+                    self._not_taken(state)
                 self._boundary(self.cadence.at_step(state.step) if result.taken else [], token, parts, plan)
-            metrics: dict[str, float] = {}
-            if val_data is not None:
-                model.eval()
-                with torch.no_grad(), parts["precision"].autocast():
-                    measured = self.objective.evaluate(module, map(move, val_data), reduce=strategy.reduce)
-                model.train()
-                metrics.update((f"val/{key}", value) for key, value in measured.items())
-                self._emit("on_validation_end", state, dict(metrics))
+            metrics = self._validate(state, val_data, move, parts["precision"]) if val_data is not None else {}
             step.end_epoch(model, metrics)
             verdict = strategy.broadcast(self.stopping.update(epoch, metrics))  # rank 0 decides for every process
             if verdict.improved:
