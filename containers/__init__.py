@@ -9,7 +9,8 @@ import torch
 from dependency_injector.containers import Container
 from omegaconf import DictConfig, OmegaConf
 
-from trainwire.config import GROUPS, MULTI_SELECT, PROGRESS, SCHEMAS, LogConfig
+from trainwire import registry
+from trainwire.config import GROUPS, MULTI_SELECT, PROGRESS, LogConfig
 from trainwire.errors import ConfigError
 from trainwire.trainer import FitResult, TrainerSettings
 
@@ -18,15 +19,18 @@ from .container import TrainerContainer
 __all__ = ["TrainerContainer", "build_container", "lr_preview", "run"]
 
 
-def _schema_nodes(plain: dict[str, Any]):
-    """Each node whose schema is known, to catch keys that ``+key=value`` forced past Hydra's struct check."""
-    yield "trainer", plain.get("trainer", {}), TrainerSettings
-    yield "log", plain.get("log", {}), LogConfig
+def _keys(plain: dict[str, Any]) -> None:
+    """Checks each node's keys against its schema, for keys that ``+key=value`` forced past Hydra's struct check."""
+    for key, schema in (("trainer", TrainerSettings), ("log", LogConfig)):
+        fields = [f.name for f in dataclasses.fields(schema)]
+        for name in plain.get(key, {}):
+            if name not in fields:
+                raise registry.unknown_key(f"{key}.{name}", fields, key)
     for group in GROUPS:
         node = plain[group]
         for key, sub in (node.items() if group in MULTI_SELECT else [(None, node)]):
             if "_target_" not in sub:
-                yield f"{group}.{key}" if key else group, sub, SCHEMAS[group][sub["type"]]
+                registry.check_keys(group, sub, f"{group}.{key}" if key else group)
 
 
 def build_container(
@@ -47,10 +51,6 @@ def build_container(
             name = f"{group}.{key}" if key else group
             if not isinstance(sub, dict):
                 raise ConfigError(f"{name}={sub!r} must be a config node")
-            if "_target_" not in sub and sub.get("type") not in SCHEMAS[group]:
-                raise ConfigError(
-                    f"{name}.type={sub.get('type')!r} is not an option; choose one of: {', '.join(SCHEMAS[group])}"
-                )
     if not plain.get("sink_timeout_s", 1) > 0:
         raise ConfigError(f"sink_timeout_s={plain['sink_timeout_s']!r} must be > 0")
     every = plain.get("metrics_every") or {}
@@ -61,11 +61,7 @@ def build_container(
                               "needs it every epoch")
     if plain.get("progress", "auto") not in PROGRESS:
         raise ConfigError(f"progress={plain['progress']!r} is not one of {', '.join(PROGRESS)}")
-    for key, node, schema in _schema_nodes(plain):
-        unknown = sorted(set(node) - {f.name for f in dataclasses.fields(schema)})
-        if unknown:
-            raise ConfigError(f"{key}.{unknown[0]} is not a key of {key}; its keys are: "
-                              f"{', '.join(f.name for f in dataclasses.fields(schema))}")
+    _keys(plain)  # also checks that each node's type is an option of its group
     container = container_class()
     container.config.from_dict(plain)
     # Build each cheap policy once now, so a bad value fails here rather than mid-run.

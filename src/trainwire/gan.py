@@ -18,6 +18,7 @@ the classifier's validation accuracy with its goal and, when it has fallen more 
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -43,7 +44,7 @@ from trainwire.precision import resolve_device
 from trainwire.signals import StopRequest, stop_requests
 from trainwire.sinks.base import MetricsSink, NullSink
 from trainwire.state import FORMAT, check, finite, find, rng_state, set_rng_state, stacked, versions
-from trainwire.trainer import FitResult, OptimizerFactory, Trainer, TrainState
+from trainwire.trainer import FitResult, OptimizerFactory, Trainer, TrainerSettings, TrainState
 
 GAN_LOSSES = ("logistic", "wasserstein_gp")
 
@@ -403,3 +404,40 @@ class GANTrainer(Paradigm):
                 model.classifier, ((x.to(real_val.device), y.to(real_val.device)) for x, y in val_data))["accuracy"]
         model.train()
         return metrics
+
+
+def gan_paradigm(critic_steps: int = 2, loss: str = "logistic", gp_weight: float = 10.0,
+                 generator_lr: float | None = None, critic_lr: float | None = None, eval_samples: int = 512,
+                 stage: bool = True, stage_epochs: int = 3, goal: float = 0.9, tolerance: float = 0.05, *,
+                 settings: TrainerSettings, optimizer: OptimizerFactory, generator_lr_policy: LRPolicy,
+                 critic_lr_policy: LRPolicy, gradient_policy: GradientPolicy | None = None,
+                 sink: MetricsSink | None = None, hooks: Sequence[Any] = (),
+                 checkpoints: CheckpointStore | None = None) -> GANTrainer:
+    """What ``paradigm=gan`` builds; its positional parameters are the ``paradigm`` keys, the rest the container's.
+
+    ``critic_steps`` critic updates per generator update; ``loss`` logistic (non-saturating) or
+    wasserstein_gp, with ``gp_weight`` its gradient penalty; ``generator_lr``/``critic_lr`` replace
+    ``optimizer.lr`` for one network (None: keep it); ``eval_samples`` generated samples are compared
+    with the validation data each epoch. With ``stage``, the classifier (critic body + class head)
+    trains for ``stage_epochs`` first, and again whenever its val/accuracy < ``goal`` - ``tolerance``.
+    """
+    for key, lr in (("generator_lr", generator_lr), ("critic_lr", critic_lr)):
+        if lr is not None and not lr > 0:
+            raise ConfigError(f"paradigm.{key}={lr} must be > 0 (or null: optimizer.lr)")
+
+    def factory(lr: float | None) -> OptimizerFactory:
+        return optimizer if lr is None else functools.partial(optimizer, lr=lr)
+
+    gan_settings = GANSettings(
+        max_epochs=settings.max_epochs, critic_steps=critic_steps, loss=loss, gp_weight=gp_weight,
+        log_every_n_steps=settings.log_every_n_steps, device=settings.device, eval_samples=eval_samples,
+        checkpoint_every=settings.checkpoint_every, checkpoint_every_n_steps=settings.checkpoint_every_n_steps,
+        resume=settings.resume)
+    classification = None
+    if stage:  # the classification stage is the ordinary Trainer, on the GAN's classifier
+        classification = Trainer(objective=Classification(), optimizer=optimizer,
+                                 settings=TrainerSettings(max_epochs=stage_epochs, device=settings.device))
+    return GANTrainer(
+        generator_optimizer=factory(generator_lr), critic_optimizer=factory(critic_lr), settings=gan_settings,
+        generator_lr=generator_lr_policy, critic_lr=critic_lr_policy, gradient_policy=gradient_policy, sink=sink,
+        hooks=hooks, stage=classification, trigger=AccuracyTrigger(goal, tolerance), checkpoints=checkpoints)

@@ -37,7 +37,7 @@ NONFINITE = ("skip", "raise", "off")
 class TrainerSettings:
     """How the loop runs; also the schema of the ``trainer`` config group."""
 
-    max_epochs: int = 100
+    max_epochs: int = 60
     accumulate_steps: int = 1
     precision: str = "32"
     log_every_n_steps: int = 10
