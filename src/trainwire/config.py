@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Dict, List, Optional, Union
 
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from trainwire import registry
 from trainwire.errors import ConfigError
@@ -219,6 +219,8 @@ def explain(error: BaseException) -> ConfigError | None:
         return None
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and isinstance(cause.parent_node, DictConfig):
         parent = full_key.rpartition(".")[0]
+        if OmegaConf.get_type(cause.parent_node) is dict:  # a free-form mapping (sink.mlflow.tags): keys are added
+            return ConfigError(f"{full_key} is not in {parent or 'the config'} yet; add it with +{full_key}=<value>")
         return registry.unknown_key(full_key, [str(key) for key in cause.parent_node], parent or "the config")
     if isinstance(cause, ValidationError):
         return ConfigError(f"{full_key}={cause.value!r}: {str(cause.msg).splitlines()[0]}")

@@ -91,17 +91,23 @@ class Option:
 
     def load(self) -> Callable[..., Any]:
         """Imports the target; a target that cannot be imported is one ConfigError line naming the option."""
-        module, _, attrs = self.reference.partition(":")
         try:
-            target: Any = importlib.import_module(module)
-            for attr in attrs.split(".") if attrs else ():
-                target = getattr(target, attr)
+            target = resolve(self.reference)
         except Exception as error:  # a broken plug-in must not become a traceback
             raise ConfigError(f"{self.group}={self.name}: {self.origin} {self.reference!r} failed to load: "
                               f"{type(error).__name__}: {_first_line(error)}") from error
         if not callable(target):
             raise ConfigError(f"{self.group}={self.name}: {self.origin} {self.reference!r} is not a class or function")
         return target
+
+
+def resolve(reference: str) -> Any:
+    """The object ``"module:attr.attr"`` names (the entry-point syntax), imported now."""
+    module, _, attrs = reference.partition(":")
+    target: Any = importlib.import_module(module)
+    for attr in attrs.split(".") if attrs else ():
+        target = getattr(target, attr)
+    return target
 
 
 def _entry_points(group: str) -> list[Option]:
@@ -130,11 +136,14 @@ def option(group: str, name: str, key: str | None = None) -> Option:
 
 
 def parameters(target: Callable[..., Any], group: str) -> list[inspect.Parameter]:
-    """The config keys of ``target`` in ``group``: its named parameters less the container's context."""
+    """The config keys of ``target`` in ``group``: its named parameters less the container's context.
+
+    ``type`` is never one: it names the option in the node.
+    """
     context = GROUPS[group].context if group in GROUPS else ()
     return [parameter for parameter in inspect.signature(target).parameters.values()
             if parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD, parameter.POSITIONAL_ONLY)
-            and parameter.name not in context and configurable(parameter.default)]
+            and parameter.name not in (*context, "type") and configurable(parameter.default)]
 
 
 def configurable(value: Any) -> bool:
@@ -190,7 +199,7 @@ def build(group: str, node: Mapping[str, Any], context: Mapping[str, Callable[[]
         raise ConfigError(f"{key}={node['type']}: {_first_line(error)}") from error
     port = GROUPS[group].port
     if port is not None:
-        expected = Option(group, "port", port).load()
+        expected = resolve(port)
         if not isinstance(built, expected):
             raise ConfigError(f"{key}={node['type']} built a {type(built).__name__}, which is not a "
                               f"{expected.__module__}.{expected.__qualname__}")
