@@ -6,10 +6,12 @@ import dataclasses
 from typing import Any
 
 import torch
+from dependency_injector import providers
 from dependency_injector.containers import Container
 from omegaconf import DictConfig, OmegaConf
 
-from trainwire.config import GROUPS, MULTI_SELECT, PROGRESS, SCHEMAS, LogConfig
+from trainwire import registry
+from trainwire.config import GROUPS, MULTI_SELECT, PROGRESS, LogConfig
 from trainwire.errors import ConfigError
 from trainwire.signals import StopToken
 from trainwire.trainer import FitResult, TrainerSettings
@@ -19,15 +21,22 @@ from .container import TrainerContainer
 __all__ = ["TrainerContainer", "build_container", "lr_preview", "run"]
 
 
-def _schema_nodes(plain: dict[str, Any]):
-    """Each node whose schema is known, to catch keys that ``+key=value`` forced past Hydra's struct check."""
-    yield "trainer", plain.get("trainer", {}), TrainerSettings
-    yield "log", plain.get("log", {}), LogConfig
+def _keys(plain: dict[str, Any]) -> None:
+    """Checks each node's keys against its schema, for keys that ``+key=value`` forced past Hydra's struct check."""
+    for key, schema in (("trainer", TrainerSettings), ("log", LogConfig)):
+        fields = [f.name for f in dataclasses.fields(schema)]
+        for name in plain.get(key, {}):
+            if name not in fields:
+                raise registry.unknown_key(f"{key}.{name}", fields, key)
     for group in GROUPS:
         node = plain[group]
         for key, sub in (node.items() if group in MULTI_SELECT else [(None, node)]):
             if "_target_" not in sub:
-                yield f"{group}.{key}" if key else group, sub, SCHEMAS[group][sub["type"]]
+                registry.check_keys(group, sub, f"{group}.{key}" if key else group)
+
+
+def _nothing(**kwargs: Any) -> None:
+    return None
 
 
 def build_container(
@@ -48,10 +57,6 @@ def build_container(
             name = f"{group}.{key}" if key else group
             if not isinstance(sub, dict):
                 raise ConfigError(f"{name}={sub!r} must be a config node")
-            if "_target_" not in sub and sub.get("type") not in SCHEMAS[group]:
-                raise ConfigError(
-                    f"{name}.type={sub.get('type')!r} is not an option; choose one of: {', '.join(SCHEMAS[group])}"
-                )
     if not plain.get("sink_timeout_s", 1) > 0:
         raise ConfigError(f"sink_timeout_s={plain['sink_timeout_s']!r} must be > 0")
     every = plain.get("metrics_every") or {}
@@ -62,18 +67,17 @@ def build_container(
                               "needs it every epoch")
     if plain.get("progress", "auto") not in PROGRESS:
         raise ConfigError(f"progress={plain['progress']!r} is not one of {', '.join(PROGRESS)}")
-    for key, node, schema in _schema_nodes(plain):
-        unknown = sorted(set(node) - {f.name for f in dataclasses.fields(schema)})
-        if unknown:
-            raise ConfigError(f"{key}.{unknown[0]} is not a key of {key}; its keys are: "
-                              f"{', '.join(f.name for f in dataclasses.fields(schema))}")
+    _keys(plain)  # also checks that each node's type is an option of its group
     container = container_class()
     container.config.from_dict(plain)
     # Build each cheap policy once now, so a bad value fails here rather than mid-run.
     for slot in (container.lr_policy, container.stopping_policy, container.gradient_policy,
-                 container.optimizer, container.objective, container.nonfinite, container.checkpoint_policy):
+                 container.optimizer, container.objective, container.settings, container.nonfinite,
+                 container.checkpoint_policy):
         slot()
-    container.step().check(container.settings())  # a setting the paradigm's step cannot honour: refused now
+    # The paradigm too (a setting its step cannot honour is refused now), with neither a trainer nor a run folder built.
+    with container.trainer.override(providers.Callable(_nothing)), container.run_dir.override(providers.Object(None)):
+        container.paradigm()
     return container
 
 

@@ -35,7 +35,7 @@ def test_experiment_gan_moves_the_samples_toward_the_data(tmp_path):
     model, loaders = container.model(), container.data()
     container.model.override(providers.Object(model))
     container.data.override(providers.Object(loaders))
-    built = container.step()
+    built = container.paradigm().trainer.step
     assert isinstance(built, GANStep) and built.generator_lr is not built.critic_lr  # one lr policy per network
     before = distance_now(model, loaders.val)
     result = run(container)

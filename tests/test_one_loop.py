@@ -50,8 +50,9 @@ def test_a_gan_trains_with_a_users_own_target_optimizer(tmp_path):
     cfg = compose([*GAN, f"run_dir={tmp_path}", "trainer.max_epochs=2", "~optimizer",
                    "+optimizer={_target_: torch.optim.Adam, _partial_: true, lr: 0.01}", "paradigm.critic_lr=0.05"])
     container = build_container(cfg)
-    step = container.step()
-    container.step.override(providers.Object(step))
+    paradigm = container.paradigm()
+    container.paradigm.override(providers.Object(paradigm))
+    step = paradigm.trainer.step
     result = run(container)
     assert result.epochs_completed == 2 and result.steps == 2 * 3  # 6 batches, a generator step every 2nd
     assert isinstance(step.g_opt, torch.optim.Adam) and isinstance(step.c_opt, torch.optim.Adam)

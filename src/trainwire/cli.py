@@ -158,15 +158,43 @@ def _train(overrides: list[str]) -> None:
     from trainwire.errors import ConfigError
 
     try:
-        overrides = _join_launch(check_choices(overrides))
+        overrides = check_choices(overrides)
+        _compose_first(overrides)
+        overrides = _join_launch(overrides)
+        register_schemas(overrides)
     except (ConfigError, _Usage) as error:
         print(f"trainwire: error: {error}", file=sys.stderr)
         sys.exit(2)
-    register_schemas()
     entry = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="train")(_train_task)
     # Hydra parses sys.argv itself; hand it only what follows the subcommand.
     sys.argv = ["trainwire-train", *overrides]
     entry()
+
+
+# Hydra modes that compose otherwise (or not at all); Hydra judges their overrides itself.
+_OWN_MODES = ("-m", "--multirun", "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir",
+              "--experimental-rerun", "-i", "--info", "--help", "--hydra-help", "--version", "-sc", "--shell-completion")
+
+
+def _compose_first(overrides: list[str]) -> None:
+    """Composes once before Hydra's run, so that a misspelt key or a wrong type is one ConfigError line.
+
+    Hydra's own report of the same mistake is several lines and exits 1. Errors this cannot put
+    in one line are left to Hydra, which meets them again and reports them its way.
+    """
+    from trainwire.config import compose
+    from trainwire.errors import ConfigError
+
+    if any(arg in _OWN_MODES or arg.startswith(tuple(f"{mode}=" for mode in _OWN_MODES)) for arg in overrides):
+        return
+    config = [arg for arg in overrides if "=" in arg and not arg.startswith("-")
+              and (not arg.lstrip("+~").startswith(("hydra.", "hydra/")) or "hydra.searchpath" in arg)]
+    try:
+        compose(config)
+    except ConfigError:
+        raise
+    except Exception:  # noqa: BLE001 - Hydra reports it on its own run
+        return
 
 
 def _split_output(args: list[str], default: str) -> tuple[list[str], str]:

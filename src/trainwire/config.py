@@ -1,322 +1,56 @@
-"""Config schemas (one dataclass per option of each group) and composition without the CLI.
+"""Config for Hydra: the schema of each option, read from its class's signature, and composition.
 
-The YAML tree lives in ``trainwire.configs``; each YAML option extends its schema here, so a
-wrong key or a wrong type fails when Hydra composes the config, with the key named.
-Schemas are registered in Hydra's ConfigStore when ``compose`` or the CLI runs, never at import.
+Each option of a group (``trainwire.registry``) has one schema, a dataclass made from its
+target's signature: the parameters are the keys, their defaults the values, their annotations
+the types, so a default lives in one place, the constructor. A wrong key or type fails when
+Hydra composes the config, with the key named. The YAML tree in ``trainwire.configs`` holds only
+what a signature cannot say: the root's choices, interpolations between groups
+(``in_features: ${data.in_features}``), a packaged preset's deltas, and ``experiment/`` presets.
+Schemas go into Hydra's ConfigStore when ``compose`` or the CLI runs, never at import.
 """
 
 from __future__ import annotations
 
+import collections.abc
+import dataclasses
+import inspect
 import re
+import types
+import typing
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Optional
+from typing import Any, Dict, List, Optional, Union
 
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
+from trainwire import registry
 from trainwire.errors import ConfigError
 from trainwire.trainer import TrainerSettings
 
 CONFIG_MODULE = "trainwire.configs"
-GROUPS = ("lr", "stopping", "gradient", "sink", "optimizer", "objective", "model", "data", "paradigm")
-
-
-# lr ------------------------------------------------------------------------------------------
-@dataclass
-class WarmupCosineConfig:
-    type: str = "warmup_cosine"
-    warmup_epochs: Optional[int] = None
-    warmup_steps: Optional[int] = None
-    start_factor: float = 1e-3
-    min_lr: float = 0.0
-    interval: str = "step"
-
-
-@dataclass
-class ConstantLRConfig:
-    type: str = "constant"
-
-
-@dataclass
-class CosineRestartsConfig:
-    type: str = "cosine_restarts"
-    T0: int = 10
-    T_mult: int = 2
-    min_lr: float = 0.0
-    interval: str = "epoch"
-
-
-@dataclass
-class PlateauConfig:
-    type: str = "plateau"
-    monitor: str = "val/loss"
-    mode: str = "min"
-    factor: float = 0.1
-    patience: int = 10
-    min_lr: float = 0.0
-
-
-# stopping ------------------------------------------------------------------------------------
-@dataclass
-class PatienceConfig:
-    type: str = "patience"
-    monitor: str = "val/loss"
-    mode: str = "min"
-    patience: int = 10
-    min_delta: float = 0.0
-    goal: Optional[float] = None
-
-
-@dataclass
-class NoStoppingConfig:
-    type: str = "none"
-
-
-# gradient ------------------------------------------------------------------------------------
-@dataclass
-class NormClipConfig:
-    type: str = "norm_clip"
-    max_norm: Optional[float] = 1.0
-    norm_type: float = 2.0
-
-
-@dataclass
-class ValueClipConfig:
-    type: str = "value_clip"
-    clip_value: float = 1.0
-
-
-@dataclass
-class NoClipConfig:
-    type: str = "none"
-
-
-# sink ----------------------------------------------------------------------------------------
-# ``sink`` is a multi-select group: each chosen option adds its own node, ``sink.<option>``
-# (``sink=[wandb,tensorboard]``); ``sink=null`` (the default) adds none.
-@dataclass
-class WandbSinkConfig:
-    type: str = "wandb"
-    project: Optional[str] = "trainwire"
-    entity: Optional[str] = None
-    name: Optional[str] = None
-    mode: str = "online"
-    tags: list[str] = field(default_factory=list)
-    dir: Optional[str] = None  # null: the run directory
-
-
-@dataclass
-class TensorBoardSinkConfig:
-    type: str = "tensorboard"
-    log_dir: Optional[str] = None  # null: <run_dir>/tensorboard
-    flush_secs: int = 30
-
-
-@dataclass
-class MLflowSinkConfig:
-    type: str = "mlflow"
-    tracking_uri: Optional[str] = None  # null: sqlite:///<run_dir>/mlflow.db
-    experiment: str = "trainwire"
-    run_name: Optional[str] = None
-    tags: dict[str, str] = field(default_factory=dict)
-
-
-# optimizer -----------------------------------------------------------------------------------
-@dataclass
-class AdamWConfig:
-    type: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-
-
-@dataclass
-class AdamConfig:
-    type: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-
-
-@dataclass
-class SGDConfig:
-    type: str = "sgd"
-    lr: float = 0.1
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    nesterov: bool = False
-
-
-# objective, model, data ----------------------------------------------------------------------
-@dataclass
-class ClassificationConfig:
-    type: str = "classification"
-    label_smoothing: float = 0.0
-
-
-@dataclass
-class RegressionConfig:
-    type: str = "regression"
-    loss: Any = MISSING  # an option of objective/loss, chosen in regression.yaml's defaults
-
-
-# objective/loss (a group nested in objective/regression) -------------------------------------
-@dataclass
-class MSELossConfig:
-    name: str = "mse"
-    reduction: str = "mean"
-
-
-@dataclass
-class MAELossConfig:
-    name: str = "mae"
-    reduction: str = "mean"
-
-
-@dataclass
-class HuberLossConfig:
-    name: str = "huber"
-    delta: float = 1.0
-    reduction: str = "mean"
-
-
-@dataclass
-class MAPELossConfig:
-    name: str = "mape"
-    epsilon: float = 1e-6
-    reduction: str = "mean"
-
-
-@dataclass
-class PhysicsInformedLossConfig:
-    name: str = "physics_informed"
-    monotonicity: float = 0.1
-    smoothness: float = 0.1
-    reduction: str = "mean"
-
-
-@dataclass
-class MaskedReconstructionConfig:
-    type: str = "masked_reconstruction"
-    mask_ratio: float = 0.5
-
-
-@dataclass
-class AdversarialConfig:
-    type: str = "adversarial"
-    attack: str = "pgd"                  # fgsm or pgd
-    epsilon: float = 0.1                 # L-inf radius, in input units (digits' pixels are in [0, 1])
-    steps: int = 5                       # pgd only
-    step_size: Optional[float] = None    # pgd only; null: 2.5 * epsilon / steps
-    label_smoothing: float = 0.0
-
-
-@dataclass
-class GANEvaluationConfig:
-    type: str = "gan"
-    eval_samples: int = 512  # generated samples compared with the validation data each epoch
-
-
-@dataclass
-class NLLConfig:
-    type: str = "nll"
-
-
-@dataclass
-class GaussianDensityConfig:
-    type: str = "gaussian_density"
-    features: int = MISSING
-    min_scale: float = 0.05
-
-
-@dataclass
-class GANModelConfig:
-    type: str = "gan"
-    features: int = MISSING
-    classes: int = MISSING
-    latent_dim: int = 16
-    hidden: list[int] = field(default_factory=lambda: [128])
-    activation: str = "relu"
-
-
-@dataclass
-class MaskedAutoencoderConfig:
-    type: str = "masked_autoencoder"
-    in_features: int = MISSING
-    hidden: list[int] = field(default_factory=lambda: [128])
-    embedding: int = 64
-    activation: str = "relu"
-
-
-@dataclass
-class PredictorConfig:
-    type: str = "predictor"
-    in_features: int = MISSING
-    out_features: int = MISSING
-    hidden: list[int] = field(default_factory=lambda: [128])  # the encoder's; must match the saved encoder
-    embedding: int = 64
-    activation: str = "relu"
-    encoder: Optional[str] = None  # a stage-1 encoder.pt; null: a fresh encoder (training from scratch)
-    freeze_base: bool = False
-
-
-@dataclass
-class MLPConfig:
-    type: str = "mlp"
-    in_features: int = MISSING
-    out_features: int = MISSING
-    hidden: list[int] = field(default_factory=lambda: [128])
-    activation: str = "relu"
-    dropout: float = 0.0
-    checkpointing: bool = False  # gradient checkpointing: recompute each hidden block in backward
-
-
-@dataclass
-class DataConfig:
-    type: str = MISSING
-    batch_size: int = 64
-    val_fraction: float = 0.2
-    num_workers: int = 0
-    train_samples: Optional[int] = None  # keep only this many training samples (null: all)
-    in_features: int = MISSING  # facts of the data set, read by model configs
-    out_features: int = MISSING
-
-
-# paradigm ------------------------------------------------------------------------------------
-@dataclass
-class SupervisedConfig:
-    type: str = "supervised"
-
-
-@dataclass
-class PretrainConfig:
-    type: str = "pretrain"
-    save_to: str = "encoder.pt"  # relative paths are under the run directory
-
-
-@dataclass
-class GANParadigmConfig:
-    type: str = "gan"
-    critic_steps: int = 2            # critic updates per generator update
-    loss: str = "logistic"           # logistic (non-saturating) or wasserstein_gp
-    gp_weight: float = 10.0          # gradient-penalty weight (wasserstein_gp only)
-    generator_lr: Optional[float] = None  # null: optimizer.lr
-    critic_lr: Optional[float] = None     # null: optimizer.lr
-    stage: bool = True               # run the classification stage first, and again when the trigger fires
-    stage_epochs: int = 3
-    goal: float = 0.9                # the classifier's val/accuracy goal ...
-    tolerance: float = 0.05          # ... the stage re-runs when accuracy < goal - tolerance
+GROUPS = tuple(registry.GROUPS)
+MULTI_SELECT = tuple(group for group, spec in registry.GROUPS.items() if spec.multi)  # sink=[a,b]: one node each
+# Groups nested inside an option of a slot's group: their options are schemas too, but no slot selects on them.
+SUBGROUPS = ("objective/loss",)
+PROGRESS = ("auto", "always", "never")
 
 
 # root ----------------------------------------------------------------------------------------
 @dataclass
 class LogConfig:
+    """The ``log`` node: how the CLI prints structured logs."""
+
+
     format: str = "auto"  # auto: human-readable on a terminal, JSON otherwise
     level: str = "info"
 
 
 @dataclass
 class TrainConfig:
+    """The root schema; ``trainer`` is ``TrainerSettings``, each group's node its chosen option's schema."""
+
+
     seed: int = 0
     run_dir: Optional[str] = None  # the CLI sets the Hydra run directory
     sink_timeout_s: float = 60.0  # a sink call running longer than this is abandoned (ADR 0010)
@@ -340,47 +74,158 @@ class TrainConfig:
     freeze_base: bool = False
 
 
-PROGRESS = ("auto", "always", "never")
-MULTI_SELECT = ("sink",)  # groups whose options are combined (sink=[a,b]) rather than one chosen
-
-SCHEMAS: dict[str, dict[str, type]] = {
-    "lr": {"warmup_cosine": WarmupCosineConfig, "constant": ConstantLRConfig,
-           "cosine_restarts": CosineRestartsConfig, "plateau": PlateauConfig},
-    "stopping": {"patience": PatienceConfig, "none": NoStoppingConfig},
-    "gradient": {"norm_clip": NormClipConfig, "value_clip": ValueClipConfig, "none": NoClipConfig},
-    "sink": {"wandb": WandbSinkConfig, "tensorboard": TensorBoardSinkConfig, "mlflow": MLflowSinkConfig},
-    "optimizer": {"adamw": AdamWConfig, "adam": AdamConfig, "sgd": SGDConfig},
-    "objective": {"classification": ClassificationConfig, "regression": RegressionConfig,
-                  "masked_reconstruction": MaskedReconstructionConfig, "nll": NLLConfig,
-                  "adversarial": AdversarialConfig, "gan": GANEvaluationConfig},
-    "model": {"mlp": MLPConfig, "masked_autoencoder": MaskedAutoencoderConfig, "predictor": PredictorConfig,
-              "gaussian_density": GaussianDensityConfig, "gan": GANModelConfig},
-    "data": {"digits": DataConfig, "diabetes": DataConfig},
-    "paradigm": {"supervised": SupervisedConfig, "pretrain": PretrainConfig, "gan": GANParadigmConfig},
-}
-# Groups nested inside an option of a slot's group: their options are schemas too, but no slot selects on them.
-SUBGROUP_SCHEMAS: dict[str, dict[str, type]] = {
-    "objective/loss": {"mse": MSELossConfig, "mae": MAELossConfig, "huber": HuberLossConfig,
-                       "mape": MAPELossConfig, "physics_informed": PhysicsInformedLossConfig},
-}
-SUBGROUPS = tuple(SUBGROUP_SCHEMAS)
+# schemas from signatures --------------------------------------------------------------------
+_SCALARS = (int, float, bool, str)
 
 
-def register_schemas() -> None:
-    """Stores every schema in Hydra's ConfigStore under ``schema/<group>/<option>``. Idempotent."""
+def _config_type(hint: Any) -> Any:
+    """The nearest type OmegaConf can check for an annotation (Any where it has none)."""
+    if hint in _SCALARS or hint is Any:
+        return hint
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        rest = [arg for arg in args if arg is not type(None)]
+        inner = _config_type(rest[0]) if len(rest) == 1 else Any
+        return Optional[inner] if len(rest) < len(args) and inner is not Any else inner
+    if origin in (list, tuple, collections.abc.Sequence, collections.abc.MutableSequence):
+        item = _config_type(args[0]) if args and (len(args) == 1 or args[1] is Ellipsis or len(set(args)) == 1) else Any
+        return List[item if item in _SCALARS else Any]
+    if origin in (dict, collections.abc.Mapping, collections.abc.MutableMapping):
+        value = _config_type(args[1]) if len(args) == 2 else Any
+        return Dict[str, value if value in _SCALARS else Any]
+    return Any
+
+
+def _hints(target: Callable[..., Any]) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+    except Exception:  # an annotation that does not evaluate (a name only imported for type checkers): untyped
+        return {}
+
+
+def _default(value: Any) -> Any:
+    if value is inspect.Parameter.empty:
+        return MISSING
+    if isinstance(value, (list, tuple)):
+        return field(default_factory=lambda: [_plain(item) for item in value])
+    if isinstance(value, collections.abc.Mapping):
+        return field(default_factory=lambda: {key: _plain(item) for key, item in value.items()})
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, collections.abc.Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
+
+
+def schema(group: str, name: str, target: Callable[..., Any]) -> type:
+    """The dataclass schema of option ``name`` of ``group``: ``type`` and one field per config parameter."""
+    hints = _hints(target)
+    fields: list[tuple[str, Any, Any]] = [("type", str, field(default=name))]
+    for parameter in registry.parameters(target, group):
+        kind = _config_type(hints.get(parameter.name, Any))
+        if parameter.default is None and kind is not Any and typing.get_origin(kind) is not Union:
+            kind = Optional[kind]  # annotated `int` with a None default: None must compose too
+        fields.append((parameter.name, kind, _default(parameter.default)))
+    return dataclasses.make_dataclass(f"{group}={name}", fields)
+
+
+def loss_schema(name: str) -> type:
+    """The schema of a regression loss (``objective/loss``): ``name``, its parameters, ``reduction``."""
+    from trainwire.losses import available_losses
+
+    fields: list[tuple[str, Any, Any]] = [("name", str, field(default=name))]
+    for key, value in available_losses()[name].items():
+        fields.append((key, _config_type(type(value)) if value is not None else Any, _default(value)))
+    return dataclasses.make_dataclass(f"objective.loss={name}", fields)
+
+
+def _packaged(group: str) -> set[str]:
+    """The YAML files of ``configs/<group>/``: options with deltas, or options of their own (sink=null)."""
+    folder = resources.files(CONFIG_MODULE).joinpath(*group.split("/"))
+    if not folder.is_dir():
+        return set()
+    return {entry.name[: -len(".yaml")] for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+
+
+def _chosen(overrides: Iterable[str]) -> dict[str, set[str]] | None:
+    """The options each override picks (``lr=a``, ``sink=[a,b]``, ``lr=a,b``); None: a config folder may pick any."""
+    chosen: dict[str, set[str]] = {}
+    for override in overrides:
+        key, sep, value = override.lstrip("+~").partition("=")
+        if key.startswith("hydra.searchpath"):
+            return None
+        if sep and key in registry.GROUPS:
+            chosen.setdefault(key, set()).update(v.strip(" '\"") for v in value.strip("[]").split(","))
+    return chosen
+
+
+def register_schemas(overrides: Iterable[str] = ()) -> None:
+    """Stores every option's schema in Hydra's ConfigStore. Idempotent.
+
+    An option without a YAML file is stored as the group's option itself (``lr/constant``); one
+    with a YAML file of deltas as ``schema/<group>/<option>``, which that file extends. The
+    built-in options are all stored; a package's (entry points) when ``overrides`` choose them,
+    so that a plug-in is imported only when used (all of them when a ``hydra.searchpath`` is given).
+    """
     from hydra.core.config_store import ConfigStore
+
+    from trainwire.losses import available_losses
 
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
-    for group, options in {**SCHEMAS, **SUBGROUP_SCHEMAS}.items():
-        for option, schema in options.items():
-            store.store(group=f"schema/{group}", name=option, node=schema)
+    chosen = _chosen(overrides)
+    for group, spec in registry.GROUPS.items():
+        packaged = _packaged(group)
+        for name, option in registry.options(group).items():
+            if option.origin != "trainwire" and chosen is not None and name not in chosen.get(group, ()):
+                continue
+            node = schema(group, name, option.load())
+            if name in packaged:
+                store.store(group=f"schema/{group}", name=name, node=node)
+            else:
+                store.store(group=group, name=name, node={name: node} if spec.multi else node)
+    packaged = _packaged("objective/loss")
+    for name in available_losses():
+        store.store(group="schema/objective/loss" if name in packaged else "objective/loss", name=name,
+                    node=loss_schema(name))
 
 
 def options(group: str) -> list[str]:
-    """The packaged options of ``group`` (the YAML files in ``configs/<group>/``)."""
-    folder = resources.files(CONFIG_MODULE).joinpath(*group.split("/"))
-    return sorted(entry.name[: -len(".yaml")] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+    """The options of ``group``: registered (built in or by entry points) and packaged as YAML."""
+    if group in registry.GROUPS:
+        names = set(registry.options(group)) | _packaged(group)
+    elif group == "objective/loss":
+        from trainwire.losses import available_losses
+
+        names = set(available_losses()) | _packaged(group)
+    else:
+        names = _packaged(group)
+    return sorted(names)
+
+
+def explain(error: BaseException) -> ConfigError | None:
+    """One ConfigError line for a Hydra composition error about a key or a value; None for any other."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+    cause = error
+    while cause is not None and not isinstance(cause, OmegaConfBaseException):
+        cause = cause.__cause__
+    full_key = getattr(cause, "full_key", None)
+    if not full_key:
+        return None
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and isinstance(cause.parent_node, DictConfig):
+        parent = full_key.rpartition(".")[0]
+        if OmegaConf.get_type(cause.parent_node) is dict:  # a free-form mapping (sink.mlflow.tags): keys are added
+            return ConfigError(f"{full_key} is not in {parent or 'the config'} yet; add it with +{full_key}=<value>")
+        return registry.unknown_key(full_key, [str(key) for key in cause.parent_node], parent or "the config")
+    if isinstance(cause, ValidationError):
+        return ConfigError(f"{full_key}={cause.value!r}: {str(cause.msg).splitlines()[0]}")
+    return None
+
 
 
 # experiment/ holds `# @package _global_` presets that pick options of the groups above.
@@ -441,8 +286,16 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
+    from hydra.errors import ConfigCompositionException
+
     overrides = check_choices(list(overrides or []))
-    register_schemas()
+    register_schemas(overrides)
     # The context saves Hydra's global state and puts it back, so a caller's own Hydra app is undisturbed.
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=overrides)
+        try:
+            return hydra_compose(config_name="train", overrides=overrides)
+        except ConfigCompositionException as error:
+            explained = explain(error)
+            if explained is None:
+                raise
+            raise explained from error

@@ -164,14 +164,23 @@ def _loaders(x: torch.Tensor, y: torch.Tensor, val_idx: torch.Tensor, train_idx:
     return Loaders(train, val)
 
 
+def _check_shape(name: str, in_features: int, out_features: int, inputs: int, outputs: int) -> None:
+    for key, given, actual in (("in_features", in_features, inputs), ("out_features", out_features, outputs)):
+        if given != actual:
+            raise ConfigError(f"data.{key}={given!r}: data={name} has {actual}")
+
+
 def digits(batch_size: int = 64, val_fraction: float = 0.2, seed: int = 0, num_workers: int = 0,
-           train_samples: int | None = None, *, rank: int = 0, world_size: int = 1) -> Loaders:
+           train_samples: int | None = None, in_features: int = 64, out_features: int = 10, *, rank: int = 0,
+           world_size: int = 1) -> Loaders:
     """8×8 digits as 64 features scaled to [0, 1]; targets are class indices 0–9.
 
     ``train_samples`` keeps only that many training samples (e.g. a small labelled subset); the
     validation split is unchanged. ``rank``/``world_size`` shard both loaders for distributed
-    training; ``batch_size`` is per process.
+    training; ``batch_size`` is per process. ``in_features`` and ``out_features`` state the
+    set's shape for the model's config to read (``${data.in_features}``); other values are refused.
     """
+    _check_shape("digits", in_features, out_features, 64, 10)
     raw = _load("digits")
     x, y = raw["x"].float() / 16.0, raw["y"].long()
     train_idx, val_idx = _split(len(x), val_fraction, seed)
@@ -179,8 +188,13 @@ def digits(batch_size: int = 64, val_fraction: float = 0.2, seed: int = 0, num_w
 
 
 def diabetes(batch_size: int = 32, val_fraction: float = 0.2, seed: int = 0, num_workers: int = 0,
-             train_samples: int | None = None, *, rank: int = 0, world_size: int = 1) -> Loaders:
-    """Diabetes progression: 10 features and the target, standardised with the training split's statistics."""
+             train_samples: int | None = None, in_features: int = 10, out_features: int = 1, *, rank: int = 0,
+             world_size: int = 1) -> Loaders:
+    """Diabetes progression: 10 features and the target, standardised with the training split's statistics.
+
+    ``in_features`` and ``out_features`` state the shape, as for ``digits``.
+    """
+    _check_shape("diabetes", in_features, out_features, 10, 1)
     raw = _load("diabetes")
     x, y = raw["x"], raw["y"]
     train_idx, val_idx = _split(len(x), val_fraction, seed)

@@ -17,7 +17,7 @@ the classifier's validation accuracy with its goal and, when it has fallen more 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from trainwire.errors import ConfigError, TrainingInterrupted
+from trainwire.errors import ConfigError
 from trainwire.gradients import GradientPolicy, GradStats, NoClip
 from trainwire.lr import Constant, LRPolicy
 from trainwire.models import ACTIVATIONS
@@ -281,3 +281,43 @@ class GANStep(Step):
         accuracy = Classification().evaluate(model.classifier, map(move, self.context.val_data))["accuracy"]
         model.train()
         return accuracy
+
+
+def _with_lr(factory: OptimizerFactory, lr: float | None) -> OptimizerFactory:
+    """``factory`` with its lr replaced through a param group, so any optimizer taking param groups works."""
+    if lr is None:
+        return factory
+    return lambda params: factory([{"params": list(params), "lr": lr}])
+
+
+def gan_paradigm(critic_steps: int = 2, loss: str = "logistic", gp_weight: float = 10.0,
+                 generator_lr: float | None = None, critic_lr: float | None = None, stage: bool = True,
+                 stage_epochs: int = 3, goal: float = 0.9, tolerance: float = 0.05, *,
+                 trainer_factory: Callable[..., Any], settings: Any, optimizer: OptimizerFactory,
+                 generator_lr_policy: LRPolicy, critic_lr_policy: LRPolicy,
+                 gradient_policy: GradientPolicy | None = None) -> Any:
+    """What ``paradigm=gan`` builds: the one loop's Trainer with a ``GANStep``. The positional parameters
+    are the ``paradigm`` keys; the rest the container's (two LR policies: one per network).
+
+    ``critic_steps`` critic updates per generator update; ``loss`` logistic (non-saturating) or
+    wasserstein_gp, with ``gp_weight`` its gradient penalty; ``generator_lr``/``critic_lr`` replace
+    ``optimizer.lr`` for one network (None: keep it). With ``stage``, the classifier (critic body +
+    class head) trains for ``stage_epochs`` first, and again whenever its val/accuracy < ``goal`` - ``tolerance``.
+    """
+    from trainwire.paradigms import Supervised
+    from trainwire.trainer import Trainer, TrainerSettings
+
+    for key, lr in (("generator_lr", generator_lr), ("critic_lr", critic_lr)):
+        if lr is not None and not lr > 0:
+            raise ConfigError(f"paradigm.{key}={lr} must be > 0 (or null: optimizer.lr)")
+    classification = None
+    if stage:  # the classification stage is the ordinary Trainer, on the GAN's classifier
+        classification = Trainer(objective=Classification(), optimizer=optimizer, settings=TrainerSettings(
+            max_epochs=stage_epochs, device=settings.device, precision=settings.precision,
+            nonfinite=settings.nonfinite, max_nonfinite=settings.max_nonfinite))
+    step = GANStep(generator_optimizer=_with_lr(optimizer, generator_lr), critic_optimizer=_with_lr(optimizer, critic_lr),
+                   generator_lr=generator_lr_policy, critic_lr=critic_lr_policy, gradient_policy=gradient_policy,
+                   critic_steps=critic_steps, loss=loss, gp_weight=gp_weight, stage=classification,
+                   trigger=AccuracyTrigger(goal, tolerance))
+    step.check(settings)  # before the trainer (and its sinks) are built
+    return Supervised(trainer_factory(step=step))

@@ -177,7 +177,7 @@ class ReduceOnPlateau(LRPolicy):
     interval = "epoch"
 
     def __init__(
-        self, monitor: str = "val/loss", mode: str = "min", factor: float = 0.1, patience: int = 10, min_lr: float = 0.0
+        self, monitor: str = "val/loss", mode: str = "min", factor: float = 0.1, patience: int = 5, min_lr: float = 0.0
     ) -> None:
         if not 0.0 < factor < 1.0:
             raise ConfigError(f"lr.factor={factor} must be in (0, 1)")

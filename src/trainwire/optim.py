@@ -1,8 +1,13 @@
-"""Optimizer factories: the model's parameters are only known inside ``fit``, so the Trainer gets a factory."""
+"""Optimizer factories: the model's parameters are only known inside ``fit``, so the Trainer gets a factory.
+
+``adamw``, ``adam`` and ``sgd`` are the ``optimizer`` options; their signatures are the options'
+config keys and defaults (``optimizer.lr``, ``optimizer.betas``, ...).
+"""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -23,3 +28,18 @@ def optimizer_factory(type: str, lr: float, weight_decay: float = 0.0, **options
     if "betas" in options:
         options["betas"] = tuple(options["betas"])
     return functools.partial(OPTIMIZERS[type], lr=lr, weight_decay=weight_decay, **options)
+
+
+def adamw(lr: float = 1e-3, weight_decay: float = 0.01, betas: Sequence[float] = (0.9, 0.999)) -> functools.partial:
+    """AdamW (decoupled weight decay)."""
+    return optimizer_factory("adamw", lr, weight_decay, betas=betas)
+
+
+def adam(lr: float = 1e-3, weight_decay: float = 0.0, betas: Sequence[float] = (0.9, 0.999)) -> functools.partial:
+    """Adam (L2 weight decay added to the gradient)."""
+    return optimizer_factory("adam", lr, weight_decay, betas=betas)
+
+
+def sgd(lr: float = 0.1, weight_decay: float = 0.0, momentum: float = 0.9, nesterov: bool = False) -> functools.partial:
+    """SGD with momentum."""
+    return optimizer_factory("sgd", lr, weight_decay, momentum=momentum, nesterov=nesterov)

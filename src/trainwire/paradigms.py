@@ -43,10 +43,14 @@ class Supervised(Paradigm):
 
 
 class Pretrain(Paradigm):
-    """Stage 1 of staged training: fits, then saves ``model.encoder`` (the best epoch's) to ``save_to``."""
+    """Stage 1 of staged training: fits, then saves ``model.encoder`` (the best epoch's) to ``save_to``.
 
-    def __init__(self, trainer: Trainer, save_to: str | os.PathLike) -> None:
-        self.trainer, self.save_to = trainer, Path(save_to)
+    A relative ``save_to`` is under ``run_dir`` (when given).
+    """
+
+    def __init__(self, trainer: Trainer, save_to: str | os.PathLike = "encoder.pt", *,
+                 run_dir: str | os.PathLike | None = None) -> None:
+        self.trainer, self.save_to = trainer, Path(run_dir or "") / save_to
 
     def run(self, model: nn.Module, train_data: Iterable[Any], val_data: Iterable[Any] | None = None, *,
             stop: StopToken | None = None) -> FitResult:

@@ -30,7 +30,7 @@ ENCODER_FORMAT = "trainwire.encoder/1"
 class Encoder(nn.Sequential):
     """Linear → activation for each hidden width, then Linear → activation to ``embedding`` features."""
 
-    def __init__(self, in_features: int, hidden: Sequence[int] = (128,), embedding: int = 32,
+    def __init__(self, in_features: int, hidden: Sequence[int] = (128,), embedding: int = 64,
                  activation: str = "relu") -> None:
         if activation not in ACTIVATIONS:
             raise ConfigError(f"model.activation={activation!r} is not one of {', '.join(ACTIVATIONS)}")
@@ -49,7 +49,7 @@ class Encoder(nn.Sequential):
 class MaskedAutoencoder(nn.Module):
     """Stage 1's model: ``decoder(encoder(x))`` reconstructs all ``in_features`` inputs."""
 
-    def __init__(self, in_features: int, hidden: Sequence[int] = (128,), embedding: int = 32,
+    def __init__(self, in_features: int, hidden: Sequence[int] = (128,), embedding: int = 64,
                  activation: str = "relu") -> None:
         super().__init__()
         self.encoder = Encoder(in_features, hidden, embedding, activation)
@@ -81,7 +81,7 @@ class Predictor(nn.Module):
         return self.head(self.encoder(inputs))
 
     @classmethod
-    def build(cls, in_features: int, out_features: int, hidden: Sequence[int] = (128,), embedding: int = 32,
+    def build(cls, in_features: int, out_features: int, hidden: Sequence[int] = (128,), embedding: int = 64,
               activation: str = "relu", encoder: str | None = None, freeze_base: bool = False) -> Predictor:
         """A predictor whose encoder is loaded from ``encoder`` (a file of ``save_encoder``), or fresh when None."""
         if freeze_base and not encoder:
@@ -138,7 +138,7 @@ class MaskedReconstruction(Objective):
     squared error over the masked features.
     """
 
-    def __init__(self, mask_ratio: float = 0.3, seed: int = 0) -> None:
+    def __init__(self, mask_ratio: float = 0.5, seed: int = 0) -> None:
         if not 0.0 < mask_ratio < 1.0:
             raise ConfigError(f"objective.mask_ratio={mask_ratio} must be in (0, 1)")
         self.mask_ratio, self.seed = mask_ratio, seed

@@ -8,6 +8,7 @@ import time
 from collections.abc import Mapping
 from numbers import Real
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from trainwire.sinks.base import MetricsSink
@@ -40,23 +41,32 @@ class MLflowSink(MetricsSink):
     ``mlflow`` is imported when this sink is built, never when trainwire is imported. The run
     ends ``FINISHED``, ``FAILED`` or ``KILLED`` (fit's ``finish`` status, also after an exception).
     The summary goes in as metrics (numbers, ``summary/<key>``), tags (the rest) and ``summary.json``.
+    ``tracking_uri`` None: a SQLite store in ``run_dir`` (``default_tracking_uri``), artifacts in
+    ``<run_dir>/mlartifacts`` unless ``artifact_location`` says otherwise.
     """
 
     name = "mlflow"
 
     def __init__(
         self,
-        tracking_uri: str,
+        tracking_uri: str | None = None,
         experiment: str = "trainwire",
         run_name: str | None = None,
         config: Mapping[str, Any] | None = None,
-        tags: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] = MappingProxyType({}),
         artifact_location: str | None = None,
+        *,
+        run_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         from mlflow.entities import Metric, Param, RunTag  # heavy (~2 s): only runs that log to MLflow pay
         from mlflow.tracking import MlflowClient
 
         self._client_class, self._entities = MlflowClient, (Metric, Param, RunTag)
+        if tracking_uri is None:  # a local store inside the run directory, its artifacts beside it
+            if run_dir is None:
+                raise TypeError("MLflowSink needs tracking_uri or run_dir")
+            tracking_uri = default_tracking_uri(run_dir)
+            artifact_location = artifact_location or str(Path(run_dir) / "mlartifacts")
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.run_name = run_name

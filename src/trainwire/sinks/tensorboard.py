@@ -17,20 +17,25 @@ class TensorBoardSink(MetricsSink):
 
     ``tensorboard`` is imported when this sink is built, never when trainwire is imported.
     Numeric summary values are also scalars (``summary/<key>``) at the last step.
+    ``log_dir`` None: ``<run_dir>/tensorboard``.
     """
 
     name = "tensorboard"
 
     def __init__(
         self,
-        log_dir: str | os.PathLike[str],
+        log_dir: str | os.PathLike[str] | None = None,
         config_yaml: str | None = None,
         flush_secs: int = 30,
+        *,
+        run_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         from torch.utils.tensorboard import SummaryWriter  # imports tensorboard (~1 s)
 
+        if log_dir is None and run_dir is None:
+            raise TypeError("TensorBoardSink needs log_dir or run_dir")
         self._writer_class = SummaryWriter
-        self.log_dir = Path(log_dir)
+        self.log_dir = Path(log_dir) if log_dir is not None else Path(run_dir) / "tensorboard"
         self.config_yaml = config_yaml
         self.flush_secs = flush_secs
         self._writer = None

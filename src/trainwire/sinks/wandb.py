@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from trainwire.sinks.base import MetricsSink
@@ -14,18 +15,20 @@ class WandbSink(MetricsSink):
     """Logs to a W&B run: ``init`` at start, every metric with its step, the summary, ``finish``.
 
     ``wandb`` is imported when this sink is built, never when trainwire is imported.
-    ``mode=offline`` writes the run locally for a later ``wandb sync``.
+    ``mode=offline`` writes the run locally for a later ``wandb sync``. ``dir`` None: ``run_dir``.
     """
 
     def __init__(
         self,
-        project: str | None = None,
+        project: str | None = "trainwire",
         entity: str | None = None,
         name: str | None = None,
         mode: str = "online",
         config: Mapping[str, Any] | None = None,
-        tags: list[str] | None = None,
+        tags: Sequence[str] = (),
         dir: str | None = None,
+        *,
+        run_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         import wandb  # heavy (~1 s): only runs that log to W&B pay for it
 
@@ -35,7 +38,8 @@ class WandbSink(MetricsSink):
             raise ConfigError(f"sink.mode={mode!r} is not one of {', '.join(WANDB_MODES)}")
         self._wandb = wandb
         self._init_args = dict(
-            project=project, entity=entity, name=name, mode=mode, config=dict(config or {}), tags=tags, dir=dir
+            project=project, entity=entity, name=name, mode=mode, config=dict(config or {}), tags=list(tags),
+            dir=dir if dir is not None or run_dir is None else str(run_dir),
         )
         self.run = None
 

@@ -1,0 +1,210 @@
+"""One registry per port: the options each config group offers, and how one is built from its node.
+
+An option is a name in a group (``lr=warmup_cosine``) bound to a class or factory function,
+written ``"module:attr"``. The built-in options are listed here; a package adds its own under
+the Python entry-point group ``trainwire.<group>``, in its ``pyproject.toml``::
+
+    [project.entry-points."trainwire.lr"]
+    step_decay = "mypkg.lr:StepDecay"
+
+after which ``trainwire train lr=step_decay lr.every=2`` works. The target's signature is the
+option's schema: each parameter is a config key with the parameter's default, except those the
+container supplies (``Group.context``). Entry points are read when a group's options are listed
+and imported only when one of them is chosen; importing this module does neither.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+from trainwire.errors import ConfigError
+
+ENTRY_POINT_PREFIX = "trainwire."
+EMPTY = inspect.Parameter.empty
+
+
+@dataclass(frozen=True)
+class Group:
+    """A config group: the port its options implement and the options built in.
+
+    ``port`` (``"module:Class"``, None: not checked) is what a built option must be an instance
+    of. ``context`` names the parameters the container passes itself (the run's seed, the
+    Trainer, ...): a target may take any of them, and they are never config keys.
+    ``multi``: several options are chosen at once, each its own node (``sink=[wandb,mlflow]``).
+    """
+
+    port: str | None
+    builtins: Mapping[str, str]
+    context: tuple[str, ...] = ()
+    multi: bool = False
+
+
+GROUPS: dict[str, Group] = {
+    "lr": Group("trainwire.lr:LRPolicy", {
+        "warmup_cosine": "trainwire.lr:WarmupCosine", "constant": "trainwire.lr:Constant",
+        "cosine_restarts": "trainwire.lr:CosineWarmRestarts", "plateau": "trainwire.lr:ReduceOnPlateau"}),
+    "stopping": Group("trainwire.stopping:StoppingPolicy", {
+        "patience": "trainwire.stopping:PatienceStopper", "none": "trainwire.stopping:NeverStop"}),
+    "gradient": Group("trainwire.gradients:GradientPolicy", {
+        "norm_clip": "trainwire.gradients:NormClipper", "value_clip": "trainwire.gradients:ValueClipper",
+        "none": "trainwire.gradients:NoClip"}),
+    "sink": Group("trainwire.sinks.base:MetricsSink", {
+        "wandb": "trainwire.sinks.wandb:WandbSink", "tensorboard": "trainwire.sinks.tensorboard:TensorBoardSink",
+        "mlflow": "trainwire.sinks.mlflow:MLflowSink"}, context=("run_dir", "config", "config_yaml"), multi=True),
+    # An optimizer option builds a factory, parameters -> Optimizer: the parameters are known only inside fit.
+    "optimizer": Group(None, {
+        "adamw": "trainwire.optim:adamw", "adam": "trainwire.optim:adam", "sgd": "trainwire.optim:sgd"}),
+    "objective": Group("trainwire.objectives:Objective", {
+        "classification": "trainwire.objectives:Classification", "regression": "trainwire.objectives:Regression",
+        "masked_reconstruction": "trainwire.pretraining:MaskedReconstruction",
+        "nll": "trainwire.generative:NegativeLogLikelihood",
+        "adversarial": "trainwire.adversarial:adversarial_classification", "gan": "trainwire.gan:GANEvaluation"}),
+    "model": Group("torch.nn:Module", {
+        "mlp": "trainwire.models:MLP", "masked_autoencoder": "trainwire.pretraining:MaskedAutoencoder",
+        "predictor": "trainwire.pretraining:Predictor.build", "gaussian_density": "trainwire.generative:GaussianDensity",
+        "gan": "trainwire.gan:GAN"}),
+    # A data option returns trainwire.data.Loaders (train, val), sharded by rank.
+    "data": Group(None, {"digits": "trainwire.data:digits", "diabetes": "trainwire.data:diabetes"},
+                  context=("seed", "rank", "world_size")),
+    "paradigm": Group("trainwire.paradigms:Paradigm", {
+        "supervised": "trainwire.paradigms:Supervised", "pretrain": "trainwire.paradigms:Pretrain",
+        "gan": "trainwire.gan:gan_paradigm"},
+        context=("trainer", "trainer_factory", "run_dir", "settings", "optimizer", "generator_lr_policy",
+                 "critic_lr_policy", "gradient_policy")),
+}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a group: ``reference`` is ``"module:attr"``; ``origin`` says who registered it."""
+
+    group: str
+    name: str
+    reference: str
+    origin: str = "trainwire"
+
+    def load(self) -> Callable[..., Any]:
+        """Imports the target; a target that cannot be imported is one ConfigError line naming the option."""
+        try:
+            target = resolve(self.reference)
+        except Exception as error:  # a broken plug-in must not become a traceback
+            raise ConfigError(f"{self.group}={self.name}: {self.origin} {self.reference!r} failed to load: "
+                              f"{type(error).__name__}: {_first_line(error)}") from error
+        if not callable(target):
+            raise ConfigError(f"{self.group}={self.name}: {self.origin} {self.reference!r} is not a class or function")
+        return target
+
+
+def resolve(reference: str) -> Any:
+    """The object ``"module:attr.attr"`` names (the entry-point syntax), imported now."""
+    module, _, attrs = reference.partition(":")
+    target: Any = importlib.import_module(module)
+    for attr in attrs.split(".") if attrs else ():
+        target = getattr(target, attr)
+    return target
+
+
+def _entry_points(group: str) -> list[Option]:
+    found = metadata.entry_points(group=ENTRY_POINT_PREFIX + group)
+    return [Option(group, ep.name, ep.value, origin=f"entry point {ep.name} = {ep.value} "
+                   f"(group {ep.group}, package {ep.dist.name if ep.dist else '?'})") for ep in found]
+
+
+def options(group: str) -> dict[str, Option]:
+    """Every option of ``group``, built in and from entry points (read now, not imported)."""
+    found = {name: Option(group, name, reference) for name, reference in GROUPS[group].builtins.items()}
+    for option in _entry_points(group):
+        if option.name in found:  # one name, one meaning: silently preferring either would surprise someone
+            raise ConfigError(f"{group}={option.name} is registered twice: by {found[option.name].origin} "
+                              f"{found[option.name].reference!r} and by {option.origin}")
+        found[option.name] = option
+    return found
+
+
+def option(group: str, name: str, key: str | None = None) -> Option:
+    """The option ``name`` of ``group`` (at config key ``key``); ConfigError naming the choices when there is none."""
+    found = options(group)
+    if name not in found:
+        raise ConfigError(f"{key or group}.type={name!r} is not an option; choose one of: {', '.join(sorted(found))}")
+    return found[name]
+
+
+def parameters(target: Callable[..., Any], group: str) -> list[inspect.Parameter]:
+    """The config keys of ``target`` in ``group``: its named parameters less the container's context.
+
+    ``type`` is never one: it names the option in the node.
+    """
+    context = GROUPS[group].context if group in GROUPS else ()
+    return [parameter for parameter in inspect.signature(target).parameters.values()
+            if parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD, parameter.POSITIONAL_ONLY)
+            and parameter.name not in (*context, "type") and configurable(parameter.default)]
+
+
+def configurable(value: Any) -> bool:
+    """Whether a default can be written in config (a parameter without a default is a required key)."""
+    if value is EMPTY or value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(configurable(item) and item is not EMPTY for item in value)
+    if isinstance(value, Mapping):
+        return all(isinstance(key, str) and configurable(item) and item is not EMPTY for key, item in value.items())
+    return False
+
+
+def unknown_key(key: str, valid: Iterable[str], node: str) -> ConfigError:
+    """One line for a key that ``node`` does not have, with the nearest valid one when a typo is likely."""
+    valid = [name for name in valid if name != "type"]
+    nearest = difflib.get_close_matches(key.rpartition(".")[2], valid, n=1)
+    hint = f" (did you mean {node}.{nearest[0]}?)" if nearest else ""
+    return ConfigError(f"{key} is not a key of {node}{hint}; its keys are: {', '.join(valid) or '(none)'}")
+
+
+def check_keys(group: str, node: Mapping[str, Any], key: str | None = None) -> Callable[..., Any]:
+    """Loads the option ``node["type"]`` names and checks the node's keys against its signature; returns the target."""
+    key = key or group
+    target = option(group, node.get("type"), key).load()
+    signature = inspect.signature(target)
+    if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        valid = {p.name for p in parameters(target, group)}
+        for name in node:
+            if name != "type" and name not in valid:
+                raise unknown_key(f"{key}.{name}", ["type", *valid], key)
+    return target
+
+
+def build(group: str, node: Mapping[str, Any], context: Mapping[str, Callable[[], Any]] | None = None,
+          key: str | None = None) -> Any:
+    """Builds the option that ``node["type"]`` names with the node's other keys.
+
+    ``context`` maps the group's context names to zero-argument callables; only those the
+    target's signature names are called. A value the target rejects (``ConfigError``,
+    ``ValueError``, ``TypeError`` while it is built) becomes one ConfigError line naming the option.
+    """
+    key = key or group
+    target = check_keys(group, node, key)
+    names = inspect.signature(target).parameters
+    kwargs = {name: value for name, value in node.items() if name != "type"}
+    kwargs.update({name: supply() for name, supply in (context or {}).items() if name in names})
+    try:
+        built = target(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{key}={node['type']}: {_first_line(error)}") from error
+    port = GROUPS[group].port
+    if port is not None:
+        expected = resolve(port)
+        if not isinstance(built, expected):
+            raise ConfigError(f"{key}={node['type']} built a {type(built).__name__}, which is not a "
+                              f"{expected.__module__}.{expected.__qualname__}")
+    return built
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
