@@ -8,6 +8,7 @@ Schemas are registered in Hydra's ConfigStore when ``compose`` or the CLI runs, 
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Optional
@@ -431,13 +432,19 @@ def check_choices(overrides: list[str]) -> list[str]:
 def compose(overrides: list[str] | None = None) -> DictConfig:
     """Composes the packaged config with ``overrides`` (Hydra's override syntax), without the CLI.
 
-    For services and tests; the CLI composes the same tree through ``@hydra.main``.
+    For services and tests; the CLI composes the same tree through ``@hydra.main``. Safe to call
+    from any thread (calls are serialised: Hydra's state is global).
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
     overrides = check_choices(list(overrides or []))
-    register_schemas()
-    # The context saves Hydra's global state and puts it back, so a caller's own Hydra app is undisturbed.
-    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=overrides)
+    # Hydra keeps one global state per process: the context saves it and puts it back (a caller's
+    # own Hydra app is undisturbed), and the lock keeps two threads from initializing it at once.
+    with _COMPOSE_LOCK:
+        register_schemas()
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+            return hydra_compose(config_name="train", overrides=overrides)
+
+
+_COMPOSE_LOCK = threading.Lock()
