@@ -7,7 +7,6 @@ users swap any slot with ``container.<slot>.override(...)``.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from trainwire.checkpoints import LocalCheckpointStore
 from trainwire.models import MLP
 from trainwire.optim import optimizer_factory
 from trainwire.progress import ProgressBar, progress_enabled
+from trainwire.runs import new_run_dir
 from trainwire.sinks import FanOut, JsonlSink, NullSink
 from trainwire.sinks.isolation import GuardedFanOut, IsolatedSink, UnavailableSink
 from trainwire.sinks.stages import PrefixedSink
@@ -52,8 +52,8 @@ def _loaders(load: Any, node: dict[str, Any], seed: int, strategy: distributed.S
 
 def _run_dir(configured: str | None, strategy: distributed.Strategy) -> Path:
     # The CLI always passes Hydra's run directory; a Python caller who set none gets a fresh one,
-    # named by rank 0 so that every process of a distributed run writes to the same one.
-    return Path(configured) if configured else Path(strategy.broadcast(f"runs/{time.strftime('%Y%m%d-%H%M%S')}"))
+    # made by rank 0 so that every process of a distributed run writes to the same one.
+    return Path(configured) if configured else Path(strategy.broadcast(new_run_dir() if strategy.is_rank0 else None))
 
 
 def _checkpoint_dir(run_dir: Path) -> Path:
