@@ -24,12 +24,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from trainwire import logs
 from trainwire.checkpoints import CheckpointStore
 from trainwire.data import epoch_batches, resumable_sampler
 from trainwire.errors import ConfigError, TrainingInterrupted
@@ -202,7 +202,7 @@ class GANTrainer(Paradigm):
         self.hooks = list(hooks)
         self.stage, self.trigger = stage, (trigger or AccuracyTrigger()) if stage is not None else None
         self.checkpoints = checkpoints
-        self.log = logger or structlog.get_logger("trainwire")
+        self.log = logger or logs.get_logger()
 
     def _emit(self, event: str, *args: Any) -> None:
         emit(self.hooks, event, *args)
