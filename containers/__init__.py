@@ -8,9 +8,11 @@ from typing import Any
 import torch
 from dependency_injector.containers import Container
 from omegaconf import DictConfig, OmegaConf
+from structlog.contextvars import bound_contextvars
 
 from trainwire.config import GROUPS, MULTI_SELECT, PROGRESS, SCHEMAS, LogConfig
 from trainwire.errors import ConfigError
+from trainwire.process import kept_state
 from trainwire.trainer import FitResult, TrainerSettings
 
 from .container import TrainerContainer
@@ -78,7 +80,9 @@ def build_container(
 def run(cfg: DictConfig | dict[str, Any] | Container) -> FitResult:
     """Trains as the CLI does: builds the container (unless given one), the data and the model, then fits.
 
-    The run is seeded with ``seed`` inside a forked RNG, so the caller's random state is untouched.
+    The run is seeded with ``seed`` inside a forked RNG; the caller's random states (torch's,
+    python's, NumPy's), environment and warnings filters are as they were when it returns
+    (``trainwire.process.kept_state``). Its log records carry ``run_id``, the run directory's name.
     With ``trainer.strategy`` ddp or fsdp (under torchrun) it joins the process group first,
     and leaves it after a barrier when the run ends normally; a group it found is left open.
     """
@@ -86,7 +90,7 @@ def run(cfg: DictConfig | dict[str, Any] | Container) -> FitResult:
     strategy = container.strategy()
     strategy.start()  # before the data: the loaders are sharded by rank
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=devices), kept_state(), bound_contextvars(run_id=container.run_dir().name):
         torch.manual_seed(container.config.seed())
         paradigm = container.paradigm()  # the Trainer's fit, or a loop of another shape (trainwire.paradigms)
         loaders = container.data()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 import time
+import uuid
+import warnings
 from collections.abc import Mapping
 from numbers import Real
 from pathlib import Path
@@ -40,6 +42,7 @@ class MLflowSink(MetricsSink):
     ``mlflow`` is imported when this sink is built, never when trainwire is imported. The run
     ends ``FINISHED``, ``FAILED`` or ``KILLED`` (fit's ``finish`` status, also after an exception).
     The summary goes in as metrics (numbers, ``summary/<key>``), tags (the rest) and ``summary.json``.
+    A run given no ``run_name`` is named ``trainwire-<8 hex digits>``.
     """
 
     name = "mlflow"
@@ -53,8 +56,9 @@ class MLflowSink(MetricsSink):
         tags: Mapping[str, str] | None = None,
         artifact_location: str | None = None,
     ) -> None:
-        from mlflow.entities import Metric, Param, RunTag  # heavy (~2 s): only runs that log to MLflow pay
-        from mlflow.tracking import MlflowClient
+        with warnings.catch_warnings():  # what its dependencies' imports add to the filters is not the caller's
+            from mlflow.entities import Metric, Param, RunTag  # heavy (~2 s): only runs that log to MLflow pay
+            from mlflow.tracking import MlflowClient
 
         self._client_class, self._entities = MlflowClient, (Metric, Param, RunTag)
         self.tracking_uri = tracking_uri
@@ -75,7 +79,9 @@ class MLflowSink(MetricsSink):
         experiment_id = found.experiment_id if found else self.client.create_experiment(
             self.experiment, artifact_location=self.artifact_location
         )
-        run = self.client.create_run(experiment_id, run_name=self.run_name, tags=self.tags)
+        # MLflow would draw a name from the caller's `random`; uuid4 draws from the OS.
+        name = self.run_name or f"trainwire-{uuid.uuid4().hex[:8]}"
+        run = self.client.create_run(experiment_id, run_name=name, tags=self.tags)
         self.run_id, self._open = run.info.run_id, True
         params = [Param(key, value) for key, value in flatten(self.config).items()]
         for first in range(0, len(params), _BATCH):

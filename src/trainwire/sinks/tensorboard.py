@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from numbers import Real
 from pathlib import Path
@@ -27,7 +28,8 @@ class TensorBoardSink(MetricsSink):
         config_yaml: str | None = None,
         flush_secs: int = 30,
     ) -> None:
-        from torch.utils.tensorboard import SummaryWriter  # imports tensorboard (~1 s)
+        with warnings.catch_warnings():  # what its dependencies' imports add to the filters is not the caller's
+            from torch.utils.tensorboard import SummaryWriter  # imports tensorboard (~1 s)
 
         self._writer_class = SummaryWriter
         self.log_dir = Path(log_dir)
