@@ -11,6 +11,7 @@ from trainwire.hooks import Hook
 from trainwire.lr import Constant, CosineWarmRestarts, LRPolicy, ReduceOnPlateau, WarmupCosine
 from trainwire.objectives import Classification, Objective, Regression
 from trainwire.sinks import FanOut, GuardedFanOut, IsolatedSink, JsonlSink, MetricsSink, NullSink
+from trainwire.stop import StopToken
 from trainwire.stopping import NeverStop, PatienceStopper, StoppingPolicy, Verdict
 from trainwire.trainer import FitResult, Trainer, TrainerSettings, TrainState
 
@@ -20,8 +21,8 @@ __all__ = [
     "CheckpointError", "CheckpointStore", "Classification", "ConfigError", "Constant", "CosineWarmRestarts", "FanOut",
     "FitResult", "GradStats", "GradientPolicy", "GuardedFanOut", "Hook", "IsolatedSink", "JsonlSink", "LRPolicy",
     "LocalCheckpointStore", "MLflowSink", "MetricsSink", "NeverStop", "NonFiniteError", "NoClip", "NormClipper",
-    "NullSink", "Objective", "PatienceStopper", "ReduceOnPlateau", "Regression", "StoppingPolicy", "TensorBoardSink",
-    "TrainState", "Trainer", "TrainerSettings", "TrainingInterrupted", "ValueClipper",
+    "NullSink", "Objective", "PatienceStopper", "ReduceOnPlateau", "Regression", "StopToken", "StoppingPolicy",
+    "TensorBoardSink", "TrainState", "Trainer", "TrainerSettings", "TrainingInterrupted", "ValueClipper",
     "Verdict", "WandbSink", "WarmupCosine",
 ]
 
