@@ -9,11 +9,13 @@ import torch
 from dependency_injector import providers
 from dependency_injector.containers import Container
 from omegaconf import DictConfig, OmegaConf
+from structlog.contextvars import bound_contextvars
 
 from trainwire import registry
 from trainwire.config import GROUPS, MULTI_SELECT, PROGRESS, LogConfig
 from trainwire.errors import ConfigError
 from trainwire.signals import StopToken
+from trainwire.process import kept_state
 from trainwire.trainer import FitResult, TrainerSettings
 
 from .container import TrainerContainer
@@ -87,7 +89,9 @@ def run(cfg: DictConfig | dict[str, Any] | Container, *, stop: StopToken | None 
     ``stop`` is a ``StopToken``: ``stop.stop()`` from any thread ends the run at its next optimizer
     step with ``last.pt`` written there (``TrainingInterrupted``; ``trainer.resume=auto`` continues).
 
-    The run is seeded with ``seed`` inside a forked RNG, so the caller's random state is untouched.
+    The run is seeded with ``seed`` inside a forked RNG; the caller's random states (torch's,
+    python's, NumPy's), environment and warnings filters are as they were when it returns
+    (``trainwire.process.kept_state``). Its log records carry ``run_id``, the run directory's name.
     With ``trainer.strategy`` ddp or fsdp (under torchrun) it joins the process group first,
     and leaves it after a barrier when the run ends normally; a group it found is left open.
     """
@@ -95,7 +99,7 @@ def run(cfg: DictConfig | dict[str, Any] | Container, *, stop: StopToken | None 
     strategy = container.strategy()
     strategy.start()  # before the data: the loaders are sharded by rank
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=devices), kept_state(), bound_contextvars(run_id=container.run_dir().name):
         torch.manual_seed(container.config.seed())
         paradigm = container.paradigm()  # the Trainer's fit, or a loop of another shape (trainwire.paradigms)
         loaders = container.data()

@@ -10,7 +10,6 @@ takes from the slot's context, by parameter name. Tests and users swap any slot 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from trainwire.checkpoints import LocalCheckpointStore
 from trainwire.metric_schedule import ScheduledMetrics
 from trainwire.nonfinite import make_nonfinite
 from trainwire.progress import ProgressBar, progress_enabled
+from trainwire.runs import new_run_dir
 from trainwire.sinks import FanOut, JsonlSink, NullSink
 from trainwire.sinks.isolation import GuardedFanOut, IsolatedSink, UnavailableSink
 from trainwire.sinks.stages import PrefixedSink
@@ -55,8 +55,8 @@ def _settings(node: dict[str, Any]) -> TrainerSettings:
 
 def _run_dir(configured: str | None, strategy: distributed.Strategy) -> Path:
     # The CLI always passes Hydra's run directory; a Python caller who set none gets a fresh one,
-    # named by rank 0 so that every process of a distributed run writes to the same one.
-    return Path(configured) if configured else Path(strategy.broadcast(f"runs/{time.strftime('%Y%m%d-%H%M%S')}"))
+    # made by rank 0 so that every process of a distributed run writes to the same one.
+    return Path(configured) if configured else Path(strategy.broadcast(new_run_dir() if strategy.is_rank0 else None))
 
 
 def _checkpoint_dir(run_dir: Path) -> Path:

@@ -1,22 +1,12 @@
 from __future__ import annotations
 
 import functools
-import os
 
 import pytest
-import structlog
 import torch
 from torch import nn
 
 from trainwire import Classification, Trainer, TrainerSettings
-
-
-@pytest.fixture(autouse=True)
-def _quiet_structlog():
-    """Keeps the per-epoch log lines out of the test output (the library never configures logging)."""
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(open(os.devnull, "w")))
-    yield
-    structlog.reset_defaults()
 
 
 def blobs(n: int = 256, features: int = 8, classes: int = 3, seed: int = 0):

@@ -9,14 +9,13 @@ import sys
 import time
 
 import pytest
-import structlog
 import torch
 from dependency_injector import providers
 
 from trainwire import NullSink
 from trainwire.config import compose
 from trainwire.containers import build_container, run
-from trainwire.testing import BlockingSink, FailingSink, RecordingSink
+from trainwire.testing import BlockingSink, FailingSink, RecordingSink, capture_logs
 
 # 2 epochs of 6 steps (data.batch_size=256 over 1,437 digits), a record every step: 12 step
 # records and 2 epoch records, then the summary and finish.
@@ -30,7 +29,7 @@ def fit(run_dir, sink, *extra):
     torch.manual_seed(0)
     model = container.model()
     with container.metrics_sink.override(sink), container.model.override(providers.Object(model)):
-        with structlog.testing.capture_logs() as logs:
+        with capture_logs() as logs:
             started = time.perf_counter()
             result = run(container)
             elapsed = time.perf_counter() - started
@@ -123,7 +122,7 @@ def test_a_sink_whose_library_is_missing_is_isolated(tmp_path, baseline):
     container = build_container(compose(container_cfg))
     torch.manual_seed(0)
     model = container.model()
-    with container.model.override(providers.Object(model)), structlog.testing.capture_logs() as logs:
+    with container.model.override(providers.Object(model)), capture_logs() as logs:
         result = run(container)
     warnings = [entry for entry in logs if entry["log_level"] == "warning"]
     assert [(w["sink"], w["call"]) for w in warnings] == [("ghost", "start")]
@@ -134,11 +133,12 @@ def test_a_sink_whose_library_is_missing_is_isolated(tmp_path, baseline):
 def test_a_real_sink_without_its_library_installed(tmp_path):
     """tensorboard made unimportable in a fresh interpreter: sink=tensorboard still trains and records."""
     code = f"""
-import sys, structlog
+import sys
+from trainwire.testing import capture_logs
 sys.modules["tensorboard"] = None  # what `import tensorboard` meets when it is not installed
 from trainwire.config import compose
 from trainwire.containers import run
-with structlog.testing.capture_logs() as logs:
+with capture_logs() as logs:
     result = run(compose(["run_dir={tmp_path}", "sink=tensorboard", {", ".join(repr(o) for o in OVERRIDES)}]))
 print([(e["sink"], e["call"], e["error"][:42]) for e in logs if e["log_level"] == "warning"])
 print(result.epochs_completed)
@@ -160,7 +160,7 @@ def test_hung_sinks_finish_together_within_one_timeout(tmp_path):
         sink.start()
         sink.log({"train/loss": 1.0}, step=1, epoch=0)
         started = time.perf_counter()
-        with structlog.testing.capture_logs() as logs:
+        with capture_logs() as logs:
             sink.finish()
         elapsed = time.perf_counter() - started
     finally:

@@ -22,11 +22,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import structlog
 import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from trainwire import logs
 from trainwire.errors import CheckpointError, ConfigError
 
 MANIFEST = "manifest.json"
@@ -308,7 +308,7 @@ class LocalCheckpointStore(CheckpointStore):
         self.keep_last = keep_last
         self.config_yaml = config_yaml
         self.hook = hook
-        self.log = structlog.get_logger("trainwire")
+        self.log = logs.get_logger()
 
     def path(self, name: str) -> Path:
         return self.directory / f"{name}.pt"

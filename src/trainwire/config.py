@@ -15,6 +15,7 @@ import collections.abc
 import dataclasses
 import inspect
 import re
+import threading
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -281,7 +282,8 @@ def check_choices(overrides: list[str]) -> list[str]:
 def compose(overrides: list[str] | None = None) -> DictConfig:
     """Composes the packaged config with ``overrides`` (Hydra's override syntax), without the CLI.
 
-    For services and tests; the CLI composes the same tree through ``@hydra.main``.
+    For services and tests; the CLI composes the same tree through ``@hydra.main``. Safe to call
+    from any thread (calls are serialised: Hydra's state is global).
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
@@ -289,13 +291,18 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
     from hydra.errors import ConfigCompositionException
 
     overrides = check_choices(list(overrides or []))
-    register_schemas(overrides)
-    # The context saves Hydra's global state and puts it back, so a caller's own Hydra app is undisturbed.
-    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        try:
-            return hydra_compose(config_name="train", overrides=overrides)
-        except ConfigCompositionException as error:
-            explained = explain(error)
-            if explained is None:
-                raise
-            raise explained from error
+    # Hydra keeps one global state per process: the context saves it and puts it back (a caller's
+    # own Hydra app is undisturbed), and the lock keeps two threads from initializing it at once.
+    with _COMPOSE_LOCK:
+        register_schemas(overrides)
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+            try:
+                return hydra_compose(config_name="train", overrides=overrides)
+            except ConfigCompositionException as error:
+                explained = explain(error)
+                if explained is None:
+                    raise
+                raise explained from error
+
+
+_COMPOSE_LOCK = threading.Lock()

@@ -5,7 +5,9 @@ Each fake records what happened so a test asserts on behaviour, not on calls.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+import logging
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,3 +179,33 @@ class MissingLibrarySink(RecordingSink):
 
         importlib.import_module(module)
         super().__init__()
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.entries: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields = record.msg if isinstance(record.msg, Mapping) else {"event": record.getMessage()}
+        self.entries.append({**fields, "log_level": record.levelname.lower()})
+
+
+@contextlib.contextmanager
+def capture_logs(level: int = logging.DEBUG) -> Iterator[list[dict[str, Any]]]:
+    """Collects what trainwire logs inside the block: one dict per record, its fields plus ``log_level``.
+
+    Works on the stdlib ``trainwire`` logger (where every record goes), lowering its level to
+    ``level`` for the block; like ``structlog.testing.capture_logs``, for code that logs through stdlib.
+    """
+    from trainwire.logs import LOGGER_NAME
+
+    logger, handler = logging.getLogger(LOGGER_NAME), _Capture()
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield handler.entries
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)

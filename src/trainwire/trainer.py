@@ -8,11 +8,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import structlog
 import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from trainwire import logs
 from trainwire import state as parts_codec
 from trainwire.cadence import Cadence, CheckpointPolicy
 from trainwire.checkpoints import CheckpointStore
@@ -163,7 +163,7 @@ class Trainer:
         self.sink = self.strategy.rank0_only(sink or NullSink())  # only rank 0 writes
         self.checkpoints = checkpoints
         self.hooks = list(hooks)
-        self.log = logger or structlog.get_logger("trainwire")
+        self.log = logger or logs.get_logger()
 
     def _emit(self, event: str, *args: Any) -> None:
         emit(self.hooks, event, *args)

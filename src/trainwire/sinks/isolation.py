@@ -16,8 +16,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import structlog
 
+from trainwire import logs
 from trainwire.sinks.base import FanOut, MetricsSink, NullSink
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -64,7 +64,7 @@ class IsolatedSink(MetricsSink):
         self.sink = sink
         self.name = name or sink_name(sink)
         self.timeout_s = float(timeout_s)
-        self._logger = logger or structlog.get_logger("trainwire")
+        self._logger = logger or logs.get_logger()
         self.dropped = 0
         self.failure: tuple[str, BaseException] | None = None
         self._lock = threading.Lock()
@@ -101,10 +101,13 @@ class IsolatedSink(MetricsSink):
         """Waits for the finish call, but not past a call that has run ``timeout_s``; then stops the worker."""
         if self._thread is None:
             return
+        stalled = False
         while done is not None and not done.wait(_POLL_S):
-            if self._check_stalled():
+            if stalled := self._check_stalled():
                 break
         self._queue.put(_STOP)  # a worker stuck in a call never reads it; it is a daemon, so it cannot hold the process
+        if not stalled and self._busy is None:  # the worker is idle and ends at _STOP: don't leave it running
+            self._thread.join(self.timeout_s)
         self._thread = None
         self._warn_once()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 import time
+import uuid
+import warnings
 from collections.abc import Mapping
 from numbers import Real
 from pathlib import Path
@@ -43,6 +45,7 @@ class MLflowSink(MetricsSink):
     The summary goes in as metrics (numbers, ``summary/<key>``), tags (the rest) and ``summary.json``.
     ``tracking_uri`` None: a SQLite store in ``run_dir`` (``default_tracking_uri``), artifacts in
     ``<run_dir>/mlartifacts`` unless ``artifact_location`` says otherwise.
+    A run given no ``run_name`` is named ``trainwire-<8 hex digits>``.
     """
 
     name = "mlflow"
@@ -58,8 +61,9 @@ class MLflowSink(MetricsSink):
         *,
         run_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        from mlflow.entities import Metric, Param, RunTag  # heavy (~2 s): only runs that log to MLflow pay
-        from mlflow.tracking import MlflowClient
+        with warnings.catch_warnings():  # what its dependencies' imports add to the filters is not the caller's
+            from mlflow.entities import Metric, Param, RunTag  # heavy (~2 s): only runs that log to MLflow pay
+            from mlflow.tracking import MlflowClient
 
         self._client_class, self._entities = MlflowClient, (Metric, Param, RunTag)
         if tracking_uri is None:  # a local store inside the run directory, its artifacts beside it
@@ -85,7 +89,9 @@ class MLflowSink(MetricsSink):
         experiment_id = found.experiment_id if found else self.client.create_experiment(
             self.experiment, artifact_location=self.artifact_location
         )
-        run = self.client.create_run(experiment_id, run_name=self.run_name, tags=self.tags)
+        # MLflow would draw a name from the caller's `random`; uuid4 draws from the OS.
+        name = self.run_name or f"trainwire-{uuid.uuid4().hex[:8]}"
+        run = self.client.create_run(experiment_id, run_name=name, tags=self.tags)
         self.run_id, self._open = run.info.run_id, True
         params = [Param(key, value) for key, value in flatten(self.config).items()]
         for first in range(0, len(params), _BATCH):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from numbers import Real
 from pathlib import Path
@@ -30,7 +31,8 @@ class TensorBoardSink(MetricsSink):
         *,
         run_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        from torch.utils.tensorboard import SummaryWriter  # imports tensorboard (~1 s)
+        with warnings.catch_warnings():  # what its dependencies' imports add to the filters is not the caller's
+            from torch.utils.tensorboard import SummaryWriter  # imports tensorboard (~1 s)
 
         if log_dir is None and run_dir is None:
             raise TypeError("TensorBoardSink needs log_dir or run_dir")

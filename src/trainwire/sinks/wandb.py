@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
+import threading
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,7 +19,17 @@ class WandbSink(MetricsSink):
 
     ``wandb`` is imported when this sink is built, never when trainwire is imported.
     ``mode=offline`` writes the run locally for a later ``wandb sync``. ``dir`` None: ``run_dir``.
+
+    It leaves the process as it found it: ``wandb.init`` replaces ``sys.excepthook`` and
+    ``sys.exit`` (they are put back at once: ``finish`` reports the exit code itself), and when
+    W&B was not set up before the first of these sinks started, the last one to finish tears
+    it down (its service process, ``WANDB_SERVICE``, its threads). An application that uses
+    W&B itself calls ``wandb.setup()`` first, and then keeps it.
     """
+
+    _lock = threading.Lock()  # guards the class-wide count below and the hooks wandb.init replaces
+    _live = 0  # these sinks started and not yet finished, in this process
+    _owns_setup = False  # whether the first of them set W&B up (so the last one tears it down)
 
     def __init__(
         self,
@@ -30,7 +43,8 @@ class WandbSink(MetricsSink):
         *,
         run_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        import wandb  # heavy (~1 s): only runs that log to W&B pay for it
+        with warnings.catch_warnings():  # what its dependencies' imports add to the filters is not the caller's
+            import wandb  # heavy (~1 s): only runs that log to W&B pay for it
 
         from trainwire.errors import ConfigError
 
@@ -44,8 +58,22 @@ class WandbSink(MetricsSink):
         self.run = None
 
     def start(self) -> None:
-        # reinit: a service may fit several models in one process, each its own W&B run.
-        self.run = self._wandb.init(**self._init_args, reinit="create_new")
+        from wandb.sdk import wandb_setup
+
+        cls = type(self)
+        with cls._lock:
+            if cls._live == 0:
+                cls._owns_setup = getattr(wandb_setup, "_singleton", None) is None  # no public "is set up"
+            cls._live += 1
+            hooks = sys.excepthook, sys.exit
+            try:
+                # reinit: a service may fit several models in one process, each its own W&B run.
+                self.run = self._wandb.init(**self._init_args, reinit="create_new")
+            except BaseException:
+                self._release()
+                raise
+            finally:
+                sys.excepthook, sys.exit = hooks
 
     def log(self, metrics: Mapping[str, float], *, step: int, epoch: int) -> None:
         self.run.log({**metrics, "epoch": epoch}, step=step)
@@ -55,5 +83,31 @@ class WandbSink(MetricsSink):
 
     def finish(self, status: str = "finished") -> None:
         if self.run is not None:
-            self.run.finish(exit_code=0 if status == "finished" else 1)
-            self.run = None
+            self.run, run = None, self.run
+            try:
+                run.finish(exit_code=0 if status == "finished" else 1)
+            finally:
+                with type(self)._lock:
+                    self._release()
+
+    def _release(self) -> None:
+        """One sink fewer; the last one tears down the W&B it set up. Called under ``_lock``."""
+        cls = type(self)
+        cls._live -= 1
+        if cls._live == 0 and cls._owns_setup:
+            cls._owns_setup = False
+            _teardown(self._wandb)
+
+
+def _teardown(wandb: Any) -> None:
+    """Stops the W&B service, its connection threads and its analytics exporters; clears ``WANDB_SERVICE``."""
+    wandb.teardown()
+    # wandb (0.2x-0.31) starts OpenTelemetry exporter threads at the first run and stops them
+    # only at exit; there is no public call for it, so reach for the proxy when it exists.
+    try:
+        from wandb.analytics.opentelemetry import opentelemetry_proxy
+    except ImportError:
+        return
+    proxy = getattr(opentelemetry_proxy, "_singleton_telemetry_proxy", None)
+    if proxy is not None and hasattr(proxy, "shutdown"):
+        proxy.shutdown(timeout_millis=5_000)
