@@ -2,19 +2,43 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import os
+import threading
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from trainwire.sinks.base import MetricsSink
 
 WANDB_MODES = ("online", "offline", "disabled")
+# wandb-core reports its own errors and traces over the network unless started with
+# --no-observability, which wandb (0.31) passes only when this variable is false when the
+# service starts: it has no Settings field for it.
+_OBSERVABILITY = "WANDB_ERROR_REPORTING"
+_LAUNCH = threading.Lock()
+
+
+@contextlib.contextmanager
+def _without_observability() -> Iterator[None]:
+    """While ``wandb.init`` may start the wandb-core service: its telemetry off, then the variable as it was."""
+    with _LAUNCH:
+        before = os.environ.get(_OBSERVABILITY)
+        os.environ[_OBSERVABILITY] = "false"
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop(_OBSERVABILITY, None)
+            else:
+                os.environ[_OBSERVABILITY] = before
 
 
 class WandbSink(MetricsSink):
     """Logs to a W&B run: ``init`` at start, every metric with its step, the summary, ``finish``.
 
     ``wandb`` is imported when this sink is built, never when trainwire is imported.
-    ``mode=offline`` writes the run locally for a later ``wandb sync``.
+    ``mode=offline`` writes the run locally for a later ``wandb sync`` and makes no network
+    call: wandb-core's own telemetry is off when this sink starts it (ADR 0010).
     """
 
     def __init__(
@@ -41,7 +65,9 @@ class WandbSink(MetricsSink):
 
     def start(self) -> None:
         # reinit: a service may fit several models in one process, each its own W&B run.
-        self.run = self._wandb.init(**self._init_args, reinit="create_new")
+        quiet = _without_observability() if self._init_args["mode"] == "offline" else contextlib.nullcontext()
+        with quiet:
+            self.run = self._wandb.init(**self._init_args, reinit="create_new")
 
     def log(self, metrics: Mapping[str, float], *, step: int, epoch: int) -> None:
         self.run.log({**metrics, "epoch": epoch}, step=step)
