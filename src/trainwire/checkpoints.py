@@ -17,6 +17,7 @@ import re
 import shutil
 import threading
 import uuid
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -337,6 +338,7 @@ class LocalCheckpointStore(CheckpointStore):
         self.hook = hook
         self.log = structlog.get_logger("trainwire")
         self.lock = FolderLock(self.directory, logger=self.log)
+        weakref.finalize(self, self.lock.release)  # a store dropped without close() lets its folder go too
         # Files latest() found damaged (name -> their manifest entry): the next committed save forgets them.
         self._rejected: dict[str, dict[str, Any]] = {}
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from trainwire.errors import RunRecordError
 from trainwire.sinks.base import FanOut, MetricsSink, NullSink
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -248,17 +249,28 @@ class GuardedFanOut(MetricsSink):
                  timeout_s: float = DEFAULT_TIMEOUT_S, logger: Any = None) -> None:
         self.record = record
         self.guarded = _isolate([sinks] if isinstance(sinks, MetricsSink) else sinks, timeout_s, logger)
+        self._logger = logger or structlog.get_logger("trainwire")
         self._summary: dict[str, Any] | None = None
         self._at = (0, 0)
+        self.record_error: RunRecordError | None = None
 
     def start(self) -> None:
-        self._summary, self._at = None, (0, 0)
+        self._summary, self._at, self.record_error = None, (0, 0), None
         self.record.start()
         for sink in self.guarded:
             sink.start()
 
     def log(self, metrics: Mapping[str, float], *, step: int, epoch: int) -> None:
-        self.record.log(metrics, step=step, epoch=epoch)
+        if self.record_error is None:
+            try:
+                self.record.log(metrics, step=step, epoch=epoch)
+            except RunRecordError as error:
+                # Mid-run, the loop is not at a point where it could stop and save; it goes on to its
+                # next checkpoint (which holds every epoch's metrics) and the run ends with this error.
+                self.record_error = error
+                self._logger.warning("run_record_failed", error=str(error),
+                                     consequence="training continues and saves its checkpoints; the run ends "
+                                                 "with this error")
         self._at = (step, epoch)
         for sink in self.guarded:
             sink.log(metrics, step=step, epoch=epoch)
@@ -276,15 +288,23 @@ class GuardedFanOut(MetricsSink):
             sink._await(done)
         counts = {f"sink/{sink.name}/dropped": sink.dropped for sink in self.guarded}
         try:
-            if any(sink.failure is not None for sink in self.guarded):
-                step, epoch = self._at
-                self.record.log(counts, step=step, epoch=epoch)
-            if self._summary is not None:
-                errors = {f"sink/{sink.name}/error": f"{sink.failure[0]}: {type(sink.failure[1]).__name__}: "
-                          f"{sink.failure[1]}" for sink in self.guarded if sink.failure is not None}
-                self.record.summary({**self._summary, **counts, **errors})
-        finally:
-            self.record.finish(status)
+            try:
+                if any(sink.failure is not None for sink in self.guarded) and self.record_error is None:
+                    step, epoch = self._at
+                    self.record.log(counts, step=step, epoch=epoch)
+                if self._summary is not None:
+                    errors = {f"sink/{sink.name}/error": f"{sink.failure[0]}: {type(sink.failure[1]).__name__}: "
+                              f"{sink.failure[1]}" for sink in self.guarded if sink.failure is not None}
+                    self.record.summary({**self._summary, **counts, **errors})
+            finally:
+                self.record.finish(status)
+        except RunRecordError as error:
+            self.record_error = self.record_error or error
+        if self.record_error is not None:
+            if status == "finished":
+                raise self.record_error
+            # Another error is already on its way out (a failed or interrupted run): it is the one to report.
+            self._logger.warning("run_record_failed", error=str(self.record_error))
 
     @property
     def dropped(self) -> dict[str, int]:
