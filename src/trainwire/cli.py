@@ -201,8 +201,8 @@ _signals = _Signals()
 def _unwritable(overrides: list[str]) -> str | None:
     """Why the run folder cannot be written (checked before Hydra, whose logging would fail with a traceback)."""
     given = [arg.partition("=")[2] for arg in overrides if arg.startswith("hydra.run.dir=")]
-    if any(arg in ("-m", "--multirun") for arg in overrides):
-        return None  # a sweep's folders are Hydra's to make
+    if any(arg in ("-m", "--multirun", "-c", "--cfg", "-h", "--help", "--hydra-help") for arg in overrides):
+        return None  # a sweep's folders are Hydra's to make; printing the config or help writes nothing
     folder = Path(given[-1] if given else "outputs").absolute()
     existing = folder
     while not existing.exists() and existing != existing.parent:
