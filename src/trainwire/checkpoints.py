@@ -317,6 +317,17 @@ def load_weights(path: str | os.PathLike[str], model: nn.Module, optimizer: Opti
     return state
 
 
+def _writes() -> bool:
+    """Whether this process writes the checkpoints: yes, but for ranks other than 0 of a process group.
+
+    Every rank of a data-parallel run shares its run folder and starts the store; only rank 0
+    saves, so only rank 0 takes the folder's lock (the others would be refused by it).
+    """
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 class LocalCheckpointStore(CheckpointStore):
     """Checkpoints as files in ``directory``, verified by ``manifest.json``.
 
@@ -350,11 +361,14 @@ class LocalCheckpointStore(CheckpointStore):
             self.hook(point)
 
     def start(self) -> None:
-        """Locks the folder (creating it), then deletes what a save killed mid-write left (``.*.tmp``).
+        """Locks the folder (creating it; rank 0 only), then deletes what a save killed mid-write left (``.*.tmp``).
 
         Raises CheckpointError when another process holds the folder.
         """
-        self.lock.acquire()
+        if _writes():
+            self.lock.acquire()
+        else:
+            self.directory.mkdir(parents=True, exist_ok=True)
         for stale in self.directory.glob(".*.tmp"):
             stale.unlink(missing_ok=True)
 
