@@ -48,7 +48,7 @@ def test_stale_temporaries_are_cleaned_at_start(tmp_path):
     (tmp_path / ".last.pt.deadbeef.tmp").write_bytes(b"half a checkpoint")
     (tmp_path / ".manifest.json.cafe.tmp").write_text("{")
     store.start()
-    assert sorted(os.listdir(tmp_path)) == ["last.pt", "manifest.json"]
+    assert sorted(os.listdir(tmp_path)) == [".lock", "last.pt", "manifest.json"]  # the lock stays, unlocked
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
@@ -74,7 +74,8 @@ def test_a_damaged_file_is_reported_by_name_and_latest_falls_back(tmp_path, dama
 def test_a_file_without_a_manifest_entry_is_never_used(tmp_path):
     torch.save(state(0), tmp_path / "last.pt")
     store = LocalCheckpointStore(tmp_path)
-    assert store.latest() is None
+    with pytest.raises(CheckpointError, match=r"holds last.pt but no manifest.json, so none of them can be verified"):
+        store.latest()  # not an empty folder: resume=auto refuses rather than start over it
     with pytest.raises(CheckpointError, match=r"has no manifest.json beside it"):
         read_checkpoint(tmp_path / "last.pt")
     save(store, 1, "best")
@@ -234,7 +235,7 @@ def test_a_save_cut_short_after_its_rename_still_loads_when_the_next_save_is_cut
     assert sorted(manifest["pending"]) == ["epoch-0003.pt", "last.pt"]
     assert save_killed_at(tmp_path, 4, ["last", "epoch-0004"], "never")  # a whole save settles the rest
     assert store.load(store.latest())["i"] == 4
-    assert sorted(os.listdir(tmp_path)) == ["epoch-0002.pt", "epoch-0004.pt", "last.pt", "manifest.json"]
+    assert sorted(os.listdir(tmp_path)) == [".lock", "epoch-0002.pt", "epoch-0004.pt", "last.pt", "manifest.json"]
 
 
 def test_latest_orders_a_file_by_the_entry_its_bytes_match(tmp_path):
@@ -258,3 +259,174 @@ def test_a_pending_entry_whose_file_was_never_renamed_is_dropped_by_the_next_sav
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["files"]["last.pt"]["epoch"] == 0 and manifest["pending"] == {}
     assert store.load("last")["i"] == 0 and store.latest() == "best"
+
+
+def _damage(folder, how: str) -> None:
+    if how == "no manifest":
+        (folder / "manifest.json").unlink()
+    elif how == "every sha256 wrong":
+        manifest = json.loads((folder / "manifest.json").read_text())
+        for entry in manifest["files"].values():
+            entry["sha256"] = "0" * 64
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    else:  # every file truncated
+        for path in folder.glob("*.pt"):
+            data = path.read_bytes()
+            path.unlink()  # hard links: damage each name on its own
+            path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(("how", "says"), [
+    ("no manifest", "holds best.pt, epoch-0000.pt, epoch-0001.pt, last.pt but no manifest.json"),
+    ("every sha256 wrong", "(last.pt corrupt or truncated: its sha256 does not match manifest.json; epoch-0001.pt"),
+    ("every file truncated", "best.pt corrupt or truncated"),
+])
+def test_a_folder_with_checkpoints_none_of_which_verifies_is_refused_not_taken_for_empty(tmp_path, how, says):
+    """Before: latest() returned None, and trainer.resume=auto started from scratch over the folder."""
+    store = LocalCheckpointStore(tmp_path)
+    save(store, 0, "last", "epoch-0000", "best")
+    save(store, 1, "last", "epoch-0001")
+    store.close()
+    _damage(tmp_path, how)
+    before = snapshot(tmp_path)
+    store = LocalCheckpointStore(tmp_path)
+    store.start()
+    with pytest.raises(CheckpointError) as refused:
+        store.latest()
+    message = str(refused.value)
+    assert str(tmp_path) in message and says in message and "\n" not in message
+    assert "nothing in it was changed. To train from scratch, move the folder away" in message
+    assert {k: v for k, v in snapshot(tmp_path).items() if k != ".lock"} == before  # not a byte touched
+
+
+def test_an_empty_or_new_folder_is_a_fresh_start(tmp_path):
+    assert LocalCheckpointStore(tmp_path / "new").latest() is None
+    store = LocalCheckpointStore(tmp_path / "ck")
+    store.start()  # the folder and its lock, nothing else
+    assert store.latest() is None
+
+
+def test_every_high_bit_flip_of_the_manifest_is_a_checkpoint_error(tmp_path):
+    """Before: a byte >= 0x80 in manifest.json escaped as a UnicodeDecodeError traceback."""
+    store = LocalCheckpointStore(tmp_path)
+    save(store, 0, "last", "epoch-0000")
+    original = (tmp_path / "manifest.json").read_bytes()
+    for index in range(len(original)):
+        flipped = bytearray(original)
+        flipped[index] ^= 0x80
+        (tmp_path / "manifest.json").write_bytes(bytes(flipped))
+        with pytest.raises(CheckpointError, match=r"manifest.json is not a valid manifest \(UnicodeDecodeError at byte"):
+            store.latest()
+        with pytest.raises(CheckpointError):
+            store.load("last")
+
+
+def test_an_orphan_left_by_a_prune_cut_short_is_removed_by_the_next_save(tmp_path):
+    """Before: a periodic file dropped from the manifest but not deleted stayed forever."""
+    store = LocalCheckpointStore(tmp_path, keep_last=1)
+    save(store, 0, "last", "epoch-0000")
+    assert not save_in_killed_child(tmp_path, lambda child: save(child, 1, "last", "epoch-0001"),
+                                    lambda point, _: point == "committed", keep_last=1)
+    assert (tmp_path / "epoch-0000.pt").exists()  # committed out of the manifest, never deleted
+    save(store, 2, "last")
+    assert not (tmp_path / "epoch-0000.pt").exists()
+    assert store.load("epoch-0001")["i"] == 1
+
+
+def test_a_damaged_older_checkpoint_is_reported_at_resume_and_forgotten_by_the_next_save(tmp_path):
+    """Before: it stayed listed in the manifest, unreported, after a successful resumed run."""
+    from trainwire.testing import capture_logs
+
+    store = LocalCheckpointStore(tmp_path, keep_last=3)
+    save(store, 0, "last", "epoch-0000")
+    save(store, 1, "last", "epoch-0001")
+    data = (tmp_path / "epoch-0000.pt").read_bytes()
+    (tmp_path / "epoch-0000.pt").write_bytes(data[:100])
+    with capture_logs() as logs:
+        assert store.latest() == "last"
+        save(store, 2, "last", "epoch-0002")
+    assert [(entry["event"], entry["file"]) for entry in logs] == [
+        ("checkpoint_rejected", str(tmp_path / "epoch-0000.pt")), ("checkpoint_forgotten", str(tmp_path / "epoch-0000.pt"))]
+    assert "100 bytes where manifest.json lists" in logs[0]["reason"]
+    assert sorted(json.loads((tmp_path / "manifest.json").read_text())["files"]) == [
+        "epoch-0001.pt", "epoch-0002.pt", "last.pt"]
+    assert not (tmp_path / "epoch-0000.pt").exists()
+
+
+def test_a_raw_pickle_refusal_keeps_its_reason(tmp_path):
+    """Before: the message ended in 'WeightsUnpickler error:' and the reason was lost."""
+    import pickle
+
+    store = LocalCheckpointStore(tmp_path)
+    save(store, 0, "last")
+    (tmp_path / "last.pt").unlink()
+    (tmp_path / "last.pt").write_bytes(pickle.dumps({"x": Payload(str(tmp_path / "pwned"))}, protocol=4))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["files"]["last.pt"]["sha256"] = hashlib.sha256((tmp_path / "last.pt").read_bytes()).hexdigest()
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError) as refused:
+        store.load("last")
+    assert str(refused.value).endswith("refused by torch.load(weights_only=True): WeightsUnpickler error: "
+                                       "Unsupported operand 149")
+    assert not (tmp_path / "pwned").exists()
+
+
+LOCK_HOLDER = """
+import os, sys, time
+from trainwire.checkpoints import LocalCheckpointStore
+store = LocalCheckpointStore(sys.argv[1])
+store.start()
+if sys.argv[2] == "workers":  # a DataLoader's workers, forked while the lock is held, outlive their parent
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+    loader = DataLoader(TensorDataset(torch.arange(64.0)), batch_size=4, num_workers=2)
+    batches = iter(loader)
+    next(batches)
+    print(" ".join(str(worker.pid) for worker in batches._workers), flush=True)
+    os.kill(os.getpid(), 9)
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.slow
+def test_a_second_process_on_a_locked_folder_is_refused_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(tmp_path), "sleep"], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        with pytest.raises(CheckpointError) as refused:
+            LocalCheckpointStore(tmp_path).start()
+        assert str(refused.value) == (f"{tmp_path} is in use by process {holder.pid} (it holds {tmp_path / '.lock'}); "
+                                      "wait for it to end, or train in another run folder")
+    finally:
+        holder.kill()
+        holder.wait()
+    LocalCheckpointStore(tmp_path).start()  # kill -9 freed it
+
+
+@pytest.mark.slow
+def test_a_folder_is_not_reopened_while_dataloader_workers_of_a_killed_run_live(tmp_path):
+    """kill -9 of the holder leaves its forked workers, holding the lock; the next store waits them out."""
+    import subprocess
+    import sys
+    import time
+
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(tmp_path), "workers"], stdout=subprocess.PIPE,
+                              text=True)
+    workers = [int(pid) for pid in holder.stdout.readline().split()]
+    holder.wait()
+    assert holder.returncode == -9 and len(workers) == 2
+
+    def alive() -> list[int]:
+        return [pid for pid in workers if os.path.exists(f"/proc/{pid}") and
+                open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[0] != "Z"]
+
+    assert alive(), "no worker outlived its parent: nothing to wait for"
+    started = time.monotonic()
+    LocalCheckpointStore(tmp_path).start()
+    assert not alive(), "the store opened the folder while a worker of the killed run still lived"
+    assert time.monotonic() - started < 30

@@ -104,3 +104,96 @@ def test_bad_values_fail_with_one_line_and_no_traceback(tmp_path, override, expe
 def test_usage_errors(tmp_path):
     assert trainwire("fly", cwd=tmp_path).returncode == 2
     assert "usage: trainwire train" in trainwire("--help", cwd=tmp_path).stdout
+
+
+def _checkpoint_step(run_dir):
+    from trainwire.checkpoints import read_checkpoint
+
+    return read_checkpoint(run_dir / "checkpoints" / "last.pt")["counters"]["step"]
+
+
+@pytest.mark.parametrize(("file", "damage", "reason"), [
+    ("metrics.jsonl", "full", "No space left on device"),  # a full disk, for this file
+    ("summary.json", "folder", "Is a directory"),
+    ("config.yaml", "folder", "Is a directory"),
+])
+def test_a_run_record_write_failure_is_one_line_naming_the_file_and_exit_1(tmp_path, file, damage, reason):
+    """Before: chained OSError tracebacks (and, for metrics.jsonl, no checkpoint at all)."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    if damage == "full":
+        (run_dir / file).symlink_to("/dev/full")  # every write: ENOSPC
+    else:
+        (run_dir / file).mkdir()
+    done = trainwire("train", f"hydra.run.dir={run_dir}", "trainer.max_epochs=2", "lr.warmup_epochs=1",
+                     "data.batch_size=256", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"trainwire: error: cannot write the run record {run_dir / file}: {reason}"
+    if file != "config.yaml":  # that one fails before training starts
+        assert _checkpoint_step(run_dir) > 0  # training went on to its checkpoints
+
+
+def test_a_read_only_run_folder_is_one_line_before_hydra_starts(tmp_path):
+    """Before: Hydra's 29-line 'Unable to configure handler' traceback."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    locked = ["chattr", "+i", str(run_dir)] if os.geteuid() == 0 else None  # root writes through permissions
+    if locked:
+        subprocess.run(locked, check=True)
+    else:
+        run_dir.chmod(0o555)
+    try:
+        done = trainwire("train", f"hydra.run.dir={run_dir}", "trainer.max_epochs=1", "lr.warmup_epochs=0", cwd=tmp_path)
+    finally:
+        if locked:
+            subprocess.run(["chattr", "-i", str(run_dir)], check=True)
+        run_dir.chmod(0o755)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"trainwire: error: the run folder {run_dir} is not writable ({run_dir}: read-only, immutable or not permitted)"]
+    assert os.listdir(run_dir) == []
+
+
+def test_resume_auto_on_a_folder_whose_checkpoints_all_fail_refuses_and_changes_nothing(tmp_path):
+    """Before: exit 0, a fresh start from epoch 0 over the folder."""
+    import torch
+
+    from trainwire.checkpoints import LocalCheckpointStore
+
+    run_dir = tmp_path / "run"
+    store = LocalCheckpointStore(run_dir / "checkpoints")  # what a run left, before its manifest was lost
+    store.save({"model": {"w": torch.ones(3)}}, ["last", "best"], meta={"epoch": 0, "batch": 0, "step": 1})
+    del store  # and its lock with it
+    (run_dir / "metrics.jsonl").write_text('{"step": 1, "epoch": 0}\n')
+    job = ["trainer.max_epochs=2", "lr.warmup_epochs=1", "data.batch_size=256"]
+    folder = run_dir / "checkpoints"
+    (folder / "manifest.json").unlink()
+    before = {path.name: path.read_bytes() for path in folder.iterdir() if path.name != ".lock"}
+    metrics = (run_dir / "metrics.jsonl").read_bytes()
+    done = trainwire("train", f"hydra.run.dir={run_dir}", *job, "trainer.resume=auto", cwd=tmp_path)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()
+    assert len(last) == 1 and last[0].startswith(f"trainwire: error: {folder} holds best.pt, last.pt but no manifest.json")
+    assert "move the folder away or train in a new run folder" in last[0]
+    assert {path.name: path.read_bytes() for path in folder.iterdir() if path.name != ".lock"} == before
+    assert (run_dir / "metrics.jsonl").read_bytes() == metrics
+
+
+def test_an_encoder_that_is_a_hostile_pickle_is_one_line(tmp_path):
+    """Before: a 27-line UnpicklingError traceback (the payload never ran either way)."""
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    encoder = tmp_path / "encoder.pt"
+    encoder.write_bytes(pickle.dumps({"format": "x", "evil": Payload()}))
+    done = trainwire("train", "experiment=finetune", f"encoder={encoder}", f"hydra.run.dir={tmp_path / 'r'}",
+                     cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (  # above it, only torch's warning about the pickle protocol
+        f"trainwire: error: encoder={str(encoder)!r} was refused by torch.load(weights_only=True): "
+        "WeightsUnpickler error: Unsupported operand 149")
+    assert not (tmp_path / "pwned").exists()

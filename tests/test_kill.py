@@ -137,6 +137,26 @@ def test_a_stop_signal_saves_exits_with_its_code_and_resume_continues_exactly(tm
     assert_matches(reference, run_dir)
 
 
+def test_an_impatient_operator_s_sigterms_end_in_exit_143_with_the_checkpoint_saved(tmp_path):
+    """SIGTERM, then SIGTERM again every 20 ms until the process ends: after fit put its handlers back,
+    while the CLI reports, and while the interpreter exits. Before: a KeyboardInterrupt traceback, or death by
+    signal (-15), depending on where the second one landed."""
+    run_dir = tmp_path / "run"
+    process = start(run_dir, "trainer.checkpoint_every_n_steps=null")
+    wait_for_step(process, run_dir, 4, after=0)
+    sent = 0
+    while process.poll() is None and sent < 3000:
+        process.send_signal(signal.SIGTERM)
+        sent += 1
+        time.sleep(0.02)
+    _, err = process.communicate(timeout=120)
+    assert sent > 1 and process.returncode == 143, (sent, process.returncode, err)
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == f"trainwire: interrupted by SIGTERM; checkpoint saved in {run_dir / 'checkpoints'}"
+    saved = read_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert saved["counters"]["step"] == [r["step"] for r in records(run_dir) if "train/loss" in r][-1]
+
+
 BULK = torch.arange(1 << 20, dtype=torch.float32)  # 4 MiB, so that a write takes a while
 
 

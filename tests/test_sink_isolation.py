@@ -6,16 +6,17 @@ import copy
 import json
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 import torch
 from dependency_injector import providers
 
-from trainwire import NullSink
+from trainwire import IsolatedSink, NullSink
 from trainwire.config import compose
 from trainwire.containers import build_container, run
-from trainwire.testing import BlockingSink, FailingSink, RecordingSink, capture_logs
+from trainwire.testing import BlockingSink, FailingSink, RecordingSink, SlowSink, capture_logs
 
 # 2 epochs of 6 steps (data.batch_size=256 over 1,437 digits), a record every step: 12 step
 # records and 2 epoch records, then the summary and finish.
@@ -44,13 +45,13 @@ def records(run_dir):
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("baseline")
-    model, result, warnings, _ = fit(run_dir, NullSink())
+    model, result, warnings, elapsed = fit(run_dir, NullSink())
     assert not warnings
-    return copy.deepcopy(model.state_dict()), records(run_dir), result
+    return copy.deepcopy(model.state_dict()), records(run_dir), result, elapsed
 
 
 def assert_same_training(model, result, run_dir, baseline, name):
-    state, expected, expected_result = baseline
+    state, expected, expected_result, _ = baseline
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key]), key  # bit for bit
     got = records(run_dir)
@@ -170,3 +171,58 @@ def test_hung_sinks_finish_together_within_one_timeout(tmp_path):
     names = ["blocking", "blocking-2", "blocking-3", "blocking-4"]
     assert sorted(entry["sink"] for entry in logs) == names
     assert records(tmp_path)[-1] == {"step": 1, "epoch": 0, **{f"sink/{name}/dropped": 0 for name in names}}
+
+
+def fit_within(seconds, run_dir, sink, *extra):
+    """``fit`` on a thread, given ``seconds`` to end: a run that hangs fails the test instead of hanging it."""
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(done=fit(run_dir, sink, *extra)), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"the run did not end within {seconds} s"
+    return outcome["done"]
+
+
+@pytest.mark.parametrize(("on", "error", "dropped"), [("log", SystemExit(3), LOGS - 1 + 2),
+                                                      ("finish", KeyboardInterrupt(), 0)])
+def test_a_sink_that_raises_systemexit_or_keyboardinterrupt_is_isolated(tmp_path, baseline, on, error, dropped):
+    """Before: the worker caught only Exception, its thread died and finish waited for it forever."""
+    model, result, warnings, elapsed = fit_within(60, tmp_path, FailingSink(on=on, error=error), "sink_timeout_s=2")
+    assert elapsed < baseline[3] + 2 + 5  # the run, then at most sink_timeout_s and a grace
+    assert [(w["event"], w["sink"], w["call"]) for w in warnings] == [("sink_failed", "failing", on)]
+    assert assert_same_training(model, result, tmp_path, baseline, "failing") == dropped
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["sink/failing/error"] == f"{on}: {type(error).__name__}: {error}"
+
+
+def test_a_slow_sink_delays_the_end_by_at_most_the_timeout_and_its_drops_are_counted(tmp_path, baseline):
+    """Before: finish drained the whole backlog (14 calls of 1 s here), with no drop counted and no warning."""
+    sink = SlowSink(seconds=1.0)  # each call returns well within sink_timeout_s
+    model, result, warnings, elapsed = fit(tmp_path, sink, "sink_timeout_s=2")
+    assert elapsed < baseline[3] + 2 + 1.5, elapsed  # the sinkless run, sink_timeout_s, and a grace
+    assert [(w["event"], w["sink"], w["call"]) for w in warnings] == [("sink_failed", "slow", "finish")]
+    assert "queued calls were not delivered within sink_timeout_s=2" in warnings[0]["error"]
+    dropped = assert_same_training(model, result, tmp_path, baseline, "slow")
+    # 14 logs, summary and finish: each delivered or counted, but for the one still in the sink at the end.
+    assert dropped >= LOGS + 2 - 5 and LOGS + 1 <= dropped + len(sink.records) <= LOGS + 2
+    assert json.loads((tmp_path / "summary.json").read_text())["sink/slow/dropped"] == dropped
+
+
+def test_a_full_queue_drops_the_oldest_log_calls_counted_with_one_warning():
+    blocked = BlockingSink(seconds=30, on="log")
+    sink = IsolatedSink(blocked, timeout_s=30, max_queued=3)
+    with capture_logs() as logs:
+        sink.start()
+        sink.log({"x": 0.0}, step=0, epoch=0)
+        deadline = time.monotonic() + 30
+        while not blocked.blocked and time.monotonic() < deadline:  # the worker is inside log 0
+            time.sleep(0.01)
+        for step in range(1, 10):
+            sink.log({"x": float(step)}, step=step, epoch=0)
+        sink.summary({"done": 1})  # queued: 8, 9, summary
+        threading.Timer(0.3, blocked.release).start()
+        sink.finish()  # queued while the worker is still held: it drops log 8
+    assert [entry["event"] for entry in logs] == ["sink_lagging"]
+    assert [record.step for record in blocked.records] == [0, 9]  # the newest kept, in order
+    assert blocked.summary_values == {"done": 1} and blocked.status == "finished"
+    assert sink.dropped == 8 and sink.failure is None

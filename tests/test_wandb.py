@@ -114,3 +114,26 @@ def test_disabled_mode_makes_every_call_a_no_op(tmp_path):
     assert done.returncode == 0, done.stderr
     assert not list((tmp_path / "r").rglob("*.wandb"))
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["epochs_completed"] == 2
+
+
+def test_an_offline_run_under_a_cut_network_attempts_no_connection(tmp_path):
+    """Every process of the run (wandb-core included) traced, in a network namespace with no route out.
+
+    Before: wandb-core's telemetry tried a DNS lookup (connect to port 53) in every offline run.
+    """
+    import shutil
+
+    assert shutil.which("unshare") and shutil.which("strace"), "this test needs util-linux unshare and strace"
+    trace = tmp_path / "connect.trace"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["WANDB_DIR"] = str(tmp_path / "wandb_home")
+    trainwire = os.path.join(os.path.dirname(sys.executable), "trainwire")
+    done = subprocess.run(
+        ["unshare", "-n", "strace", "-f", "-qq", "-e", "trace=connect", "-o", str(trace), trainwire, "train",
+         "sink=wandb", "sink.wandb.mode=offline", "trainer.max_epochs=2", "lr.warmup_epochs=1",
+         f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert list((tmp_path / "r" / "wandb").glob("offline-run-*/run-*.wandb"))
+    calls = trace.read_text().splitlines()
+    assert any("AF_UNIX" in line for line in calls)  # the trace saw the client talk to wandb-core
+    assert [line for line in calls if "AF_INET" in line] == []  # AF_INET and AF_INET6: nothing left the host

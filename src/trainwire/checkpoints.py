@@ -17,6 +17,7 @@ import re
 import shutil
 import threading
 import uuid
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -28,9 +29,13 @@ from torch.optim import Optimizer
 
 from trainwire import logs
 from trainwire.errors import CheckpointError, ConfigError
+from trainwire.folderlock import FolderLock
 
 MANIFEST = "manifest.json"
 FORMAT = 1
+# How a refusal to resume from a damaged folder ends: what was not done, and the explicit way to start afresh.
+_UNTOUCHED = ("nothing in it was changed. To train from scratch, move the folder away or train in a new run folder "
+              "(hydra.run.dir=...); to resume from one checkpoint of it, name its path in trainer.resume")
 _NAME = re.compile(r"^(last|best|epoch-\d{4,})$")
 _PERIODIC = re.compile(r"^epoch-\d{4,}\.pt$")
 
@@ -51,7 +56,11 @@ class CheckpointStore(ABC):
 
     @abstractmethod
     def latest(self) -> str | None:
-        """The name of the newest checkpoint that verifies, or None when there is none."""
+        """The name of the newest checkpoint that verifies, or None when there is none.
+
+        Raises CheckpointError when checkpoints are there but none verifies: a damaged store
+        is never taken for an empty one.
+        """
 
     @abstractmethod
     def load(self, name: str) -> dict[str, Any]:
@@ -187,18 +196,18 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
     """The manifest of ``directory``; None when there is none; CheckpointError when it is unreadable."""
     path = Path(directory) / MANIFEST
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as error:
         raise CheckpointError(f"cannot read {path}: {error.strerror}") from None
     try:
-        manifest = json.loads(text)
-        if not isinstance(manifest.get("files"), dict):
+        manifest = json.loads(data.decode("utf-8"))  # a flipped high bit is a UnicodeDecodeError, a ValueError
+        if not isinstance(manifest.get("files"), dict) or not isinstance(manifest.setdefault("pending", {}), dict):
             raise ValueError("no 'files' table")
     except (ValueError, AttributeError) as error:
-        raise CheckpointError(f"{path} is not a valid manifest ({error}); no checkpoint in it is used") from None
-    manifest.setdefault("pending", {})
+        reason = f"{type(error).__name__} at byte {error.start}" if isinstance(error, UnicodeDecodeError) else error
+        raise CheckpointError(f"{path} is not a valid manifest ({reason}); no checkpoint in it is used") from None
     return manifest
 
 
@@ -266,12 +275,30 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"cannot read checkpoint {path}: {error.strerror or error}") from None
     _match(path, entries, hashed["digest"])
     if failure is not None:
-        lines = [line.strip() for line in str(failure).splitlines() if line.strip()] or [type(failure).__name__]
-        reason = next((line for line in lines if "WeightsUnpickler error" in line), lines[0])
-        raise CheckpointError(f"checkpoint {path} was refused by torch.load(weights_only=True): {reason}") from None
+        raise CheckpointError(f"checkpoint {path} was refused by torch.load(weights_only=True): "
+                              f"{refusal_reason(failure)}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} does not hold a dict of state")
     return state
+
+
+def refusal_reason(error: BaseException) -> str:
+    """The line of a ``torch.load(weights_only=True)`` failure that says why, without torch's advice around it.
+
+    torch puts the reason after a line ending in ``WeightsUnpickler error:`` (a raw pickle) or
+    alone between its preamble and "Check the documentation" (a disallowed global).
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for index, line in enumerate(lines):
+        marker = line.find("WeightsUnpickler error:")
+        if marker >= 0:
+            rest = line[marker + len("WeightsUnpickler error:"):].strip()
+            following = lines[index + 1] if index + 1 < len(lines) else ""
+            return f"WeightsUnpickler error: {rest or following}".rstrip(": ")
+    told = [line for line in lines[1:] if not line.startswith("Check the documentation")]
+    if lines and lines[0].startswith("Weights only load failed") and told:
+        return " ".join(told)
+    return lines[0] if lines else type(error).__name__
 
 
 def load_weights(path: str | os.PathLike[str], model: nn.Module, optimizer: Optimizer | None = None) -> dict[str, Any]:
@@ -290,11 +317,23 @@ def load_weights(path: str | os.PathLike[str], model: nn.Module, optimizer: Opti
     return state
 
 
+def _writes() -> bool:
+    """Whether this process writes the checkpoints: yes, but for ranks other than 0 of a process group.
+
+    Every rank of a data-parallel run shares its run folder and starts the store; only rank 0
+    saves, so only rank 0 takes the folder's lock (the others would be refused by it).
+    """
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 class LocalCheckpointStore(CheckpointStore):
     """Checkpoints as files in ``directory``, verified by ``manifest.json``.
 
     Keeps ``last.pt``, ``best.pt`` and the newest ``keep_last`` periodic ``epoch-XXXX.pt``;
-    older periodic files are pruned only after a new one is committed. ``config_yaml``, when
+    older periodic files are pruned only after a new one is committed. ``start`` locks the
+    folder (``FolderLock``: one run at a time) until ``close`` or the process's end. ``config_yaml``, when
     given, is stored in every checkpoint as the run's resolved config. ``hook`` is for tests:
     it is called with the name of each step a save reaches (``written``, ``pending``,
     ``renamed last.pt``, ...), so that a test can kill the process at exactly that point.
@@ -309,6 +348,10 @@ class LocalCheckpointStore(CheckpointStore):
         self.config_yaml = config_yaml
         self.hook = hook
         self.log = logs.get_logger()
+        self.lock = FolderLock(self.directory, logger=self.log)
+        weakref.finalize(self, self.lock.release)  # a store dropped without close() lets its folder go too
+        # Files latest() found damaged (name -> their manifest entry): the next committed save forgets them.
+        self._rejected: dict[str, dict[str, Any]] = {}
 
     def path(self, name: str) -> Path:
         return self.directory / f"{name}.pt"
@@ -318,10 +361,20 @@ class LocalCheckpointStore(CheckpointStore):
             self.hook(point)
 
     def start(self) -> None:
-        if not self.directory.is_dir():
-            return
-        for stale in self.directory.glob(".*.tmp"):  # what a save killed mid-write left
+        """Locks the folder (creating it; rank 0 only), then deletes what a save killed mid-write left (``.*.tmp``).
+
+        Raises CheckpointError when another process holds the folder.
+        """
+        if _writes():
+            self.lock.acquire()
+        else:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        for stale in self.directory.glob(".*.tmp"):
             stale.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Releases the folder's lock (the process's end does too)."""
+        self.lock.release()
 
     def save(self, state: Mapping[str, Any], names: Sequence[str], *, meta: Mapping[str, int]) -> None:
         bad = [name for name in names if not _NAME.match(name)]
@@ -353,6 +406,7 @@ class LocalCheckpointStore(CheckpointStore):
             self._reached("renamed")
             manifest["files"].update(manifest.pop("pending"))
             manifest["pending"] = {}
+            self._forget_rejected(manifest)
             doomed = self._doomed(manifest)
             for name in doomed:  # out of the manifest first: a crash in between leaves an unused file, not a bad entry
                 del manifest["files"][name]
@@ -369,13 +423,26 @@ class LocalCheckpointStore(CheckpointStore):
                     path.unlink(missing_ok=True)
                 except OSError:
                     pass
+        # What an earlier prune (or forgetting) failed to delete is pruned now: a periodic file the
+        # committed manifest does not list is never loaded, and only takes space.
+        orphans = sorted(path.name for path in self.directory.glob("epoch-*.pt")
+                         if _PERIODIC.match(path.name) and path.name not in manifest["files"])
         try:
-            for name in doomed:
+            for name in sorted({*doomed, *orphans}):
                 (self.directory / name).unlink(missing_ok=True)
                 self._reached(f"pruned {name}")
         except OSError as error:  # the new checkpoint is committed; only the old ones are still there
             raise CheckpointError(f"saved {target}, but could not prune old checkpoints in {self.directory}: "
                                   f"{error.strerror or error}") from None
+
+    def _forget_rejected(self, manifest: dict[str, Any]) -> None:
+        """Drops from ``manifest`` the entries whose files ``latest()`` found damaged, once a newer save is committed."""
+        for name, entry in self._rejected.items():
+            if manifest["files"].get(name) == entry:  # not saved again since
+                del manifest["files"][name]
+                self.log.warning("checkpoint_forgotten", file=str(self.directory / name),
+                                 reason="it did not verify; a newer checkpoint is committed")
+        self._rejected = {}
 
     def _write_data(self, path: Path, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Writes ``payload`` to the new file ``path`` with one fsync; its sha256 is taken as the bytes pass."""
@@ -428,8 +495,20 @@ class LocalCheckpointStore(CheckpointStore):
         return periodic[self.keep_last:]
 
     def latest(self) -> str | None:
-        manifest = read_manifest(self.directory) if self.directory.is_dir() else None
+        """The newest checkpoint that verifies; None when the folder holds no checkpoint at all.
+
+        Raises CheckpointError when the folder holds checkpoints (files or manifest entries) and
+        none of them verifies: a damaged folder is never taken for an empty one, so a resumed
+        run never starts from scratch over it. Nothing in the folder is changed.
+        """
+        if not self.directory.is_dir():
+            return None
+        manifest = read_manifest(self.directory)
+        present = sorted(path.name for path in self.directory.glob("*.pt") if _NAME.match(path.stem))
         if manifest is None:
+            if present:
+                raise CheckpointError(f"{self.directory} holds {', '.join(present)} but no {MANIFEST}, so none of them "
+                                      f"can be verified; {_UNTOUCHED}")
             return None
         # Every entry is a candidate, committed or pending, ordered by its own position: a file
         # renamed into place by a save cut short before its commit counts as what it holds.
@@ -440,6 +519,8 @@ class LocalCheckpointStore(CheckpointStore):
                                           item[1] == "last.pt"), reverse=True)
         left = {name: sum(1 for _, other in candidates if other == name) for _, name in candidates}
         digests: dict[str, str | None] = {}
+        rejected: dict[str, str] = {}
+        self._rejected = {}
         for entry, name in candidates:
             path = self.directory / name
             if name not in digests:
@@ -448,12 +529,42 @@ class LocalCheckpointStore(CheckpointStore):
                 except OSError:
                     digests[name] = None
             if digests[name] is not None and digests[name] == entry.get("sha256"):
+                self._check_sizes(manifest, candidates, found=name)
                 return name[: -len(".pt")]
             left[name] -= 1
             if not left[name]:
-                reason = f"corrupt or truncated: its sha256 does not match {MANIFEST}" if digests[name] else "missing"
-                self.log.warning("checkpoint_rejected", file=str(path), reason=f"checkpoint {path} is {reason}")
+                rejected[name] = self._reject(manifest, name, "missing" if digests[name] is None else
+                                              f"corrupt or truncated: its sha256 does not match {MANIFEST}")
+        unlisted = [name for name in present if name not in left]
+        reasons = [f"{name} {reason}" for name, reason in rejected.items()]
+        reasons += [f"{name} not in {MANIFEST}" for name in unlisted]
+        if reasons:
+            raise CheckpointError(f"no checkpoint in {self.directory} verifies ({'; '.join(reasons)}); {_UNTOUCHED}")
         return None
+
+    def _reject(self, manifest: Mapping[str, Any], name: str, reason: str) -> str:
+        path = self.directory / name
+        self.log.warning("checkpoint_rejected", file=str(path), reason=f"checkpoint {path} is {reason}")
+        if isinstance(manifest["files"].get(name), dict):
+            self._rejected[name] = manifest["files"][name]
+        return reason
+
+    def _check_sizes(self, manifest: Mapping[str, Any], candidates, found: str) -> None:
+        """Reports the older checkpoints whose size already shows they are damaged (a stat each, no hashing)."""
+        sizes: dict[str, set[Any]] = {}
+        for entry, name in candidates:
+            sizes.setdefault(name, set()).add(entry.get("size"))
+        for name, expected in sizes.items():
+            if name == found or None in expected:
+                continue
+            try:
+                size = os.stat(self.directory / name).st_size
+            except OSError:
+                self._reject(manifest, name, "missing")
+                continue
+            if size not in expected:
+                listed = " or ".join(str(value) for value in sorted(expected))
+                self._reject(manifest, name, f"damaged: {size} bytes where {MANIFEST} lists {listed}")
 
     def load(self, name: str) -> dict[str, Any]:
         path = self.path(name) if _NAME.match(name) else Path(name)

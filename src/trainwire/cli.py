@@ -46,11 +46,10 @@ def _train_task(cfg) -> None:
 
     from trainwire import logs
     from trainwire.containers import run
-    from trainwire.errors import CheckpointError, ConfigError, NonFiniteError, TrainingInterrupted
+    from trainwire.errors import CheckpointError, ConfigError, NonFiniteError, RunRecordError, TrainingInterrupted
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     cfg.run_dir = str(run_dir)
-    _terminate_as_interrupt()
     try:
         cfg = _agreed_config(cfg)
         context = {"rank": _launch.rank} if _launch.distributed else {}
@@ -61,14 +60,21 @@ def _train_task(cfg) -> None:
     except ConfigError as error:
         _say(f"trainwire: error: {error}")
         sys.exit(2)
-    except (CheckpointError, NonFiniteError) as error:
+    except (CheckpointError, NonFiniteError, RunRecordError) as error:
+        _signals.leaving()
         _say(f"trainwire: error: {error}")
         sys.exit(1)
     except TrainingInterrupted as interrupted:  # the checkpoint is written: `trainer.resume=auto` continues
+        _signals.leaving()
         where = f"checkpoint saved in {run_dir / 'checkpoints'}" if interrupted.saved else "no checkpoint yet"
         _say(f"trainwire: {interrupted}; {where}")
         _leave()  # every rank stopped at the same step (the strategy agreed on it)
         sys.exit(interrupted.exit_code)
+    except KeyboardInterrupt:  # a stop signal outside fit (while building, or after training): nothing to save
+        _signals.leaving()
+        _say(f"trainwire: interrupted by {_signals.name()} outside training; nothing more was saved")
+        sys.exit(_signals.exit_code())
+    _signals.leaving()
     _leave()
 
 
@@ -141,14 +147,71 @@ class _Usage(Exception):
     pass
 
 
-def _terminate_as_interrupt() -> None:
-    """SIGTERM (a scheduler's stop, `kill`) ends training as Ctrl-C does: sinks close their runs as killed."""
-    import signal
+class _Signals:
+    """The CLI's own SIGTERM/SIGINT handlers, in place from the start of ``train`` until the process exits.
 
-    def interrupt(signum, frame):
+    ``fit`` puts its handlers over these while it trains and these back when it returns. Here
+    the first signal raises KeyboardInterrupt, so that building or the end of a run stops as
+    Ctrl-C would, unless an exception is already being handled (a stop or an error on its way
+    out: a second signal must not replace it) or the CLI is leaving; then, and for every later
+    signal, it is only noted. So an impatient second SIGTERM still ends in the first one's
+    exit code, with its checkpoint, instead of a traceback or death by signal.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._leaving = False
+
+    def install(self) -> None:
+        import signal
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._handle)
+
+    def leaving(self) -> None:
+        """From here to the exit, a signal changes nothing: ignored, also while the interpreter shuts down."""
+        import signal
+        import threading
+
+        self._leaving = True
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, signal.SIG_IGN)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received.append(signum)
+        if self._leaving or len(self.received) > 1 or sys.exc_info()[1] is not None:
+            return
         raise KeyboardInterrupt(f"signal {signum}")
 
-    signal.signal(signal.SIGTERM, interrupt)
+    def name(self) -> str:
+        import signal
+
+        return signal.Signals(self.received[0]).name if self.received else "SIGINT"
+
+    def exit_code(self) -> int:
+        import signal
+
+        return 128 + (self.received[0] if self.received else signal.SIGINT)
+
+
+_signals = _Signals()
+
+
+def _unwritable(overrides: list[str]) -> str | None:
+    """Why the run folder cannot be written (checked before Hydra, whose logging would fail with a traceback)."""
+    given = [arg.partition("=")[2] for arg in overrides if arg.startswith("hydra.run.dir=")]
+    if any(arg in ("-m", "--multirun", "-c", "--cfg", "-h", "--help", "--hydra-help") for arg in overrides):
+        return None  # a sweep's folders are Hydra's to make; printing the config or help writes nothing
+    folder = Path(given[-1] if given else "outputs").absolute()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"the run folder {folder} cannot be made: {existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"the run folder {folder} is not writable ({existing}: read-only, immutable or not permitted)"
+    return None
 
 
 def _train(overrides: list[str]) -> None:
@@ -165,6 +228,10 @@ def _train(overrides: list[str]) -> None:
     except (ConfigError, _Usage) as error:
         print(f"trainwire: error: {error}", file=sys.stderr)
         sys.exit(2)
+    problem = _unwritable(overrides) if _launch.rank == 0 else None
+    if problem:
+        print(f"trainwire: error: {problem}", file=sys.stderr)
+        sys.exit(1)
     entry = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="train")(_train_task)
     # Hydra parses sys.argv itself; hand it only what follows the subcommand.
     sys.argv = ["trainwire-train", *overrides]
@@ -242,7 +309,15 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0 if args else 2)
     command, rest = args[0], args[1:]
     if command == "train":
-        _train(rest)
+        _signals.install()  # before the slow imports: a SIGTERM from here on ends in one line, not a traceback
+        try:
+            _train(rest)
+        except KeyboardInterrupt:  # before Hydra ran the task
+            _signals.leaving()
+            print(f"trainwire: interrupted by {_signals.name()} before training; nothing was saved", file=sys.stderr)
+            sys.exit(_signals.exit_code())
+        finally:
+            _signals.leaving()
         return
     tools = {"plot": _plot, "lr-preview": _lr_preview}
     if command not in tools:

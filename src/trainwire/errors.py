@@ -16,6 +16,13 @@ class CheckpointError(RuntimeError):
     """
 
 
+class RunRecordError(RuntimeError):
+    """The local run record (``config.yaml``, ``metrics.jsonl``, ``summary.json``) could not be written.
+
+    The message is one line that names the file and the reason.
+    """
+
+
 class NonFiniteError(RuntimeError):
     """Training met a non-finite loss or gradient it was told not to step past."""
 

@@ -95,11 +95,14 @@ class RecordingHook:
 
 
 class FailingSink(RecordingSink):
-    """Raises ``error`` on its ``after + 1``-th call to ``on`` (start, log, summary or finish); records the rest."""
+    """Raises ``error`` on its ``after + 1``-th call to ``on`` (start, log, summary or finish); records the rest.
+
+    ``error`` may be any exception, ``SystemExit`` or ``KeyboardInterrupt`` included.
+    """
 
     name = "failing"
 
-    def __init__(self, on: str = "log", *, after: int = 0, error: Exception | None = None) -> None:
+    def __init__(self, on: str = "log", *, after: int = 0, error: BaseException | None = None) -> None:
         super().__init__()
         if on not in ("start", "log", "summary", "finish"):
             raise ValueError(f"on={on!r} is not one of start, log, summary, finish")
@@ -167,6 +170,22 @@ class BlockingSink(RecordingSink):
     def finish(self, status: str = "finished") -> None:
         self._maybe_block("finish")
         super().finish(status)
+
+
+class SlowSink(RecordingSink):
+    """Takes ``seconds`` over every ``log`` call: responsive, never hung, but slower than the loop logs."""
+
+    name = "slow"
+
+    def __init__(self, seconds: float = 1.0) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def log(self, metrics: Mapping[str, float], *, step: int, epoch: int) -> None:
+        import time
+
+        time.sleep(self.seconds)
+        super().log(metrics, step=step, epoch=epoch)
 
 
 class MissingLibrarySink(RecordingSink):

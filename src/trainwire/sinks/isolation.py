@@ -1,26 +1,31 @@
-"""Sink isolation: an external sink that raises, hangs or cannot be imported never ends or slows training.
+"""Sink isolation: an external sink that raises, hangs, lags or cannot be imported never ends or slows training.
 
-``IsolatedSink`` runs one sink's calls on its own daemon thread, in order, behind a queue. The
-first call that raises, or that is still running ``timeout_s`` seconds after it began, marks
-the sink failed: one warning names the sink, the call and the error; every later call to it
-is dropped and counted. ``GuardedFanOut`` puts the run record (trusted, synchronous) in front
-of any number of isolated sinks and writes ``sink/<name>/dropped`` into the record.
+``IsolatedSink`` runs one sink's calls on its own daemon thread, in order, behind a bounded
+queue. The first call that raises (anything, ``SystemExit`` included), or that is still running
+``timeout_s`` seconds after it began, marks the sink failed: one warning names the sink, the
+call and the error; every later call to it is dropped and counted. A sink that keeps up with
+no call but never hangs either is bounded twice: a full queue drops its oldest ``log`` call,
+and ``finish`` waits at most ``timeout_s`` in all for the backlog. ``GuardedFanOut`` puts the
+run record (trusted, synchronous) in front of any number of isolated sinks and writes
+``sink/<name>/dropped`` into the record.
 """
 
 from __future__ import annotations
 
-import queue
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 
 from trainwire import logs
+from trainwire.errors import RunRecordError
 from trainwire.sinks.base import FanOut, MetricsSink, NullSink
 
 DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_MAX_QUEUED = 1000  # calls waiting for a lagging sink; beyond it the oldest log call is dropped
 _STOP = object()
 _POLL_S = 0.02
 
@@ -47,36 +52,44 @@ class UnavailableSink(MetricsSink):
 
 
 class IsolatedSink(MetricsSink):
-    """Runs ``sink``'s calls on a daemon worker thread so that a failure or a hang cannot reach the loop.
+    """Runs ``sink``'s calls on a daemon worker thread so that a failure, a hang or a lag cannot reach the loop.
 
-    ``log`` and ``summary`` only enqueue (a few microseconds on a logged step). ``finish`` waits
-    for the queue to drain, but never for a call that has run longer than ``timeout_s``.
-    After the first failure (an exception, or a call running past ``timeout_s``), later calls
-    are dropped and counted in ``dropped``; ``failure`` holds ``(call, error)``.
+    ``log`` and ``summary`` only enqueue (a few microseconds on a logged step). At most
+    ``max_queued`` calls wait: when a lagging sink lets more pile up, the oldest ``log`` call is
+    dropped and counted (one ``sink_lagging`` warning). ``finish`` waits for the queue to drain,
+    but never for a call that has run longer than ``timeout_s``, nor longer than ``timeout_s``
+    in all. After the first failure (an exception of any kind, a call running past
+    ``timeout_s``, or a backlog not drained by the end of ``finish``'s wait), later calls are
+    dropped and counted in ``dropped``; ``failure`` holds ``(call, error)``.
     """
 
     def __init__(self, sink: MetricsSink, *, name: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 logger: Any = None) -> None:
+                 max_queued: int = DEFAULT_MAX_QUEUED, logger: Any = None) -> None:
         if not timeout_s > 0:
             from trainwire.errors import ConfigError
 
             raise ConfigError(f"sink_timeout_s={timeout_s!r} must be > 0")
+        if not max_queued >= 1:
+            raise ValueError(f"max_queued={max_queued!r} must be >= 1")
         self.sink = sink
         self.name = name or sink_name(sink)
         self.timeout_s = float(timeout_s)
+        self.max_queued = max_queued
         self._logger = logger or logs.get_logger()
         self.dropped = 0
         self.failure: tuple[str, BaseException] | None = None
         self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._ready = threading.Condition(self._lock)
+        self._queue: deque = deque()
         self._busy: tuple[str, float] | None = None  # (call, monotonic start) of the call in flight
         self._thread: threading.Thread | None = None
-        self._warned = False
+        self._warned = self._lagged = False
 
     # -- the loop's side (the caller's thread) -------------------------------------------------
     def start(self) -> None:
-        self.dropped, self.failure, self._warned = 0, None, False
-        self._queue = queue.SimpleQueue()
+        with self._lock:
+            self.dropped, self.failure, self._warned, self._lagged = 0, None, False, False
+            self._queue = deque()
         self._thread = threading.Thread(target=self._work, args=(self._queue,), daemon=True,
                                         name=f"trainwire-sink-{self.name}")
         self._thread.start()
@@ -91,23 +104,38 @@ class IsolatedSink(MetricsSink):
     def finish(self, status: str = "finished") -> None:
         self._await(self._request_finish(status))
 
-    def _request_finish(self, status: str) -> threading.Event | None:
+    def _request_finish(self, status: str) -> tuple[threading.Event, float] | None:
+        """Queues the finish call; returns what ``_await`` waits on: its event and the deadline of the wait."""
         if self._thread is None:
             return None
         done = threading.Event()
-        return done if self._submit("finish", status, _done=done) else None
+        return (done, time.monotonic() + self.timeout_s) if self._submit("finish", status, _done=done) else None
 
-    def _await(self, done: threading.Event | None) -> None:
-        """Waits for the finish call, but not past a call that has run ``timeout_s``; then stops the worker."""
-        if self._thread is None:
+    def _await(self, waiting: tuple[threading.Event, float] | None) -> None:
+        """Waits for the finish call, at most ``timeout_s`` in all and never past a stalled call; then stops the worker."""
+        thread = self._thread
+        if thread is None:
             return
-        stalled = False
-        while done is not None and not done.wait(_POLL_S):
-            if stalled := self._check_stalled():
-                break
-        self._queue.put(_STOP)  # a worker stuck in a call never reads it; it is a daemon, so it cannot hold the process
-        if not stalled and self._busy is None:  # the worker is idle and ends at _STOP: don't leave it running
-            self._thread.join(self.timeout_s)
+        if waiting is not None:
+            done, deadline = waiting
+            while not done.wait(_POLL_S):
+                if self._check_stalled():
+                    break
+                if not thread.is_alive():  # cannot happen while _work catches everything; never wait on a dead thread
+                    self._abandon("finish", RuntimeError("the sink's worker thread ended"))
+                    break
+                if time.monotonic() > deadline:
+                    with self._lock:
+                        left = len(self._queue)
+                    self._abandon("finish", TimeoutError(
+                        f"{left} queued calls were not delivered within sink_timeout_s={self.timeout_s:g}"))
+                    break
+        stalled = self._busy is not None or self.failure is not None
+        with self._ready:
+            self._queue.append(_STOP)  # a worker stuck in a call never reads it; it is a daemon, so it cannot hold the process
+            self._ready.notify()
+        if not stalled:  # the worker is idle and ends at _STOP: don't leave it running
+            thread.join(self.timeout_s)
         self._thread = None
         self._warn_once()
 
@@ -117,23 +145,35 @@ class IsolatedSink(MetricsSink):
             self._count_drop()
             self._warn_once()
             return False
-        self._queue.put((call, args, kwargs, _done))
+        lagging = False
+        with self._ready:
+            if len(self._queue) >= self.max_queued:
+                # A lagging sink: lose its oldest metrics rather than memory or the end of the run.
+                oldest = next((i for i, item in enumerate(self._queue) if item is not _STOP and item[0] == "log"), None)
+                if oldest is not None:
+                    del self._queue[oldest]
+                    self.dropped += 1
+                    lagging, self._lagged = not self._lagged, True
+            self._queue.append((call, args, kwargs, _done))
+            self._ready.notify()
+        if lagging:
+            self._logger.warning("sink_lagging", sink=self.name, queued=self.max_queued,
+                                 consequence="training continues; the oldest queued metrics of this sink are dropped")
         return True
 
     def _check_stalled(self) -> bool:
         busy = self._busy
         if busy is not None and self.failure is None and time.monotonic() - busy[1] > self.timeout_s:
-            self._fail(busy[0], TimeoutError(f"{busy[0]} did not return within sink_timeout_s={self.timeout_s:g}"))
-            self._discard_queued()
+            self._abandon(busy[0], TimeoutError(f"{busy[0]} did not return within sink_timeout_s={self.timeout_s:g}"))
         return self.failure is not None
 
-    def _discard_queued(self) -> None:
-        # The worker is stuck: what waits behind it will never be delivered, so count it now.
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return
+    def _abandon(self, call: str, error: BaseException) -> None:
+        """Marks the sink failed and drops (counting them) the calls still queued: they will never be delivered."""
+        self._fail(call, error)
+        with self._lock:
+            queued = list(self._queue)
+            self._queue.clear()
+        for item in queued:
             if item is not _STOP:
                 self._count_drop()
                 if item[3] is not None:
@@ -144,12 +184,15 @@ class IsolatedSink(MetricsSink):
             self._warned = True
             call, error = self.failure
             self._logger.warning("sink_failed", sink=self.name, call=call, error=f"{type(error).__name__}: {error}",
-                              consequence="training continues; later calls to this sink are dropped")
+                                 consequence="training continues; later calls to this sink are dropped")
 
     # -- the worker thread -----------------------------------------------------------------------
-    def _work(self, calls: queue.SimpleQueue) -> None:
+    def _work(self, calls: deque) -> None:
         while True:
-            item = calls.get()
+            with self._ready:
+                while not calls:
+                    self._ready.wait()
+                item = calls.popleft()
             if item is _STOP:
                 return
             call, args, kwargs, done = item
@@ -160,7 +203,7 @@ class IsolatedSink(MetricsSink):
                 self._busy = (call, time.monotonic())
                 try:
                     getattr(self.sink, call)(*args, **kwargs)
-                except Exception as error:  # noqa: BLE001 - isolating every sink error is the point
+                except BaseException as error:  # noqa: BLE001 - SystemExit, KeyboardInterrupt too: a sink never ends the thread
                     self._fail(call, error)
                 finally:
                     self._busy = None
@@ -209,17 +252,28 @@ class GuardedFanOut(MetricsSink):
                  timeout_s: float = DEFAULT_TIMEOUT_S, logger: Any = None) -> None:
         self.record = record
         self.guarded = _isolate([sinks] if isinstance(sinks, MetricsSink) else sinks, timeout_s, logger)
+        self._logger = logger or logs.get_logger()
         self._summary: dict[str, Any] | None = None
         self._at = (0, 0)
+        self.record_error: RunRecordError | None = None
 
     def start(self) -> None:
-        self._summary, self._at = None, (0, 0)
+        self._summary, self._at, self.record_error = None, (0, 0), None
         self.record.start()
         for sink in self.guarded:
             sink.start()
 
     def log(self, metrics: Mapping[str, float], *, step: int, epoch: int) -> None:
-        self.record.log(metrics, step=step, epoch=epoch)
+        if self.record_error is None:
+            try:
+                self.record.log(metrics, step=step, epoch=epoch)
+            except RunRecordError as error:
+                # Mid-run, the loop is not at a point where it could stop and save; it goes on to its
+                # next checkpoint (which holds every epoch's metrics) and the run ends with this error.
+                self.record_error = error
+                self._logger.warning("run_record_failed", error=str(error),
+                                     consequence="training continues and saves its checkpoints; the run ends "
+                                                 "with this error")
         self._at = (step, epoch)
         for sink in self.guarded:
             sink.log(metrics, step=step, epoch=epoch)
@@ -237,15 +291,23 @@ class GuardedFanOut(MetricsSink):
             sink._await(done)
         counts = {f"sink/{sink.name}/dropped": sink.dropped for sink in self.guarded}
         try:
-            if any(sink.failure is not None for sink in self.guarded):
-                step, epoch = self._at
-                self.record.log(counts, step=step, epoch=epoch)
-            if self._summary is not None:
-                errors = {f"sink/{sink.name}/error": f"{sink.failure[0]}: {type(sink.failure[1]).__name__}: "
-                          f"{sink.failure[1]}" for sink in self.guarded if sink.failure is not None}
-                self.record.summary({**self._summary, **counts, **errors})
-        finally:
-            self.record.finish(status)
+            try:
+                if any(sink.failure is not None for sink in self.guarded) and self.record_error is None:
+                    step, epoch = self._at
+                    self.record.log(counts, step=step, epoch=epoch)
+                if self._summary is not None:
+                    errors = {f"sink/{sink.name}/error": f"{sink.failure[0]}: {type(sink.failure[1]).__name__}: "
+                              f"{sink.failure[1]}" for sink in self.guarded if sink.failure is not None}
+                    self.record.summary({**self._summary, **counts, **errors})
+            finally:
+                self.record.finish(status)
+        except RunRecordError as error:
+            self.record_error = self.record_error or error
+        if self.record_error is not None:
+            if status == "finished":
+                raise self.record_error
+            # Another error is already on its way out (a failed or interrupted run): it is the one to report.
+            self._logger.warning("run_record_failed", error=str(self.record_error))
 
     @property
     def dropped(self) -> dict[str, int]:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, BinaryIO
 
+from trainwire.errors import RunRecordError
 from trainwire.sinks.base import MetricsSink
 
 
@@ -22,11 +24,15 @@ def _json_value(value: Any) -> Any:
 def write_atomic(path: Path, text: str) -> None:
     """Writes ``text`` to ``path`` so that a reader sees the old file or the new one, never half."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():  # only when it failed: nothing half-written is left beside the record
+            tmp.unlink(missing_ok=True)
 
 
 class JsonlSink(MetricsSink):
@@ -34,12 +40,14 @@ class JsonlSink(MetricsSink):
 
     Each line is flushed as it is written, so a crash loses at most the line being written.
     ``config`` (the resolved config as YAML text), when given, is written to ``config.yaml``.
+    A write that fails (a full disk, a read-only folder) raises RunRecordError naming the file;
+    after a failed line the file is closed and no later line is written.
     """
 
     def __init__(self, run_dir: str | os.PathLike[str], config_yaml: str | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.config_yaml = config_yaml
-        self._file: IO[str] | None = None
+        self._file: BinaryIO | None = None
         self._summary: dict[str, Any] = {}
 
     @property
@@ -52,23 +60,46 @@ class JsonlSink(MetricsSink):
 
     def start(self) -> None:
         self._summary = {}
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with _naming(self.run_dir):
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.config_yaml is not None:
-            write_atomic(self.run_dir / "config.yaml", self.config_yaml)
-        self._file = open(self.metrics_path, "a", encoding="utf-8")
+            with _naming(self.run_dir / "config.yaml"):
+                write_atomic(self.run_dir / "config.yaml", self.config_yaml)
+        with _naming(self.metrics_path):
+            # Unbuffered: each line is one write, and a failed one leaves nothing behind to fail again at close.
+            self._file = open(self.metrics_path, "ab", buffering=0)
 
     def log(self, metrics: Mapping[str, float], *, step: int, epoch: int) -> None:
+        if self._file is None:
+            raise RunRecordError(f"the run record {self.metrics_path} is closed after a failed write")
         record = {"step": int(step), "epoch": int(epoch)}
         record.update((key, _json_value(value)) for key, value in metrics.items())
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        line = memoryview((json.dumps(record) + "\n").encode())
+        try:
+            while line:
+                line = line[self._file.write(line):]
+        except OSError as error:
+            self._file.close()
+            self._file = None
+            raise RunRecordError(f"cannot write the run record {self.metrics_path}: {error.strerror or error}") from None
 
     def summary(self, values: Mapping[str, Any]) -> None:
         # Several calls (the stages of one run, each under its prefix) add up to one summary.
         self._summary.update((key, _json_value(value)) for key, value in values.items())
-        write_atomic(self.summary_path, json.dumps(self._summary, indent=2, sort_keys=True) + "\n")
+        with _naming(self.summary_path):
+            write_atomic(self.summary_path, json.dumps(self._summary, indent=2, sort_keys=True) + "\n")
 
     def finish(self, status: str = "finished") -> None:
         if self._file is not None:
-            self._file.close()
+            with _naming(self.metrics_path):
+                self._file.close()
             self._file = None
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Turns an OSError inside the block into a one-line RunRecordError naming ``path``."""
+    try:
+        yield
+    except OSError as error:
+        raise RunRecordError(f"cannot write the run record {path}: {error.strerror or error}") from None

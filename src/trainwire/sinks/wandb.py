@@ -2,23 +2,45 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from trainwire.sinks.base import MetricsSink
 
 WANDB_MODES = ("online", "offline", "disabled")
+# wandb-core reports its own errors and traces over the network unless started with
+# --no-observability, which wandb (0.31) passes only when this variable is false when the
+# service starts: it has no Settings field for it.
+_OBSERVABILITY = "WANDB_ERROR_REPORTING"
+_LAUNCH = threading.Lock()
+
+
+@contextlib.contextmanager
+def _without_observability() -> Iterator[None]:
+    """While ``wandb.init`` may start the wandb-core service: its telemetry off, then the variable as it was."""
+    with _LAUNCH:
+        before = os.environ.get(_OBSERVABILITY)
+        os.environ[_OBSERVABILITY] = "false"
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop(_OBSERVABILITY, None)
+            else:
+                os.environ[_OBSERVABILITY] = before
 
 
 class WandbSink(MetricsSink):
     """Logs to a W&B run: ``init`` at start, every metric with its step, the summary, ``finish``.
 
     ``wandb`` is imported when this sink is built, never when trainwire is imported.
-    ``mode=offline`` writes the run locally for a later ``wandb sync``. ``dir`` None: ``run_dir``.
+    ``mode=offline`` writes the run locally for a later ``wandb sync`` and makes no network
+    call: wandb-core's own telemetry is off when this sink starts it (ADR 0010). ``dir`` None: ``run_dir``.
 
     It leaves the process as it found it: ``wandb.init`` replaces ``sys.excepthook`` and
     ``sys.exit`` (they are put back at once: ``finish`` reports the exit code itself), and when
@@ -68,7 +90,9 @@ class WandbSink(MetricsSink):
             hooks = sys.excepthook, sys.exit
             try:
                 # reinit: a service may fit several models in one process, each its own W&B run.
-                self.run = self._wandb.init(**self._init_args, reinit="create_new")
+                quiet = _without_observability() if self._init_args["mode"] == "offline" else contextlib.nullcontext()
+                with quiet:
+                    self.run = self._wandb.init(**self._init_args, reinit="create_new")
             except BaseException:
                 self._release()
                 raise
