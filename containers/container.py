@@ -194,7 +194,7 @@ class TrainerContainer(containers.DeclarativeContainer):
             classification=providers.Factory(_build, objectives.Classification, config.objective),
             regression=providers.Factory(_build, objectives.Regression, config.objective),
             masked_reconstruction=providers.Factory(_build, pretraining.MaskedReconstruction, config.objective),
-            nll=providers.Factory(generative.NegativeLogLikelihood),
+            nll=providers.Factory(_build, generative.NegativeLogLikelihood, config.objective),
             adversarial=providers.Factory(_build, adversarial.adversarial_classification, config.objective),
             gan=providers.Factory(_build, gan.GANEvaluation, config.objective),
         ),

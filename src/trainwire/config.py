@@ -220,6 +220,7 @@ class GANEvaluationConfig:
 @dataclass
 class NLLConfig:
     type: str = "nll"
+    eval_samples: int = 0  # > 0: samples drawn each evaluation for val/frechet_distance and the samples image
 
 
 @dataclass

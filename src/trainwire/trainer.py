@@ -286,6 +286,8 @@ class Trainer:
                     measured = self.objective.evaluate(module, map(move, val_data), reduce=strategy.reduce)
                 model.train()
                 metrics.update((f"val/{key}", value) for key, value in measured.items())
+                for key, image in self.objective.images().items():  # generated samples, for image-capable sinks
+                    self.sink.log_image(f"val/{key}", image, step=state.step, epoch=epoch)
                 self._emit("on_validation_end", state, dict(metrics))
             step.end_epoch(model, metrics)
             verdict = strategy.broadcast(self.stopping.update(epoch, metrics))  # rank 0 decides for every process
