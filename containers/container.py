@@ -14,7 +14,7 @@ from typing import Any
 from dependency_injector import containers, providers
 
 from trainwire import data as datasets
-from trainwire import adversarial, distributed, gan, generative, gradients, lr, objectives, paradigms, pretraining, stopping
+from trainwire import adversarial, boosting, distributed, gan, generative, gradients, lr, objectives, paradigms, pretraining, stopping
 from trainwire.metric_schedule import ScheduledMetrics
 from trainwire.checkpoints import LocalCheckpointStore
 from trainwire.models import MLP
@@ -207,6 +207,7 @@ class TrainerContainer(containers.DeclarativeContainer):
         predictor=providers.Factory(_build, pretraining.Predictor.build, config.model),
         gaussian_density=providers.Factory(_build, generative.GaussianDensity, config.model),
         gan=providers.Factory(_build, gan.GAN, config.model),
+        lightgbm=providers.Factory(_build, boosting.LightGBMModel, config.model),
     )
     data = _slot(
         config.data,
@@ -236,6 +237,7 @@ class TrainerContainer(containers.DeclarativeContainer):
         # Two lr policies (one per network) from the lr group; the gradient policy applies to each.
         gan=providers.Factory(_gan_step, config.paradigm, config.trainer, optimizer, lr_policy, lr_policy,
                               gradient_policy),
+        gbdt=providers.Factory(boosting.GBDTStep),  # one boosting round per epoch (ADR 0020)
     )
     nonfinite = providers.Factory(make_nonfinite, config.trainer.nonfinite, config.trainer.max_nonfinite)
     checkpoint_policy = providers.Factory(Cadence, config.trainer.checkpoint_every, config.trainer.checkpoint_every_n_steps)
@@ -258,4 +260,5 @@ class TrainerContainer(containers.DeclarativeContainer):
         supervised=providers.Factory(paradigms.Supervised, trainer),
         pretrain=providers.Factory(paradigms.Pretrain, trainer, providers.Callable(_under, run_dir, config.paradigm.save_to)),
         gan=providers.Factory(paradigms.Supervised, trainer),  # the loop is the same; the step is the GAN's
+        gbdt=providers.Factory(paradigms.Supervised, trainer),  # ... or the boosting rounds'
     )

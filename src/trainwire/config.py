@@ -273,6 +273,20 @@ class MLPConfig:
 
 
 @dataclass
+class LightGBMConfig:
+    type: str = "lightgbm"
+    num_leaves: int = 31
+    learning_rate: float = 0.05
+    min_data_in_leaf: int = 20
+    feature_fraction: float = 1.0
+    lambda_l2: float = 0.0
+    max_depth: int = -1
+    num_threads: int = 0
+    seed: int = 0
+    params: dict[str, Any] = field(default_factory=dict)  # any other LightGBM parameter, by its LightGBM name
+
+
+@dataclass
 class DataConfig:
     type: str = MISSING
     batch_size: int = 64
@@ -307,6 +321,11 @@ class GANParadigmConfig:
     stage_epochs: int = 3
     goal: float = 0.9                # the classifier's val/accuracy goal ...
     tolerance: float = 0.05          # ... the stage re-runs when accuracy < goal - tolerance
+
+
+@dataclass
+class GBDTParadigmConfig:
+    type: str = "gbdt"
 
 
 # root ----------------------------------------------------------------------------------------
@@ -355,9 +374,10 @@ SCHEMAS: dict[str, dict[str, type]] = {
                   "masked_reconstruction": MaskedReconstructionConfig, "nll": NLLConfig,
                   "adversarial": AdversarialConfig, "gan": GANEvaluationConfig},
     "model": {"mlp": MLPConfig, "masked_autoencoder": MaskedAutoencoderConfig, "predictor": PredictorConfig,
-              "gaussian_density": GaussianDensityConfig, "gan": GANModelConfig},
+              "gaussian_density": GaussianDensityConfig, "gan": GANModelConfig, "lightgbm": LightGBMConfig},
     "data": {"digits": DataConfig, "diabetes": DataConfig},
-    "paradigm": {"supervised": SupervisedConfig, "pretrain": PretrainConfig, "gan": GANParadigmConfig},
+    "paradigm": {"supervised": SupervisedConfig, "pretrain": PretrainConfig, "gan": GANParadigmConfig,
+                 "gbdt": GBDTParadigmConfig},
 }
 # Groups nested inside an option of a slot's group: their options are schemas too, but no slot selects on them.
 SUBGROUP_SCHEMAS: dict[str, dict[str, type]] = {
