@@ -87,7 +87,10 @@ class DigitsFeatures(nn.Module):
 
 def digits_features() -> DigitsFeatures:
     """The shipped feature network, in eval mode, on the CPU."""
-    network = DigitsFeatures()
+    # Building the layers draws their initial weights from the global RNG; loading it mid-run must
+    # not move the run's random stream (a resumed run would then differ from an uninterrupted one).
+    with torch.random.fork_rng(devices=[]):
+        network = DigitsFeatures()
     with resources.files("trainwire.datasets").joinpath(FEATURES_FILE).open("rb") as handle:
         network.classifier.load_state_dict(torch.load(handle, weights_only=True))
     return network.eval().requires_grad_(False)
