@@ -14,6 +14,7 @@ from pathlib import Path
 USAGE = """usage: trainwire train [hydra overrides ...]
        trainwire plot RUN_DIR [RUN_DIR ...] [-o curves.png]
        trainwire lr-preview [hydra overrides ...] [-o lr.png]
+       trainwire lr-find [hydra overrides ...] [--steps 100] [--start-lr 1e-7] [--end-lr 10] [-o lr_find.png]
 
   trainwire train                               train the default job (MLP on the bundled digits)
   trainwire train lr=constant optimizer.lr=0.01 override any key of the config
@@ -22,6 +23,8 @@ USAGE = """usage: trainwire train [hydra overrides ...]
   trainwire train -m optimizer.lr=1e-3,3e-3     a Hydra sweep
   trainwire plot outputs/a outputs/b -o ab.png  loss, monitored metric, lr and grad norm of runs, as PNG
   trainwire lr-preview lr.warmup_epochs=5       the lr curve a config would produce, without training
+  trainwire lr-find data=diabetes objective=regression
+                                                LR range test: suggests an optimizer.lr, plots loss vs lr
   torchrun --nproc_per_node=2 -m trainwire train trainer.strategy=ddp
                                                 data-parallel over 2 processes
 """
@@ -302,6 +305,48 @@ def _lr_preview(args: list[str]) -> None:
     print(out, f"(lr from {lrs[0]:.3g} to {lrs[-1]:.3g}, peak {max(lrs):.3g})")
 
 
+def _take_option(args: list[str], name: str, default: str) -> tuple[list[str], str]:
+    """Takes ``name VALUE`` (or ``name=VALUE``) out of ``args``."""
+    rest, value, index = [], default, 0
+    while index < len(args):
+        if args[index] == name:
+            if index + 1 == len(args):
+                raise ValueError(f"{name} needs a value")
+            value, index = args[index + 1], index + 2
+        elif args[index].startswith(f"{name}="):
+            value, index = args[index].partition("=")[2], index + 1
+        else:
+            rest.append(args[index])
+            index += 1
+    return rest, value
+
+
+def _lr_find(args: list[str]) -> None:
+    from trainwire import logs
+    from trainwire.config import compose
+    from trainwire.lr_find import lr_find
+    from trainwire.plots import plot_lr_find
+
+    overrides, out = _split_output(args, "lr_find.png")
+    overrides, steps = _take_option(overrides, "--steps", "100")
+    overrides, start = _take_option(overrides, "--start-lr", "1e-7")
+    overrides, end = _take_option(overrides, "--end-lr", "10")
+    try:
+        steps_n, start_lr, end_lr = int(steps), float(start), float(end)
+    except ValueError:
+        raise ValueError(f"lr-find --steps={steps!r} --start-lr={start!r} --end-lr={end!r}: "
+                         "an integer and two numbers") from None
+    cfg = compose(overrides)
+    logs.configure(cfg.log.format, "warning")  # the range test's epochs are not news
+    result = lr_find(cfg, steps=steps_n, start_lr=start_lr, end_lr=end_lr)
+    if not result.is_rank0:  # under torchrun every process tested; rank 0 speaks and writes
+        return
+    plot_lr_find(result.lrs, result.losses, result.smoothed, result.suggestion, out,
+                 title=f"LR range test: {len(result.lrs)} steps ({result.reason}), "
+                       f"optimizer={cfg.optimizer.get('type', 'custom')}, objective={cfg.objective.get('type', 'custom')}")
+    print(f"suggested optimizer.lr={result.suggestion:.3g} ({len(result.lrs)} steps, {result.reason}; plot: {out})")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help"):
@@ -319,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             _signals.leaving()
         return
-    tools = {"plot": _plot, "lr-preview": _lr_preview}
+    tools = {"plot": _plot, "lr-preview": _lr_preview, "lr-find": _lr_find}
     if command not in tools:
         print(f"trainwire: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         sys.exit(2)

@@ -140,6 +140,10 @@ class _Rank0Sink(MetricsSink):
         if self.strategy.is_rank0:
             self.sink.log(metrics, step=step, epoch=epoch)
 
+    def log_image(self, key: str, image: Any, *, step: int, epoch: int) -> None:
+        if self.strategy.is_rank0:
+            self.sink.log_image(key, image, step=step, epoch=epoch)
+
     def summary(self, values: Mapping[str, Any]) -> None:
         if self.strategy.is_rank0:
             self.sink.summary(values)

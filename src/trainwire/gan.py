@@ -17,7 +17,7 @@ the classifier's validation accuracy with its goal and, when it has fallen more 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from trainwire.errors import ConfigError
+from trainwire.frechet import FrechetDistance, sample_grid
 from trainwire.gradients import GradientPolicy, GradStats, NoClip
 from trainwire.lr import Constant, LRPolicy
 from trainwire.models import ACTIVATIONS
@@ -109,25 +110,35 @@ class AccuracyTrigger:
 
 
 class GANEvaluation(Objective):
-    """The GAN's validation: ``mean_cov_distance`` of ``eval_samples`` generated samples to the validation
-    inputs, and the classifier's ``accuracy``. Training is the step's (``GANStep``), not an objective's."""
+    """The GAN's validation: ``mean_cov_distance`` and ``frechet_distance`` (``trainwire.frechet``) of
+    ``eval_samples`` generated samples to the validation inputs, the classifier's ``accuracy``, and a
+    grid of generated digits (the ``samples`` image). Training is the step's (``GANStep``), not an objective's."""
 
     def __init__(self, eval_samples: int = 512) -> None:
         if type(eval_samples) is not int or eval_samples < 2:
             raise ConfigError(f"objective.eval_samples={eval_samples!r} must be an integer >= 2")
         self.eval_samples = eval_samples
+        self.frechet, self._images = FrechetDistance(), {}
 
     def training_loss(self, model: nn.Module, batch: Any) -> Tensor:
         raise ConfigError("objective=gan only evaluates; a GAN is trained by paradigm=gan's step")
 
-    def evaluate(self, model: nn.Module, batches: Iterable[Any], reduce: Reduce = local) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, batches: Iterable[Any], reduce: Reduce = local,
+                 skip: Collection[str] = ()) -> dict[str, float]:
         batches = list(batches)
         real = torch.cat([inputs for inputs, _ in batches])
         n = min(self.eval_samples, len(real))
-        samples = model.sample(n, generator=torch.Generator().manual_seed(0))  # the same noise every epoch
+        generated = model.sample(self.eval_samples, generator=torch.Generator().manual_seed(0))  # the same noise every epoch
+        samples = generated[:n]
         metrics = {"mean_cov_distance": mean_cov_distance(samples, real[:n])}
+        if "frechet_distance" not in skip:
+            metrics["frechet_distance"] = self.frechet(generated, [inputs for inputs, _ in batches], reduce)
         metrics["accuracy"] = Classification().evaluate(model.classifier, batches)["accuracy"]
+        self._images = {} if "samples" in skip else {"samples": sample_grid(samples)}
         return metrics
+
+    def images(self) -> dict[str, Any]:
+        return self._images
 
 
 class _Counters:

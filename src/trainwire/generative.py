@@ -10,7 +10,7 @@ those two methods (a normalising flow, an energy model with a tractable Z) train
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, Protocol
 
 import torch
@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainwire.errors import ConfigError
+from trainwire.frechet import FrechetDistance, sample_grid
 from trainwire.objectives import Objective, Reduce, local
 
 
@@ -65,27 +66,35 @@ class GaussianDensity(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        noise = torch.randn(n, self.loc.numel(), generator=generator, device=self.loc.device)
+        noise = torch.randn(n, self.loc.numel(), generator=generator).to(self.loc.device)  # a CPU generator, any device
         return self.loc + noise @ self.scale_tril().T
 
 
 class NegativeLogLikelihood(Objective):
     """Trains a density model on the inputs of each batch (labels ignored); ``criterion(model, inputs)``.
 
-    Reports ``loss`` (the whole-set mean NLL per sample, in nats) and ``bits_per_dim``.
+    Reports ``loss`` (the whole-set mean NLL per sample, in nats) and ``bits_per_dim``. With
+    ``eval_samples`` > 0 it also draws that many samples from the model (``model.sample(n, generator)``)
+    and reports their ``frechet_distance`` to the validation inputs (``trainwire.frechet``) and a
+    grid of them as the ``samples`` image.
     """
 
-    def __init__(self, criterion: Callable[[Any, Tensor], Tensor] = nll) -> None:
-        self.criterion = criterion
+    def __init__(self, criterion: Callable[[Any, Tensor], Tensor] = nll, eval_samples: int = 0) -> None:
+        if type(eval_samples) is not int or eval_samples == 1 or eval_samples < 0:
+            raise ConfigError(f"objective.eval_samples={eval_samples!r} must be 0 (no samples) or an integer >= 2")
+        self.criterion, self.eval_samples = criterion, eval_samples
+        self.frechet, self._images = FrechetDistance(), {}
 
     def training_loss(self, model: nn.Module, batch: Any) -> Tensor:
         inputs = batch[0] if isinstance(batch, (list, tuple)) else batch
         return self.criterion(model, inputs).mean()
 
-    def evaluate(self, model: nn.Module, batches: Iterable[Any], reduce: Reduce = local) -> dict[str, float]:
-        total, count, dims = None, 0, 1
+    def evaluate(self, model: nn.Module, batches: Iterable[Any], reduce: Reduce = local,
+                 skip: Collection[str] = ()) -> dict[str, float]:
+        total, count, dims, real = None, 0, 1, []
         for batch in batches:
             inputs = batch[0] if isinstance(batch, (list, tuple)) else batch
+            real.append(inputs)
             batch_total = self.criterion(model, inputs).float().sum()
             total = batch_total if total is None else total + batch_total
             count, dims = count + len(inputs), inputs[0].numel()
@@ -94,4 +103,19 @@ class NegativeLogLikelihood(Objective):
         if not count_sum:
             raise ValueError("validation data is empty (0 samples)")
         mean = total_sum / count_sum
-        return {"loss": mean, "bits_per_dim": mean / (dims * math.log(2))}
+        metrics = {"loss": mean, "bits_per_dim": mean / (dims * math.log(2))}
+        self._images = {}
+        if self.eval_samples:
+            if not callable(getattr(model, "sample", None)):
+                raise ConfigError(f"objective.eval_samples={self.eval_samples} needs a model with sample(n, generator); "
+                                  f"{type(model).__name__} has none (set objective.eval_samples=0)")
+            # The same noise every epoch (and on every process): the samples change only with the model.
+            generated = model.sample(self.eval_samples, generator=torch.Generator().manual_seed(0))
+            if "frechet_distance" not in skip:
+                metrics["frechet_distance"] = self.frechet(generated, real, reduce)
+            if "samples" not in skip:
+                self._images = {"samples": sample_grid(generated)}
+        return metrics
+
+    def images(self) -> dict[str, Any]:
+        return self._images

@@ -19,8 +19,11 @@ class ScheduledMetrics(Objective):
     ``epoch % n == 0`` (epoch 0 computes them all), every unlisted one, and ``loss`` always.
     The Trainer calls ``evaluate`` once per epoch, so the n-th call is epoch n - 1; the count is
     checkpointed (``state_dict``), so a resumed run computes them at the same epochs.
-    An objective whose ``evaluate`` takes an ``only`` keyword gets the due names and can skip
-    the work; with any other the metrics are computed and those not due are left out.
+    An objective whose ``evaluate`` takes a ``skip`` keyword gets the listed names that are not
+    due and can skip their work (an image, ``samples``, is scheduled the same way); one that
+    takes ``only`` gets the listed names that are due, ``loss`` among them (it cannot tell an
+    unlisted metric from one not due: prefer ``skip``); with any other the metrics are computed
+    and those not due are left out.
     """
 
     def __init__(self, objective: Objective, every: Mapping[str, int]) -> None:
@@ -30,7 +33,8 @@ class ScheduledMetrics(Objective):
         if every.get("loss", 1) != 1:
             raise ConfigError(f"metrics_every.loss={every['loss']!r}: the validation loss is computed every epoch")
         self.objective, self.every = objective, dict(every)
-        self._passes_only = "only" in inspect.signature(objective.evaluate).parameters
+        parameters = inspect.signature(objective.evaluate).parameters
+        self._passes_skip, self._passes_only = "skip" in parameters, "only" in parameters
         self.evaluations = 0
 
     def metrics_due(self, epoch: int) -> set[str]:
@@ -43,10 +47,15 @@ class ScheduledMetrics(Objective):
     def evaluate(self, model: nn.Module, batches: Iterable[Any], reduce: Reduce = local) -> dict[str, float]:
         due = self.metrics_due(self.evaluations)
         self.evaluations += 1
+        if self._passes_skip:
+            return self.objective.evaluate(model, batches, skip=set(self.every) - due, reduce=reduce)
         if self._passes_only:
             return self.objective.evaluate(model, batches, only=due, reduce=reduce)
         measured = self.objective.evaluate(model, batches, reduce=reduce)
         return {name: value for name, value in measured.items() if name not in self.every or name in due}
+
+    def images(self) -> dict[str, Any]:
+        return self.objective.images()
 
     def state_dict(self) -> dict[str, Any]:
         return {"evaluations": self.evaluations}

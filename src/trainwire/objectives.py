@@ -38,6 +38,14 @@ class Objective(ABC):
         may be empty): apply it to the sums, then divide, so the metrics cover the whole set.
         """
 
+    def images(self) -> dict[str, Any]:
+        """Images the last ``evaluate`` made (name -> ``numpy.uint8`` ``[H, W]`` or ``[H, W, 3]``), for the sinks.
+
+        The Trainer sends each to ``sink.log_image`` as ``val/<name>`` after the validation pass;
+        most objectives make none.
+        """
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         """What the objective must keep across a resume (a metric schedule's position); most keep nothing."""
         return {}

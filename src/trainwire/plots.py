@@ -7,6 +7,7 @@ Agg canvas): no pyplot, no global backend or state is touched.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -167,3 +168,24 @@ def plot_lr(lrs: Sequence[float], out: str | os.PathLike[str], *, steps_per_epoc
     ax.set_title(title or "learning rate by step")
     _save(figure, out)
     return steps, list(lrs)
+
+
+def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[float], suggestion: float,
+                 out: str | os.PathLike[str], *, title: str = "") -> Path:
+    """Draws the LR range test (loss against lr, log scale; the suggestion marked) to ``out``."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(9, 4.5), layout="constrained")
+    ax = figure.subplots()
+    ax.plot(list(lrs), list(losses), "-", color="0.75", linewidth=0.8, label="loss")
+    ax.plot(list(lrs), list(smoothed), "-", color="C0", label="smoothed loss")
+    ax.axvline(suggestion, color="C3", linestyle="--", linewidth=1, label=f"suggested lr {suggestion:.3g}")
+    ax.set_xscale("log")
+    finite = [value for value in smoothed if math.isfinite(value)]
+    if finite:  # the diverging tail would flatten the interesting part
+        ax.set_ylim(min(finite) - 0.05 * abs(min(finite)), 1.5 * finite[0] + 0.05)
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("training loss")
+    ax.set_title(title or "LR range test")
+    ax.legend(fontsize="small")
+    return _save(figure, out)

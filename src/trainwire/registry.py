@@ -68,13 +68,13 @@ GROUPS: dict[str, Group] = {
     "model": Group("torch.nn:Module", {
         "mlp": "trainwire.models:MLP", "masked_autoencoder": "trainwire.pretraining:MaskedAutoencoder",
         "predictor": "trainwire.pretraining:Predictor.build", "gaussian_density": "trainwire.generative:GaussianDensity",
-        "gan": "trainwire.gan:GAN"}),
+        "gan": "trainwire.gan:GAN", "lightgbm": "trainwire.boosting:LightGBMModel"}),
     # A data option returns trainwire.data.Loaders (train, val), sharded by rank.
     "data": Group(None, {"digits": "trainwire.data:digits", "diabetes": "trainwire.data:diabetes"},
                   context=("seed", "rank", "world_size")),
     "paradigm": Group("trainwire.paradigms:Paradigm", {
         "supervised": "trainwire.paradigms:Supervised", "pretrain": "trainwire.paradigms:Pretrain",
-        "gan": "trainwire.gan:gan_paradigm"},
+        "gan": "trainwire.gan:gan_paradigm", "gbdt": "trainwire.boosting:gbdt_paradigm"},
         context=("trainer", "trainer_factory", "run_dir", "settings", "optimizer", "generator_lr_policy",
                  "critic_lr_policy", "gradient_policy")),
 }

@@ -23,10 +23,11 @@ class LoggedRecord:
 
 
 class RecordingSink(MetricsSink):
-    """Keeps every logged metric with its step and epoch, the summary and how the run finished."""
+    """Keeps every logged metric with its step and epoch, the images, the summary and how the run finished."""
 
     def __init__(self) -> None:
         self.records: list[LoggedRecord] = []
+        self.images: list[tuple[str, int, int, Any]] = []  # (key, step, epoch, uint8 array)
         self.summary_values: dict[str, Any] = {}
         self.started = False
         self.status: str | None = None
@@ -36,6 +37,9 @@ class RecordingSink(MetricsSink):
 
     def log(self, metrics: Mapping[str, float], *, step: int, epoch: int) -> None:
         self.records.append(LoggedRecord(step, epoch, dict(metrics)))
+
+    def log_image(self, key: str, image: Any, *, step: int, epoch: int) -> None:
+        self.images.append((key, step, epoch, image))
 
     def summary(self, values: Mapping[str, Any]) -> None:
         self.summary_values.update(values)

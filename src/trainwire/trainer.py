@@ -265,6 +265,8 @@ class Trainer:
             measured = self.objective.evaluate(state.module, map(move, val_data), reduce=self.strategy.reduce)
         state.model.train()
         metrics = {f"val/{key}": value for key, value in measured.items()}
+        for key, image in self.objective.images().items():  # generated samples, for image-capable sinks
+            self.sink.log_image(f"val/{key}", image, step=state.step, epoch=state.epoch)
         self._emit("on_validation_end", state, dict(metrics))
         return metrics
 

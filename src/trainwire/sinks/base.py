@@ -19,6 +19,12 @@ class MetricsSink(ABC):
     def log(self, metrics: Mapping[str, float], *, step: int, epoch: int) -> None:
         """Called on logged optimizer steps and once per epoch; ``step`` counts optimizer steps so far."""
 
+    def log_image(self, key: str, image: Any, *, step: int, epoch: int) -> None:
+        """Called after a validation pass that made an image (generated samples); a no-op unless the sink shows images.
+
+        ``image`` is a ``numpy.uint8`` array, ``[H, W]`` (grey) or ``[H, W, 3]`` (RGB); see ``trainwire.images``.
+        """
+
     def summary(self, values: Mapping[str, Any]) -> None:
         """Called once at the end with the run's summary (best value and epoch, stop reason, timings)."""
 
@@ -46,6 +52,10 @@ class FanOut(MetricsSink):
     def log(self, metrics: Mapping[str, float], *, step: int, epoch: int) -> None:
         for sink in self.sinks:
             sink.log(metrics, step=step, epoch=epoch)
+
+    def log_image(self, key: str, image: Any, *, step: int, epoch: int) -> None:
+        for sink in self.sinks:
+            sink.log_image(key, image, step=step, epoch=epoch)
 
     def summary(self, values: Mapping[str, Any]) -> None:
         for sink in self.sinks:

@@ -98,6 +98,9 @@ class IsolatedSink(MetricsSink):
     def log(self, metrics: Mapping[str, float], *, step: int, epoch: int) -> None:
         self._submit("log", dict(metrics), step=step, epoch=epoch)
 
+    def log_image(self, key: str, image: Any, *, step: int, epoch: int) -> None:
+        self._submit("log_image", key, image, step=step, epoch=epoch)
+
     def summary(self, values: Mapping[str, Any]) -> None:
         self._submit("summary", dict(values))
 
@@ -277,6 +280,11 @@ class GuardedFanOut(MetricsSink):
         self._at = (step, epoch)
         for sink in self.guarded:
             sink.log(metrics, step=step, epoch=epoch)
+
+    def log_image(self, key: str, image: Any, *, step: int, epoch: int) -> None:
+        self.record.log_image(key, image, step=step, epoch=epoch)
+        for sink in self.guarded:
+            sink.log_image(key, image, step=step, epoch=epoch)
 
     def summary(self, values: Mapping[str, Any]) -> None:
         # Written at finish, when the dropped counts are final; several stages add up.

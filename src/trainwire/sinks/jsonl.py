@@ -1,4 +1,4 @@
-"""The local run record: ``config.yaml``, ``metrics.jsonl`` and ``summary.json`` in the run directory."""
+"""The local run record: ``config.yaml``, ``metrics.jsonl``, ``summary.json`` and ``images/`` in the run directory."""
 
 from __future__ import annotations
 
@@ -82,6 +82,17 @@ class JsonlSink(MetricsSink):
             self._file.close()
             self._file = None
             raise RunRecordError(f"cannot write the run record {self.metrics_path}: {error.strerror or error}") from None
+
+    def log_image(self, key: str, image: Any, *, step: int, epoch: int) -> None:
+        """Writes ``images/<key>_epochNNNN.png`` in the run directory (atomically: a reader never sees half)."""
+        from trainwire.images import encode_png, image_file_name
+
+        folder = self.run_dir / "images"
+        folder.mkdir(exist_ok=True)
+        path = folder / image_file_name(key, epoch)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(encode_png(image))
+        os.replace(tmp, path)
 
     def summary(self, values: Mapping[str, Any]) -> None:
         # Several calls (the stages of one run, each under its prefix) add up to one summary.

@@ -104,6 +104,17 @@ class MLflowSink(MetricsSink):
         self.client.log_batch(self.run_id, metrics=batch)
         self._last_step = step
 
+    def log_image(self, key: str, image: Any, *, step: int, epoch: int) -> None:
+        """Uploads the image as the artifact ``images/<key>_epochNNNN.png`` (PNG encoded here: no Pillow needed)."""
+        import tempfile
+
+        from trainwire.images import encode_png, image_file_name
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / image_file_name(key, epoch)
+            path.write_bytes(encode_png(image))
+            self.client.log_artifact(self.run_id, str(path), artifact_path="images")
+
     def summary(self, values: Mapping[str, Any]) -> None:
         Metric, _, RunTag = self._entities
         now = int(time.time() * 1000)

@@ -30,6 +30,9 @@ class PrefixedSink(MetricsSink):
         self.last_step = self.step_offset + step
         self.sink.log({self.prefix + key: value for key, value in metrics.items()}, step=self.last_step, epoch=epoch)
 
+    def log_image(self, key: str, image: Any, *, step: int, epoch: int) -> None:
+        self.sink.log_image(self.prefix + key, image, step=self.step_offset + step, epoch=epoch)
+
     def summary(self, values: Mapping[str, Any]) -> None:
         self.sink.summary({self.prefix + key: value for key, value in values.items()})
 

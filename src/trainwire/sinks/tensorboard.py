@@ -54,6 +54,9 @@ class TensorBoardSink(MetricsSink):
             self._writer.add_scalar(key, value, step)
         self._last_step = step
 
+    def log_image(self, key: str, image: Any, *, step: int, epoch: int) -> None:
+        self._writer.add_image(key, image, step, dataformats="HW" if image.ndim == 2 else "HWC")
+
     def summary(self, values: Mapping[str, Any]) -> None:
         for key, value in values.items():
             if isinstance(value, Real) and not isinstance(value, bool):

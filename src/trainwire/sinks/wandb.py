@@ -78,6 +78,7 @@ class WandbSink(MetricsSink):
             dir=dir if dir is not None or run_dir is None else str(run_dir),
         )
         self.run = None
+        self._warned_no_pil = False
 
     def start(self) -> None:
         from wandb.sdk import wandb_setup
@@ -101,6 +102,18 @@ class WandbSink(MetricsSink):
 
     def log(self, metrics: Mapping[str, float], *, step: int, epoch: int) -> None:
         self.run.log({**metrics, "epoch": epoch}, step=step)
+
+    def log_image(self, key: str, image: Any, *, step: int, epoch: int) -> None:
+        try:
+            import PIL.Image  # noqa: F401 - wandb.Image needs it; wandb does not install it
+        except ImportError:
+            if not self._warned_no_pil:  # one warning, and the metrics go on (failing here would drop them all)
+                self._warned_no_pil = True
+                import structlog
+
+                structlog.get_logger("trainwire").warning("wandb_images_skipped", reason="Pillow is not installed")
+            return
+        self.run.log({key: self._wandb.Image(image), "epoch": epoch}, step=step)
 
     def summary(self, values: Mapping[str, Any]) -> None:
         self.run.summary.update(dict(values))
