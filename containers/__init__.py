@@ -15,7 +15,7 @@ from trainwire import registry
 from trainwire.config import GROUPS, MULTI_SELECT, PROGRESS, LogConfig
 from trainwire.errors import ConfigError
 from trainwire.signals import StopToken
-from trainwire.process import kept_state
+from trainwire.process import SEEDING, run_scope
 from trainwire.trainer import FitResult, TrainerSettings
 
 from .container import TrainerContainer
@@ -89,21 +89,24 @@ def run(cfg: DictConfig | dict[str, Any] | Container, *, stop: StopToken | None 
     ``stop`` is a ``StopToken``: ``stop.stop()`` from any thread ends the run at its next optimizer
     step with ``last.pt`` written there (``TrainingInterrupted``; ``trainer.resume=auto`` continues).
 
-    The run is seeded with ``seed`` inside a forked RNG; the caller's random states (torch's,
-    python's, NumPy's), environment and warnings filters are as they were when it returns
-    (``trainwire.process.kept_state``). Its log records carry ``run_id``, the run directory's name.
+    The model is built from ``seed``; the caller's random states (torch's, python's, NumPy's),
+    environment and warnings filters are as they were when it returns, also when several runs go
+    on at once in threads (``trainwire.process.run_scope``). Two runs started together in two
+    threads produce what each produces alone, for models whose training draws no numbers from
+    the global generator (dropout does: for exactness with dropout, one process per run). Its
+    log records carry ``run_id``, the run directory's name.
     With ``trainer.strategy`` ddp or fsdp (under torchrun) it joins the process group first,
     and leaves it after a barrier when the run ends normally; a group it found is left open.
     """
     container = cfg if isinstance(cfg, Container) else build_container(cfg)
     strategy = container.strategy()
     strategy.start()  # before the data: the loaders are sharded by rank
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices), kept_state(), bound_contextvars(run_id=container.run_dir().name):
-        torch.manual_seed(container.config.seed())
-        paradigm = container.paradigm()  # the Trainer's fit, or a loop of another shape (trainwire.paradigms)
-        loaders = container.data()
-        model = container.model()
+    with run_scope(), bound_contextvars(run_id=container.run_dir().name):
+        paradigm = container.paradigm()  # the one loop's Trainer with the paradigm's step (trainwire.paradigms)
+        loaders = container.data()  # the bundled loaders draw from generators of their own
+        with SEEDING:  # the initial weights, drawn from the global generator by this run alone
+            torch.manual_seed(container.config.seed())
+            model = container.model()
         result = paradigm.run(model, loaders.train, loaders.val, stop=stop)
     # Not on an exception: a process that fails alone must exit (torchrun then stops the others),
     # not wait at a barrier the others never reach.

@@ -10,8 +10,10 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
+from trainwire.checkpoints import read_checkpoint
 from trainwire.config import compose
 from trainwire.containers import run
 from trainwire.testing import capture_logs
@@ -117,3 +119,21 @@ def test_a_run_with_every_external_sink_leaves_no_trace_in_the_callers_process(t
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))  # the sinks did run
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     assert (tmp_path / "run" / "mlflow.db").is_file()
+
+
+def test_two_runs_in_two_threads_equal_the_same_runs_done_alone(tmp_path):
+    """Each run seeds and builds its model alone (process.SEEDING); its data order is its own sampler's."""
+    def job(index: int, where: str):
+        return compose([f"run_dir={tmp_path / where / str(index)}", f"seed={index + 1}", "trainer.max_epochs=3",
+                        "data.train_samples=256", "model.hidden=[32]", "lr=constant"])
+
+    def weights(where: str, index: int):
+        return read_checkpoint(tmp_path / where / str(index) / "checkpoints" / "last.pt")["model"]
+
+    alone = [run(job(index, "alone")) for index in range(2)]
+    together = in_threads(2, lambda index: run(job(index, "together")))
+    for index in range(2):
+        drop = lambda result: [{k: v for k, v in h.items() if k != "time/epoch_s"} for h in result.history]  # noqa: E731
+        assert drop(together[index]) == drop(alone[index])
+        assert all(torch.equal(weights("together", index)[key], value) for key, value in weights("alone", index).items())
+    assert drop(alone[0]) != drop(alone[1])  # two different runs, not one run twice
