@@ -429,4 +429,4 @@ def test_a_folder_is_not_reopened_while_dataloader_workers_of_a_killed_run_live(
     started = time.monotonic()
     LocalCheckpointStore(tmp_path).start()
     assert not alive(), "the store opened the folder while a worker of the killed run still lived"
-    assert time.monotonic() - started < 30
+    assert time.monotonic() - started < 60  # the workers notice their parent is gone (5 s polls; slower when loaded)

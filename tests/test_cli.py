@@ -109,7 +109,7 @@ def test_usage_errors(tmp_path):
 def _checkpoint_step(run_dir):
     from trainwire.checkpoints import read_checkpoint
 
-    return read_checkpoint(run_dir / "checkpoints" / "last.pt")["counters"]["step"]
+    return read_checkpoint(run_dir / "checkpoints" / "last.pt")["loop"]["step"]
 
 
 @pytest.mark.parametrize(("file", "damage", "reason"), [

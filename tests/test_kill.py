@@ -154,7 +154,7 @@ def test_an_impatient_operator_s_sigterms_end_in_exit_143_with_the_checkpoint_sa
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == f"trainwire: interrupted by SIGTERM; checkpoint saved in {run_dir / 'checkpoints'}"
     saved = read_checkpoint(run_dir / "checkpoints" / "last.pt")
-    assert saved["counters"]["step"] == [r["step"] for r in records(run_dir) if "train/loss" in r][-1]
+    assert saved["loop"]["step"] == [r["step"] for r in records(run_dir) if "train/loss" in r][-1]
 
 
 BULK = torch.arange(1 << 20, dtype=torch.float32)  # 4 MiB, so that a write takes a while

@@ -21,7 +21,7 @@ from trainwire import logs
 from trainwire.errors import CheckpointError
 
 LOCK_FILE = ".lock"
-LEFTOVER_WAIT_S = 30.0  # how long a folder locked only by what a dead process left behind is waited for
+LEFTOVER_WAIT_S = 60.0  # how long a folder locked only by what a dead process left behind is waited for
 _POLL_S = 0.1
 
 # (st_dev, st_ino) of a locked folder -> [descriptor, users]. The lock belongs to the process
