@@ -27,7 +27,7 @@ from torch.optim import Optimizer
 
 from trainwire.errors import ConfigError
 from trainwire.precision import resolve_device
-from trainwire.sinks.base import MetricsSink
+from trainwire.sinks.base import MetricsSink, forward_histograms
 
 STRATEGIES = ("single", "ddp", "fsdp")
 
@@ -139,6 +139,10 @@ class _Rank0Sink(MetricsSink):
     def log(self, metrics: Mapping[str, float], *, step: int, epoch: int) -> None:
         if self.strategy.is_rank0:
             self.sink.log(metrics, step=step, epoch=epoch)
+
+    def log_histograms(self, values: Mapping[str, Any], *, step: int, epoch: int) -> None:
+        if self.strategy.is_rank0:
+            forward_histograms(self.sink, values, step=step, epoch=epoch)
 
     def summary(self, values: Mapping[str, Any]) -> None:
         if self.strategy.is_rank0:

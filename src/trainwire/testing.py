@@ -25,6 +25,7 @@ class RecordingSink(MetricsSink):
 
     def __init__(self) -> None:
         self.records: list[LoggedRecord] = []
+        self.histograms: list[LoggedRecord] = []  # values are 1-D tensors
         self.summary_values: dict[str, Any] = {}
         self.started = False
         self.status: str | None = None
@@ -34,6 +35,9 @@ class RecordingSink(MetricsSink):
 
     def log(self, metrics: Mapping[str, float], *, step: int, epoch: int) -> None:
         self.records.append(LoggedRecord(step, epoch, dict(metrics)))
+
+    def log_histograms(self, values: Mapping[str, Any], *, step: int, epoch: int) -> None:
+        self.histograms.append(LoggedRecord(step, epoch, dict(values)))
 
     def summary(self, values: Mapping[str, Any]) -> None:
         self.summary_values.update(values)

@@ -19,11 +19,21 @@ class MetricsSink(ABC):
     def log(self, metrics: Mapping[str, float], *, step: int, epoch: int) -> None:
         """Called on logged optimizer steps and once per epoch; ``step`` counts optimizer steps so far."""
 
+    def log_histograms(self, values: Mapping[str, Any], *, step: int, epoch: int) -> None:
+        """Optional: distributions (1-D CPU tensors, by name) at ``step``; sinks without histograms drop them."""
+
     def summary(self, values: Mapping[str, Any]) -> None:
         """Called once at the end with the run's summary (best value and epoch, stop reason, timings)."""
 
     def finish(self, status: str = "finished") -> None:
         """Called last, also after an exception; ``status`` is one of finished, failed, killed."""
+
+
+def forward_histograms(sink: Any, values: Mapping[str, Any], *, step: int, epoch: int) -> None:
+    """``sink.log_histograms(...)`` where the sink has it (a duck-typed sink may not)."""
+    log_histograms = getattr(sink, "log_histograms", None)
+    if log_histograms is not None:
+        log_histograms(values, step=step, epoch=epoch)
 
 
 class NullSink(MetricsSink):
@@ -46,6 +56,10 @@ class FanOut(MetricsSink):
     def log(self, metrics: Mapping[str, float], *, step: int, epoch: int) -> None:
         for sink in self.sinks:
             sink.log(metrics, step=step, epoch=epoch)
+
+    def log_histograms(self, values: Mapping[str, Any], *, step: int, epoch: int) -> None:
+        for sink in self.sinks:
+            forward_histograms(sink, values, step=step, epoch=epoch)
 
     def summary(self, values: Mapping[str, Any]) -> None:
         for sink in self.sinks:

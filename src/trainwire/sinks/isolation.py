@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from trainwire.sinks.base import FanOut, MetricsSink, NullSink
+from trainwire.sinks.base import FanOut, MetricsSink, NullSink, forward_histograms
 
 DEFAULT_TIMEOUT_S = 60.0
 _STOP = object()
@@ -84,6 +84,10 @@ class IsolatedSink(MetricsSink):
 
     def log(self, metrics: Mapping[str, float], *, step: int, epoch: int) -> None:
         self._submit("log", dict(metrics), step=step, epoch=epoch)
+
+    def log_histograms(self, values: Mapping[str, Any], *, step: int, epoch: int) -> None:
+        if hasattr(self.sink, "log_histograms"):  # optional on the port: a duck-typed sink may lack it
+            self._submit("log_histograms", dict(values), step=step, epoch=epoch)
 
     def summary(self, values: Mapping[str, Any]) -> None:
         self._submit("summary", dict(values))
@@ -220,6 +224,11 @@ class GuardedFanOut(MetricsSink):
         self._at = (step, epoch)
         for sink in self.guarded:
             sink.log(metrics, step=step, epoch=epoch)
+
+    def log_histograms(self, values: Mapping[str, Any], *, step: int, epoch: int) -> None:
+        forward_histograms(self.record, values, step=step, epoch=epoch)
+        for sink in self.guarded:
+            sink.log_histograms(values, step=step, epoch=epoch)
 
     def summary(self, values: Mapping[str, Any]) -> None:
         # Written at finish, when the dropped counts are final; several stages add up.

@@ -47,6 +47,10 @@ class TensorBoardSink(MetricsSink):
             self._writer.add_scalar(key, value, step)
         self._last_step = step
 
+    def log_histograms(self, values: Mapping[str, Any], *, step: int, epoch: int) -> None:
+        for key, value in values.items():
+            self._writer.add_histogram(key, value, step)
+
     def summary(self, values: Mapping[str, Any]) -> None:
         for key, value in values.items():
             if isinstance(value, Real) and not isinstance(value, bool):

@@ -46,6 +46,11 @@ class WandbSink(MetricsSink):
     def log(self, metrics: Mapping[str, float], *, step: int, epoch: int) -> None:
         self.run.log({**metrics, "epoch": epoch}, step=step)
 
+    def log_histograms(self, values: Mapping[str, Any], *, step: int, epoch: int) -> None:
+        # commit=False: the loop's own log at this step (if any) completes the same W&B step.
+        self.run.log({key: self._wandb.Histogram(value.numpy()) for key, value in values.items()}, step=step,
+                     commit=False)
+
     def summary(self, values: Mapping[str, Any]) -> None:
         self.run.summary.update(dict(values))
 
