@@ -42,8 +42,12 @@ def peak_tflops(device: torch.device, configured: float | None = None) -> float 
         return float(configured)
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_TFLOPS if key in name), None)
+    return peak_of(torch.cuda.get_device_name(device))
+
+
+def peak_of(device_name: str) -> float | None:
+    """The table's dense bf16 peak for a device name as CUDA reports it (``NVIDIA H100 80GB HBM3``), or None."""
+    return next((peak for key, peak in PEAK_TFLOPS if key in device_name), None)
 
 
 def _first_tensor(batch: Any) -> Tensor | None:
@@ -88,7 +92,7 @@ class Throughput:
         self.configured_peak = peak_tflops
         self.flops_per_sample: float | None = None  # counted once, then saved with the checkpoint
         self._counter: Any = None
-        self._window_samples = 0
+        self._window_flops = self._window_samples = 0
 
     def start(self, device: torch.device, world_size: int) -> None:
         self.device, self.world_size = device, world_size
@@ -105,12 +109,13 @@ class Throughput:
 
         if self._counter is None:
             self._counter = FlopCounterMode(display=False)
-            self._window_samples = 0
-        with self._counter:  # re-entered per micro-batch; its total accumulates
+            self._window_flops = self._window_samples = 0
+        with self._counter:  # entering clears its counts: each micro-batch is added up here
             result = run(module, batch, index)
+        self._window_flops += self._counter.get_total_flops()
         self._window_samples += _samples(batch)
         if result.counted:
-            self.flops_per_sample = self._counter.get_total_flops() / max(self._window_samples, 1)
+            self.flops_per_sample = self._window_flops / max(self._window_samples, 1)
             self._counter = None
         return result
 
