@@ -110,7 +110,9 @@ class Throughput:
         if self._counter is None:
             self._counter = FlopCounterMode(display=False)
             self._window_flops = self._window_samples = 0
-        with self._counter:  # entering clears its counts: each micro-batch is added up here
+        # Compiled code is opaque to the counter, and a compiled frame first called under a dispatch mode
+        # is never compiled at all: the counted step runs eagerly, and compilation starts on the next.
+        with torch.compiler.set_stance("force_eager"), self._counter:  # entering clears its counts: added up here
             result = run(module, batch, index)
         self._window_flops += self._counter.get_total_flops()
         self._window_samples += _samples(batch)
