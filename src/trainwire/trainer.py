@@ -79,13 +79,17 @@ class TrainerSettings:
         for key in ("compile", "grad_monitor"):
             if type(getattr(self, key)) is not bool:
                 raise ConfigError(f"trainer.{key}={getattr(self, key)!r} must be true or false")
-        Compiler(self.compile_mode), Throughput(self.peak_tflops)  # each names its key when a value is wrong
-        self.gradient_health()
+        # Built once here so that a wrong value fails with its key named, before any work.
+        Compiler(self.compile_mode)
+        Throughput(self.peak_tflops)
+        gradient_health(self)
 
-    def gradient_health(self) -> GradientHealth:
-        """The gradient monitor and watch these settings ask for."""
-        monitor = GradientMonitor(self.grad_vanishing_norm, self.grad_vanishing_steps, self.grad_exploding_factor)
-        return GradientHealth(monitor if self.grad_monitor else None, self.watch_every_n_steps)
+
+def gradient_health(settings: TrainerSettings) -> GradientHealth:
+    """The gradient monitor and watch that ``settings`` ask for."""
+    monitor = GradientMonitor(settings.grad_vanishing_norm, settings.grad_vanishing_steps,
+                              settings.grad_exploding_factor)
+    return GradientHealth(monitor if settings.grad_monitor else None, settings.watch_every_n_steps)
 
 
 @dataclass
@@ -185,7 +189,7 @@ class Trainer:
         self.nonfinite = nonfinite or make_nonfinite(settings.nonfinite, settings.max_nonfinite)
         self.cadence = checkpoint_policy or Cadence(settings.checkpoint_every, settings.checkpoint_every_n_steps)
         self.strategy = strategy or make_strategy(settings.strategy)
-        self.health = health or settings.gradient_health()
+        self.health = health or gradient_health(settings)
         if self.health.every is not None and settings.strategy == "fsdp":
             raise ConfigError("trainer.watch_every_n_steps needs whole parameters; under trainer.strategy=fsdp they "
                               "are sharded (set it to null)")
@@ -201,13 +205,16 @@ class Trainer:
             stop: StopToken | None = None) -> FitResult:
         """Trains ``model`` on ``train_data`` and returns what happened. The loop, in short::
 
+            compile what runs forward if trainer.compile says so (before the step builds its optimizers)
             restore every stateful part from a checkpoint if trainer.resume says so
             for epoch in range(max_epochs):
                 for batch in train_data (from the resumed batch on):
-                    result = step.train_step(module, batch)   # objective, backward, gradients, optimizer, lr
+                    result = step.train_step(module, batch)   # objective, backward, gradients (told to the
+                                                              # gradient health), optimizer, lr; FLOPs counted once
                     at each counted optimizer step: non-finite policy; log every n steps;
                     checkpoint as the cadence says, or now and stop if a stop was asked for
-                metrics = objective.evaluate(model, val_data)        # eval mode, no_grad
+                metrics = throughput of the epoch's training
+                metrics += objective.evaluate(model, val_data)       # eval mode, no_grad
                 step.end_epoch(metrics)                              # train metrics, lr policies
                 verdict = stopping_policy.update(epoch, metrics)     # keep best weights
                 log; checkpoint as the cadence says; stop if asked or if verdict.stop
