@@ -19,7 +19,7 @@ live behind it:
 
 from __future__ import annotations
 
-import statistics
+import bisect
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -50,6 +50,7 @@ class GradientMonitor:
         self.vanishing_norm, self.vanishing_steps, self.exploding_factor = vanishing_norm, vanishing_steps, exploding_factor
         self.warmup = warmup
         self.recent: deque[float] = deque(maxlen=window)
+        self._ordered: list[float] = []  # ``recent`` sorted, kept by bisection: a median in O(1), not a sort a step
         self.small_in_a_row = self.vanishing = self.exploding = 0
         self.warned: set[str] = set()
         self._pending: list[tuple[int, Any]] = []  # (step, float or 0-dim tensor) not judged yet
@@ -79,12 +80,23 @@ class GradientMonitor:
             self._warn_once(log, "gradient_vanishing", step=step, grad_norm=norm, below=self.vanishing_norm,
                             steps_in_a_row=self.small_in_a_row)
         if len(self.recent) >= self.warmup:
-            median = statistics.median(self.recent)
+            median = self.median()
             if median > 0 and norm > self.exploding_factor * median:
                 self.exploding += 1
                 self._warn_once(log, "gradient_exploding", step=step, grad_norm=norm, running_median=median,
                                 factor=self.exploding_factor)
+        self._remember(norm)
+
+    def _remember(self, norm: float) -> None:
+        if len(self.recent) == self.recent.maxlen:
+            del self._ordered[bisect.bisect_left(self._ordered, self.recent[0])]
         self.recent.append(norm)
+        bisect.insort(self._ordered, norm)
+
+    def median(self) -> float:
+        """The median of the last ``window`` norms."""
+        ordered, half = self._ordered, len(self._ordered) // 2
+        return ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) / 2
 
     def _warn_once(self, log: Any, event: str, **fields: Any) -> None:
         if event not in self.warned:
@@ -100,7 +112,9 @@ class GradientMonitor:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.recent.clear()
-        self.recent.extend(state["recent"])
+        self._ordered = []
+        for norm in state["recent"]:
+            self._remember(norm)
         self.small_in_a_row, self.vanishing, self.exploding = state["small_in_a_row"], state["vanishing"], state["exploding"]
         self.warned, self._pending = set(state["warned"]), []
 

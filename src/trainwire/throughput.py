@@ -128,6 +128,11 @@ class Throughput:
 
     def batch(self, batch: Any) -> None:
         """After each batch: its samples (host metadata) and tokens (kept on the device)."""
+        if type(batch) is tuple or type(batch) is list:  # (inputs, targets): the common case, about 0.3 µs
+            first = batch[0]
+            if isinstance(first, Tensor) and first.dim():
+                self.samples += first.shape[0]
+                return
         self.samples += _samples(batch)
         tokens = _tokens(batch)
         if tokens is not None:
