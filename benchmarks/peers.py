@@ -229,7 +229,9 @@ def run_lightning(model, train, val, epochs: int, out: Path, compile: bool, cloc
     trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=CSVLogger(out), log_every_n_steps=10,
                         enable_checkpointing=bool(val), enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, default_root_dir=out, callbacks=[Timing()])
-    trainer.fit(torch.compile(module) if compile else module, Batches(train), Batches(val) if val else None)
+    if compile:  # the model inside, as the other runners do (Dynamo cannot trace LightningModule.log)
+        module.model = torch.compile(model)
+    trainer.fit(module, Batches(train), Batches(val) if val else None)
 
 
 def run_hf(model, train, val, epochs: int, out: Path, compile: bool, clock: Clock) -> None:
@@ -361,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         notes.append("QUICK SMOKE RUN: tiny sizes, one round, no compiled rows, every run in this process (start-up "
                      "excludes imports; peak RSS is this process's); the numbers mean nothing.")
     results: dict[tuple[str, bool, str], list[dict]] = {}
+    failures: dict[tuple[str, bool, str], str] = {}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="trainwire-peers-") as tmp_name:
         for compile in modes:
@@ -370,8 +373,14 @@ def main(argv: list[str] | None = None) -> int:
                     for runner in order:
                         print(f"[round {round_ + 1}] {workload}{' compiled' if compile else ''}: {runner}",
                               file=sys.stderr, flush=True)
-                        result = measure(runner, workload, compile, table[workload], args.threads, cpus, Path(tmp_name),
-                                         inline=args.quick)
+                        try:
+                            result = measure(runner, workload, compile, table[workload], args.threads, cpus,
+                                             Path(tmp_name), inline=args.quick)
+                        except Exception as error:  # noqa: BLE001 - one runner failing leaves the others' figures
+                            failures[(workload, compile, runner)] = str(error).splitlines()[0]
+                            print(f"  failed: {failures[(workload, compile, runner)]}", file=sys.stderr, flush=True)
+                            continue
+                        print(f"  {json.dumps(result)}", file=sys.stderr, flush=True)
                         results.setdefault((workload, compile, runner), []).append(result)
     elapsed = time.perf_counter() - started
 
@@ -384,11 +393,15 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---:|---:|---:|---:|")
     for workload in workloads:
         for compile in modes:
-            base = statistics.median(r["steps_per_s"] for r in results[(workload, compile, "hand-written")])
+            hand = results.get((workload, compile, "hand-written"))
+            base = statistics.median(r["steps_per_s"] for r in hand) if hand else float("nan")
             for runner in runners:
-                runs = results[(workload, compile, runner)]
-                sps = statistics.median(r["steps_per_s"] for r in runs)
+                runs = results.get((workload, compile, runner))
                 name = f"{workload}{' (compiled)' if compile else ''}"
+                if not runs:
+                    print(f"| {name} | {runner} | failed: {failures.get((workload, compile, runner), '?')} | | | |")
+                    continue
+                sps = statistics.median(r["steps_per_s"] for r in runs)
                 print(f"| {name} | {runner} | {sps:,.1f} | {sps / base:.3f} | "
                       f"{statistics.median(r['startup_s'] for r in runs):.1f} | "
                       f"{statistics.median(r['peak_rss_mib'] for r in runs):,.0f} |")

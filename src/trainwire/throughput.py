@@ -83,6 +83,30 @@ def _tokens(batch: Any) -> Tensor | int | None:
     return ids.numel() if isinstance(ids, Tensor) else None
 
 
+class _GlobalOnly:
+    """Stands in for FlopCounterMode's module tracker: totals only, and no hooks on the modules.
+
+    The tracker's backward hooks break ``torch.autograd.grad`` on a leaf input (an adversarial
+    attack's gradient with respect to the inputs); the per-module breakdown is not needed here.
+    """
+
+    parents = ("Global",)
+
+    def __enter__(self) -> _GlobalOnly:
+        return self
+
+    def __exit__(self, *args: Any) -> None:
+        return None
+
+
+def _flop_counter() -> Any:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _GlobalOnly()
+    return counter
+
+
 class Throughput:
     """Samples, steps, tokens and FLOPs per second of training, one figure per epoch."""
 
@@ -105,10 +129,8 @@ class Throughput:
 
     def count(self, run: Callable[[Any, Any, int], Any], module: Any, batch: Any, index: int) -> Any:
         """``run(module, batch, index)`` (a step's ``train_step``) under the FLOP counter, until a counted step ends."""
-        from torch.utils.flop_counter import FlopCounterMode
-
         if self._counter is None:
-            self._counter = FlopCounterMode(display=False)
+            self._counter = _flop_counter()
             self._window_flops = self._window_samples = 0
         # Compiled code is opaque to the counter, and a compiled frame first called under a dispatch mode
         # is never compiled at all: the counted step runs eagerly, and compilation starts on the next.
