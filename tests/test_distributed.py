@@ -239,3 +239,17 @@ def test_one_process_strategy_is_the_identity_and_starts_no_group():
         make_strategy("dp")
     with pytest.raises(ConfigError, match=r"needs the processes started by torchrun"):
         make_strategy("ddp").start()  # no launcher around this test: a clear error, no hang
+
+
+@pytest.mark.slow
+def test_ddp_compiled_trains_as_ddp_does_and_checkpoints_the_plain_module(ddp_run, tmp_path):
+    """torch.compile over the DDP-wrapped model (one compile per rank): the same training, kernels aside."""
+    run_dir = tmp_path / "run"
+    finish(train(tmp_path, "trainer.strategy=ddp", "trainer.compile=true", f"hydra.run.dir={run_dir}"))
+    compiled, eager = (read_checkpoint(d / "checkpoints" / "last.pt") for d in (run_dir, ddp_run))
+    assert set(compiled["model"]) == set(eager["model"])  # no _orig_mod. or module. prefixes
+    assert compiled["loop"]["step"] == STEPS
+    for key, value in eager["model"].items():
+        torch.testing.assert_close(compiled["model"][key], value, rtol=1e-4, atol=1e-4)
+    epochs = [record for record in records(run_dir) if "time/epoch_s" in record]
+    assert all("compile/recompiles" in record and record["time/samples_per_s"] > 0 for record in epochs)

@@ -246,9 +246,14 @@ class _HostReads(torch.overrides.TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize(("nonfinite", "per_step"), [("off", 0), ("skip", 1)])
-def test_no_host_reads_on_steps_where_nothing_is_logged(task, nonfinite, per_step):
-    """With the non-finite guard off nothing is read on unlogged steps; the guard reads exactly one value a step."""
+@pytest.mark.parametrize(("nonfinite", "monitor", "per_step", "per_log"),
+                         [("off", False, 0, 0), ("off", True, 0, 1), ("skip", True, 1, 0), ("skip", False, 1, 0)])
+def test_no_host_reads_on_steps_where_nothing_is_logged(task, nonfinite, monitor, per_step, per_log):
+    """With the non-finite guard off nothing is read on unlogged steps; the guard reads exactly one value a step.
+
+    The gradient monitor (on by default) reuses the guard's read; with the guard off it reads the
+    norms it kept once, on logged steps. Throughput and the first step's FLOP count read nothing.
+    """
     train, _ = task
     reads = _HostReads()
     per_batch = []
@@ -260,7 +265,7 @@ def test_no_host_reads_on_steps_where_nothing_is_logged(task, nonfinite, per_ste
         def on_epoch_end(self, state, metrics):
             per_batch.append((state.step, reads.count))
 
-    settings = TrainerSettings(max_epochs=1, device="cpu", log_every_n_steps=4, nonfinite=nonfinite)
+    settings = TrainerSettings(max_epochs=1, device="cpu", log_every_n_steps=4, nonfinite=nonfinite, grad_monitor=monitor)
     with reads:
         make_trainer(gradient_policy=NormClipper(1.0), hooks=[Probe()], settings=settings).fit(make_model(), train)
     # on_batch_end runs after the batch's optimizer step (state.step not yet counting it), before it
@@ -270,4 +275,4 @@ def test_no_host_reads_on_steps_where_nothing_is_logged(task, nonfinite, per_ste
     assert len(added) == len(train) == 12
     # Logged steps 4, 8, 12 read loss and the two norms (lr is already a float); the epoch's
     # end reads its mean loss once; every other step reads only what the guard reads.
-    assert added == {k: (3 if (k + 1) % 4 == 0 else 0) + (per_step if k < 11 else 1) for k in range(12)}
+    assert added == {k: (3 + per_log if (k + 1) % 4 == 0 else 0) + (per_step if k < 11 else 1) for k in range(12)}

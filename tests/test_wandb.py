@@ -35,7 +35,8 @@ def test_every_metric_reaches_wandb_offline(tmp_path):
     done = run_cli(
         "sink=wandb", "sink.wandb.mode=offline", "sink.wandb.project=proj", "sink.wandb.entity=team",
         "sink.wandb.name=digits-mlp",
-        "trainer.max_epochs=4", "lr.warmup_epochs=1", "trainer.log_every_n_steps=5", f"hydra.run.dir={run_dir}",
+        "trainer.max_epochs=4", "lr.warmup_epochs=1", "trainer.log_every_n_steps=5", "trainer.watch_every_n_steps=5",
+        f"hydra.run.dir={run_dir}",
         cwd=tmp_path, env_extra={"WANDB_DIR": str(tmp_path / "wandb_home"), **UNREACHABLE},
     )
     assert done.returncode == 0, done.stderr
@@ -59,6 +60,9 @@ def test_every_metric_reaches_wandb_offline(tmp_path):
             if key != "step":
                 assert rows[step][key] == pytest.approx(value), (step, key)
     assert any(STEP_KEYS <= set(row) for row in rows.values())
+    watched = [step for step, row in rows.items() if "grad_norm/0" in row]  # the watch's norms and histograms
+    assert watched and all(rows[step]["grad/0"]["_type"] == "histogram" for step in watched)
+    assert sum(rows[watched[0]]["param/2"]["values"]) == 128 * 10 + 10  # every weight of the last layer counted
     assert sum(EPOCH_KEYS <= set(row) for row in rows.values()) == 4
 
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -27,7 +27,7 @@ from torch.optim import Optimizer
 
 from trainwire.errors import ConfigError
 from trainwire.precision import resolve_device
-from trainwire.sinks.base import MetricsSink
+from trainwire.sinks.base import MetricsSink, forward_histograms
 
 STRATEGIES = ("single", "ddp", "fsdp")
 
@@ -143,6 +143,10 @@ class _Rank0Sink(MetricsSink):
     def log_image(self, key: str, image: Any, *, step: int, epoch: int) -> None:
         if self.strategy.is_rank0:
             self.sink.log_image(key, image, step=step, epoch=epoch)
+
+    def log_histograms(self, values: Mapping[str, Any], *, step: int, epoch: int) -> None:
+        if self.strategy.is_rank0:
+            forward_histograms(self.sink, values, step=step, epoch=epoch)
 
     def summary(self, values: Mapping[str, Any]) -> None:
         if self.strategy.is_rank0:

@@ -178,6 +178,7 @@ class GANStep(Step):
         self.gradients = gradient_policy or NoClip()
         self.critic_steps, self.loss, self.gp_weight = critic_steps, loss, gp_weight
         self.stage, self.trigger = stage, (trigger or AccuracyTrigger()) if stage is not None else None
+        self._critic = self._generator = None  # compiled forms (trainer.compile), else the model's own
 
     def check(self, settings: Any) -> None:
         if settings.strategy != "single":
@@ -186,6 +187,14 @@ class GANStep(Step):
         if settings.accumulate_steps != 1:
             raise ConfigError(f"paradigm=gan steps both networks every batch; trainer.accumulate_steps="
                               f"{settings.accumulate_steps} is not supported (use 1)")
+        if getattr(settings, "watch_every_n_steps", None) is not None:
+            raise ConfigError("paradigm=gan steps two networks and reports no gradients to the watch; "
+                              "trainer.watch_every_n_steps is not supported (set it to null)")
+
+    def compile(self, module: nn.Module, compile: Any) -> nn.Module:
+        # The step calls the critic and the generator, never the GAN's forward: those two are compiled.
+        self._critic, self._generator = compile(module.critic), compile(module.generator)
+        return module
 
     def setup(self, model: nn.Module, context: StepContext) -> dict[str, Any]:
         if not isinstance(model, GAN):
@@ -244,10 +253,11 @@ class GANStep(Step):
 
     def train_step(self, module: nn.Module, batch: Any, index: int) -> StepResult:
         real = batch[0]
+        critic = module.critic if self._critic is None else self._critic
         with self.c_precision.autocast():
             with torch.no_grad():
-                fake = module.sample(len(real))
-            c_loss = critic_loss(self.loss, module.critic, real, fake, self.gp_weight)
+                fake = self._sample(module, len(real))
+            c_loss = critic_loss(self.loss, critic, real, fake, self.gp_weight)
         c_grads, c_lr, c_taken = self._update(c_loss, self.c_params, self.c_opt, self.critic_lr, self.c_precision)
         self.c_losses.append(c_loss.detach())
         self.counters.critic_steps += 1
@@ -255,12 +265,17 @@ class GANStep(Step):
             # Not the generator's turn: only a skipped critic step is the loop's business.
             return StepResult(self.c_losses[-1], counted=not c_taken, taken=c_taken)
         with self.g_precision.autocast():
-            g_loss = generator_loss(self.loss, module.critic, module.sample(len(real)))
+            g_loss = generator_loss(self.loss, critic, self._sample(module, len(real)))
         g_grads, g_lr, g_taken = self._update(g_loss, self.g_params, self.g_opt, self.generator_lr, self.g_precision,
                                               also_clear=self.c_opt)
         self.g_losses.append(g_loss.detach())
         self._last = (self.c_losses[-1], self.g_losses[-1], c_lr, g_lr, c_grads, g_grads)
         return StepResult(self.g_losses[-1], counted=True, taken=c_taken and g_taken)
+
+    def _sample(self, module: GAN, n: int) -> Tensor:
+        if self._generator is None:
+            return module.sample(n)
+        return self._generator(torch.randn(n, module.latent_dim).to(self.context.precision.device))  # as GAN.sample
 
     def log_values(self) -> dict[str, float]:
         c_loss, g_loss, c_lr, g_lr, c_grads, g_grads = self._last

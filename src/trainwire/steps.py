@@ -42,6 +42,7 @@ class StepContext:
     val_data: Any = None
     stop: Any = None  # the run's StopToken, for work a step runs itself (a nested fit)
     log: Any = None
+    health: Any = None  # trainwire.health.GradientHealth: told each counted step's gradients (None: nobody listens)
 
 
 class StepResult(NamedTuple):
@@ -67,6 +68,14 @@ class Step(ABC):
         Returns the step's stateful parts by name (each has ``state_dict``/``load_state_dict``);
         they are checkpointed and restored with the loop's.
         """
+
+    def compile(self, module: nn.Module, compile: Callable[[nn.Module], nn.Module]) -> nn.Module:
+        """With ``trainer.compile``: once per fit, before ``setup`` builds the optimizers; returns what runs forward.
+
+        ``compile`` wraps a module in ``torch.compile`` and shares its parameters. A step whose
+        work calls submodules rather than the module's forward compiles those instead.
+        """
+        return compile(module)
 
     def plan(self) -> dict[str, Any]:
         """What a checkpoint must have been planned with to resume under this step (config key -> value)."""
@@ -124,6 +133,8 @@ class SupervisedStep(Step):
         grads = self.gradients.apply(self.params)
         lr = self.optimizer.param_groups[0]["lr"]
         taken = precision.step(self.optimizer, grads if self.context.check_finite else None)
+        if self.context.health is not None:
+            self.context.health.gradients(grads)
         self.optimizer.zero_grad(set_to_none=True)
         if taken:
             self.lr_policy.after_step()

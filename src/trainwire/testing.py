@@ -28,6 +28,7 @@ class RecordingSink(MetricsSink):
     def __init__(self) -> None:
         self.records: list[LoggedRecord] = []
         self.images: list[tuple[str, int, int, Any]] = []  # (key, step, epoch, uint8 array)
+        self.histograms: list[LoggedRecord] = []  # values are 1-D tensors
         self.summary_values: dict[str, Any] = {}
         self.started = False
         self.status: str | None = None
@@ -40,6 +41,9 @@ class RecordingSink(MetricsSink):
 
     def log_image(self, key: str, image: Any, *, step: int, epoch: int) -> None:
         self.images.append((key, step, epoch, image))
+
+    def log_histograms(self, values: Mapping[str, Any], *, step: int, epoch: int) -> None:
+        self.histograms.append(LoggedRecord(step, epoch, dict(values)))
 
     def summary(self, values: Mapping[str, Any]) -> None:
         self.summary_values.update(values)

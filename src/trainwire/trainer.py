@@ -16,10 +16,12 @@ from trainwire import logs
 from trainwire import state as parts_codec
 from trainwire.cadence import Cadence, CheckpointPolicy
 from trainwire.checkpoints import CheckpointStore
+from trainwire.compiling import Compiler
 from trainwire.data import epoch_batches, resumable_sampler
 from trainwire.distributed import STRATEGIES, Strategy, make_strategy
 from trainwire.errors import ConfigError, TrainingInterrupted
 from trainwire.gradients import GradientPolicy
+from trainwire.health import GradientHealth, GradientMonitor
 from trainwire.hooks import emit
 from trainwire.lr import LRPolicy
 from trainwire.nonfinite import NONFINITE, NonFinitePolicy, make_nonfinite
@@ -30,6 +32,7 @@ from trainwire.sinks.base import MetricsSink, NullSink
 from trainwire.state import ModelPart, Position, RNGPart, is_stateful
 from trainwire.steps import OptimizerFactory, Step, StepContext, SupervisedStep
 from trainwire.stopping import NeverStop, StoppingPolicy
+from trainwire.throughput import Throughput
 
 __all__ = ["FitResult", "OptimizerFactory", "TrainState", "Trainer", "TrainerSettings"]
 
@@ -52,6 +55,14 @@ class TrainerSettings:
     nonfinite: str = "skip"
     max_nonfinite: int = 10  # consecutive skipped steps that end the run
     strategy: str = "single"  # single, ddp or fsdp (several processes: launch with torchrun)
+    compile: bool = False  # torch.compile what runs forward, once, before the optimizers are built (ADR 0019)
+    compile_mode: Optional[str] = None  # null (torch's default), reduce-overhead, max-autotune, ...
+    peak_tflops: Optional[float] = None  # the device's peak for time/mfu (null: known GPUs' bf16 dense peak)
+    watch_every_n_steps: Optional[int] = None  # grad_norm/<module>, param_norm/<module> and histograms (null: off)
+    grad_monitor: bool = True  # warn once (and count) when the total grad norm vanishes or explodes
+    grad_vanishing_norm: float = 1e-7  # vanishing: the norm below this ...
+    grad_vanishing_steps: int = 20  # ... for this many optimizer steps in a row
+    grad_exploding_factor: float = 10.0  # exploding: the norm above this times the median of the last 100
 
     def __post_init__(self) -> None:
         for key in ("max_epochs", "accumulate_steps", "log_every_n_steps", "checkpoint_every", "keep_last",
@@ -65,6 +76,20 @@ class TrainerSettings:
             raise ConfigError(f"trainer.strategy={self.strategy!r} is not one of {', '.join(STRATEGIES)}")
         if self.resume is not None and (not isinstance(self.resume, str) or not self.resume.strip()):
             raise ConfigError(f"trainer.resume={self.resume!r} must be null, 'auto' or a checkpoint path")
+        for key in ("compile", "grad_monitor"):
+            if type(getattr(self, key)) is not bool:
+                raise ConfigError(f"trainer.{key}={getattr(self, key)!r} must be true or false")
+        # Built once here so that a wrong value fails with its key named, before any work.
+        Compiler(self.compile_mode)
+        Throughput(self.peak_tflops)
+        gradient_health(self)
+
+
+def gradient_health(settings: TrainerSettings) -> GradientHealth:
+    """The gradient monitor and watch that ``settings`` ask for."""
+    monitor = GradientMonitor(settings.grad_vanishing_norm, settings.grad_vanishing_steps,
+                              settings.grad_exploding_factor)
+    return GradientHealth(monitor if settings.grad_monitor else None, settings.watch_every_n_steps)
 
 
 @dataclass
@@ -91,6 +116,7 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     steps: int = 0
     avg_epoch_time_s: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)  # flagged gradient steps, recompilations
 
     @property
     def best_metrics(self) -> dict[str, float]:
@@ -110,6 +136,7 @@ class FitResult:
             "stop_reason": self.stop_reason,
             "avg_epoch_time_s": self.avg_epoch_time_s,
             "steps": self.steps,
+            **self.counts,
             **best_val,
         }
 
@@ -128,8 +155,9 @@ class Trainer:
     """Runs ``fit``; every decision inside it is delegated to the injected step and policies.
 
     ``step`` is what one batch does to the weights; without one, ``objective``, ``optimizer``,
-    ``lr_policy`` and ``gradient_policy`` make the ``SupervisedStep``. ``nonfinite`` and
-    ``checkpoint_policy`` default to what ``settings`` names.
+    ``lr_policy`` and ``gradient_policy`` make the ``SupervisedStep``. ``nonfinite``,
+    ``checkpoint_policy`` and ``health`` (the gradient monitor and watch) default to what
+    ``settings`` names.
     """
 
     def __init__(
@@ -144,6 +172,7 @@ class Trainer:
         gradient_policy: GradientPolicy | None = None,
         nonfinite: NonFinitePolicy | None = None,
         checkpoint_policy: CheckpointPolicy | None = None,
+        health: GradientHealth | None = None,
         sink: MetricsSink | None = None,
         checkpoints: CheckpointStore | None = None,
         strategy: Strategy | None = None,
@@ -160,6 +189,10 @@ class Trainer:
         self.nonfinite = nonfinite or make_nonfinite(settings.nonfinite, settings.max_nonfinite)
         self.cadence = checkpoint_policy or Cadence(settings.checkpoint_every, settings.checkpoint_every_n_steps)
         self.strategy = strategy or make_strategy(settings.strategy)
+        self.health = health or gradient_health(settings)
+        if self.health.every is not None and settings.strategy == "fsdp":
+            raise ConfigError("trainer.watch_every_n_steps needs whole parameters; under trainer.strategy=fsdp they "
+                              "are sharded (set it to null)")
         self.sink = self.strategy.rank0_only(sink or NullSink())  # only rank 0 writes
         self.checkpoints = checkpoints
         self.hooks = list(hooks)
@@ -172,13 +205,16 @@ class Trainer:
             stop: StopToken | None = None) -> FitResult:
         """Trains ``model`` on ``train_data`` and returns what happened. The loop, in short::
 
+            compile what runs forward if trainer.compile says so (before the step builds its optimizers)
             restore every stateful part from a checkpoint if trainer.resume says so
             for epoch in range(max_epochs):
                 for batch in train_data (from the resumed batch on):
-                    result = step.train_step(module, batch)   # objective, backward, gradients, optimizer, lr
+                    result = step.train_step(module, batch)   # objective, backward, gradients (told to the
+                                                              # gradient health), optimizer, lr; FLOPs counted once
                     at each counted optimizer step: non-finite policy; log every n steps;
                     checkpoint as the cadence says, or now and stop if a stop was asked for
-                metrics = objective.evaluate(model, val_data)        # eval mode, no_grad
+                metrics = throughput of the epoch's training
+                metrics += objective.evaluate(model, val_data)       # eval mode, no_grad
                 step.end_epoch(metrics)                              # train metrics, lr policies
                 verdict = stopping_policy.update(epoch, metrics)     # keep best weights
                 log; checkpoint as the cadence says; stop if asked or if verdict.stop
@@ -199,10 +235,16 @@ class Trainer:
         precision = Precision(settings.precision, strategy.device(settings.device))
         model.to(precision.device)
         module = strategy.setup(model)  # before the optimizers: FSDP replaces the parameters
+        self._compiler = Compiler(settings.compile_mode) if settings.compile else None
+        if self._compiler is not None:  # also before the optimizers; the checkpoint keeps the plain model's keys
+            module = self.step.compile(module, self._compiler)
         token = stop if stop is not None else StopToken()
         context = StepContext(strategy, precision, self.nonfinite.checks, n_batches, settings.max_epochs,
-                              settings.accumulate_steps, self.objective, train_data, val_data, token, self.log)
+                              settings.accumulate_steps, self.objective, train_data, val_data, token, self.log,
+                              self.health)
         position = Position()
+        self._meter = Throughput(settings.peak_tflops)
+        self._meter.start(precision.device, strategy.world_size)
         parts = self._parts(model, precision, position, train_data, self.step.setup(model, context))
         plan = {"trainer.max_epochs": settings.max_epochs, "trainer.accumulate_steps": settings.accumulate_steps,
                 "batches per epoch (data.batch_size)": n_batches, **self.step.plan()}
@@ -213,8 +255,11 @@ class Trainer:
             self.log.info("resumed", checkpoint=where, epoch=position.epoch, batch=position.batch, step=position.step)
         state = TrainState(model=model, optimizer=self.step.optimizer, module=module, epoch=position.epoch,
                            step=position.step)
+        self.health.start(model, position, self.sink, self.log)
         with stop_requests(token):
             self.sink.start()
+            if self._compiler is not None:
+                self._compiler.listen()
             try:
                 self.step.start(model, resumed=checkpoint is not None)
                 result = self._run(state, position, parts, plan, train_data, val_data, token)
@@ -224,6 +269,9 @@ class Trainer:
                 self._emit("on_exception", state, error)
                 self.sink.finish("killed" if isinstance(error, (KeyboardInterrupt, TrainingInterrupted)) else "failed")
                 raise
+            finally:
+                if self._compiler is not None:
+                    self._compiler.stop()
         self.sink.summary(result.summary())
         self.sink.finish("finished")
         self.log.info("train_end", **result.summary())
@@ -235,6 +283,7 @@ class Trainer:
         sampler = resumable_sampler(train_data)
         parts = {"model": ModelPart(self.strategy, model), **step_parts, "precision": precision,
                  "stopping": self.stopping, "nonfinite": self.nonfinite, "objective": self.objective,
+                 "throughput": self._meter, "gradient_health": self.health,
                  **({"sampler": sampler} if sampler is not None else {}), "loop": position}
         parts.update((f"hook{index}.{type(hook).__name__}", hook) for index, hook in enumerate(self.hooks))
         return {name: part for name, part in parts.items() if is_stateful(part)} | {"rng": RNGPart()}
@@ -273,15 +322,21 @@ class Trainer:
     def _run(self, state, position, parts, plan, train_data, val_data, token) -> FitResult:
         settings, strategy, step, model, module = self.settings, self.strategy, self.step, state.model, state.module
         log_every, move = settings.log_every_n_steps, strategy.mover(parts["precision"].device)
+        meter, health = self._meter, self.health
         self._emit("on_train_start", state)
         self._boundary([], token, parts, plan)  # a token stopped before the run stops it before the first step
         model.train()
         for epoch in range(position.epoch, settings.max_epochs if position.stop_reason is None else 0):
-            state.epoch, started, skip = epoch, time.perf_counter(), position.batch
+            state.epoch, started, skip, first_step = epoch, time.perf_counter(), position.batch, state.step
             self._emit("on_epoch_start", state)
+            meter.start_epoch()
             for index, batch in enumerate(epoch_batches(train_data, epoch, skip), start=skip):
-                state.batch = index
-                result = step.train_step(module, move(batch), index)
+                state.batch, batch = index, move(batch)
+                if meter.counted:
+                    result = step.train_step(module, batch, index)
+                else:  # a fresh run's first optimizer step: its FLOPs are counted once
+                    result = meter.count(step.train_step, module, batch, index)
+                meter.batch(batch)
                 self._emit("on_batch_end", state, result.loss)
                 if not result.counted:
                     continue
@@ -291,16 +346,22 @@ class Trainer:
                     position.step = state.step = state.step + 1
                     if state.step % log_every == 0:  # the only per-step host reads besides the finite check
                         self.sink.log(step.log_values(), step=state.step, epoch=epoch)
+                        health.judge()
                 else:  # non-finite, or fp16 overflow (the scaler has lowered its scale): the schedule waits
                     self._not_taken(state)
                 self._boundary(self.cadence.at_step(state.step) if result.taken else [], token, parts, plan)
-            metrics = self._validate(state, val_data, move, parts["precision"]) if val_data is not None else {}
+            metrics = meter.end_epoch(state.step - first_step)  # training alone: before validation
+            health.judge()
+            if val_data is not None:
+                metrics.update(self._validate(state, val_data, move, parts["precision"]))
             step.end_epoch(model, metrics)
             verdict = strategy.broadcast(self.stopping.update(epoch, metrics))  # rank 0 decides for every process
             if verdict.improved:
                 position.best_model = strategy.model_state(model)
             metrics["time/epoch_s"] = time.perf_counter() - started
             metrics["train/skipped_steps"] = self.nonfinite.skipped
+            if self._compiler is not None:
+                self._compiler.report(metrics, self.log, epoch)
             position.history.append(metrics)
             self.sink.log(metrics, step=state.step, epoch=epoch)
             self.log.info("epoch", epoch=epoch, step=state.step, **metrics)
@@ -319,4 +380,6 @@ class Trainer:
             epochs_completed=len(history), best_epoch=self.stopping.best_epoch, best_value=self.stopping.best_value,
             monitor=self.stopping.monitor, stop_reason=position.stop_reason or "max_epochs", history=history,
             steps=state.step, avg_epoch_time_s=math.fsum(h["time/epoch_s"] for h in history) / max(len(history), 1),
+            counts={**health.counts(),
+                    **({"compile/recompiles": self._compiler.recompiles} if self._compiler is not None else {})},
         )

@@ -25,11 +25,21 @@ class MetricsSink(ABC):
         ``image`` is a ``numpy.uint8`` array, ``[H, W]`` (grey) or ``[H, W, 3]`` (RGB); see ``trainwire.images``.
         """
 
+    def log_histograms(self, values: Mapping[str, Any], *, step: int, epoch: int) -> None:
+        """Optional: distributions (1-D CPU tensors, by name) at ``step``; sinks without histograms drop them."""
+
     def summary(self, values: Mapping[str, Any]) -> None:
         """Called once at the end with the run's summary (best value and epoch, stop reason, timings)."""
 
     def finish(self, status: str = "finished") -> None:
         """Called last, also after an exception; ``status`` is one of finished, failed, killed."""
+
+
+def forward_histograms(sink: Any, values: Mapping[str, Any], *, step: int, epoch: int) -> None:
+    """``sink.log_histograms(...)`` where the sink has it (a duck-typed sink may not)."""
+    log_histograms = getattr(sink, "log_histograms", None)
+    if log_histograms is not None:
+        log_histograms(values, step=step, epoch=epoch)
 
 
 class NullSink(MetricsSink):
@@ -56,6 +66,10 @@ class FanOut(MetricsSink):
     def log_image(self, key: str, image: Any, *, step: int, epoch: int) -> None:
         for sink in self.sinks:
             sink.log_image(key, image, step=step, epoch=epoch)
+
+    def log_histograms(self, values: Mapping[str, Any], *, step: int, epoch: int) -> None:
+        for sink in self.sinks:
+            forward_histograms(sink, values, step=step, epoch=epoch)
 
     def summary(self, values: Mapping[str, Any]) -> None:
         for sink in self.sinks:

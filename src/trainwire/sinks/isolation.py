@@ -22,7 +22,7 @@ from typing import Any
 
 from trainwire import logs
 from trainwire.errors import RunRecordError
-from trainwire.sinks.base import FanOut, MetricsSink, NullSink
+from trainwire.sinks.base import FanOut, MetricsSink, NullSink, forward_histograms
 
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MAX_QUEUED = 1000  # calls waiting for a lagging sink; beyond it the oldest log call is dropped
@@ -100,6 +100,10 @@ class IsolatedSink(MetricsSink):
 
     def log_image(self, key: str, image: Any, *, step: int, epoch: int) -> None:
         self._submit("log_image", key, image, step=step, epoch=epoch)
+
+    def log_histograms(self, values: Mapping[str, Any], *, step: int, epoch: int) -> None:
+        if hasattr(self.sink, "log_histograms"):  # optional on the port: a duck-typed sink may lack it
+            self._submit("log_histograms", dict(values), step=step, epoch=epoch)
 
     def summary(self, values: Mapping[str, Any]) -> None:
         self._submit("summary", dict(values))
@@ -285,6 +289,11 @@ class GuardedFanOut(MetricsSink):
         self.record.log_image(key, image, step=step, epoch=epoch)
         for sink in self.guarded:
             sink.log_image(key, image, step=step, epoch=epoch)
+
+    def log_histograms(self, values: Mapping[str, Any], *, step: int, epoch: int) -> None:
+        forward_histograms(self.record, values, step=step, epoch=epoch)
+        for sink in self.guarded:
+            sink.log_histograms(values, step=step, epoch=epoch)
 
     def summary(self, values: Mapping[str, Any]) -> None:
         # Written at finish, when the dropped counts are final; several stages add up.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from trainwire.sinks.base import MetricsSink
+from trainwire.sinks.base import MetricsSink, forward_histograms
 
 
 class PrefixedSink(MetricsSink):
@@ -32,6 +32,10 @@ class PrefixedSink(MetricsSink):
 
     def log_image(self, key: str, image: Any, *, step: int, epoch: int) -> None:
         self.sink.log_image(self.prefix + key, image, step=self.step_offset + step, epoch=epoch)
+
+    def log_histograms(self, values: Mapping[str, Any], *, step: int, epoch: int) -> None:
+        forward_histograms(self.sink, {self.prefix + key: value for key, value in values.items()},
+                           step=self.step_offset + step, epoch=epoch)
 
     def summary(self, values: Mapping[str, Any]) -> None:
         self.sink.summary({self.prefix + key: value for key, value in values.items()})

@@ -57,6 +57,10 @@ class TensorBoardSink(MetricsSink):
     def log_image(self, key: str, image: Any, *, step: int, epoch: int) -> None:
         self._writer.add_image(key, image, step, dataformats="HW" if image.ndim == 2 else "HWC")
 
+    def log_histograms(self, values: Mapping[str, Any], *, step: int, epoch: int) -> None:
+        for key, value in values.items():
+            self._writer.add_histogram(key, value, step)
+
     def summary(self, values: Mapping[str, Any]) -> None:
         for key, value in values.items():
             if isinstance(value, Real) and not isinstance(value, bool):

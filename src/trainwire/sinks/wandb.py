@@ -109,11 +109,16 @@ class WandbSink(MetricsSink):
         except ImportError:
             if not self._warned_no_pil:  # one warning, and the metrics go on (failing here would drop them all)
                 self._warned_no_pil = True
-                import structlog
+                from trainwire import logs
 
-                structlog.get_logger("trainwire").warning("wandb_images_skipped", reason="Pillow is not installed")
+                logs.get_logger().warning("wandb_images_skipped", reason="Pillow is not installed")
             return
         self.run.log({key: self._wandb.Image(image), "epoch": epoch}, step=step)
+
+    def log_histograms(self, values: Mapping[str, Any], *, step: int, epoch: int) -> None:
+        # commit=False: the loop's own log at this step (if any) completes the same W&B step.
+        self.run.log({key: self._wandb.Histogram(value.numpy()) for key, value in values.items()}, step=step,
+                     commit=False)
 
     def summary(self, values: Mapping[str, Any]) -> None:
         self.run.summary.update(dict(values))
