@@ -160,7 +160,7 @@ def lr_find(cfg: Any, *, steps: int = 100, start_lr: float = 1e-7, end_lr: float
         container.run_dir: providers.Object(None),  # nothing is written to a run folder (a Pretrain saves no encoder)
         container.settings: providers.Object(dataclasses.replace(
             settings, max_epochs=math.ceil(steps / per_epoch), log_every_n_steps=1, resume=None,
-            checkpoint_every_n_steps=None)),
+            checkpoint_every_n_steps=None, grad_monitor=False)),  # a range test explodes on purpose
     }
     for provider, replacement in overrides.items():
         provider.override(replacement)
