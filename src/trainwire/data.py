@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, SequentialSampler, TensorDataset
 
+from trainwire import logs
 from trainwire.errors import ConfigError
 
 
@@ -290,6 +291,10 @@ def diabetes(batch_size: int = 32, val_fraction: float = 0.2, seed: int = 0, num
              world_size: int = 1) -> Loaders:
     """Diabetes progression: 10 features and the target, standardised with the training split's statistics.
 
+    The metrics are therefore in standardised units: ``val/rmse`` and ``val/mae`` in standard
+    deviations of the target (multiply by the ``std`` logged at the start for the original
+    units), and ``val/mape`` relative to standardised targets, many near zero, so it reads
+    large (4.96 is 496 %) and says little here; ``val/r2`` is the same in either unit.
     ``in_features`` and ``out_features`` state the shape, as for ``digits``.
     """
     _check_shape("diabetes", in_features, out_features, 10, 1)
@@ -299,4 +304,8 @@ def diabetes(batch_size: int = 32, val_fraction: float = 0.2, seed: int = 0, num
     x_mean, x_std = x[train_idx].mean(0), x[train_idx].std(0)
     y_mean, y_std = y[train_idx].mean(), y[train_idx].std()
     x, y = (x - x_mean) / x_std, ((y - y_mean) / y_std).unsqueeze(-1)
+    logs.get_logger().info("targets_standardised", data="diabetes", mean=round(y_mean.item(), 3),
+                           std=round(y_std.item(), 3),
+                           note="val/rmse and val/mae are in target standard deviations (times std: original units); "
+                                "val/mape is relative to standardised targets near 0")
     return _loaders(x, y, val_idx, train_idx, batch_size, seed, num_workers, train_samples, rank, world_size)
