@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from dependency_injector import providers
 from dependency_injector.containers import Container
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from structlog.contextvars import bound_contextvars
 
 from trainwire import registry
@@ -47,7 +47,9 @@ def _monitors(plain: dict[str, Any], objective: Any) -> None:
     """A monitored ``val/`` metric must be one the objective reports (when it says which), else no epoch would tell."""
     import difflib
 
-    names = getattr(getattr(objective, "objective", objective), "metric_names", None)  # through ScheduledMetrics
+    from trainwire.metric_schedule import ScheduledMetrics, stated_metrics
+
+    names = stated_metrics(objective.objective if isinstance(objective, ScheduledMetrics) else objective)
     for group in ("stopping", "lr"):
         monitor = plain[group].get("monitor")
         if not names or not isinstance(monitor, str) or not monitor.startswith("val/") or monitor[4:] in names:

@@ -13,6 +13,11 @@ from trainwire.errors import ConfigError
 from trainwire.objectives import Objective, Reduce, local
 
 
+def stated_metrics(objective: Objective) -> tuple[str, ...] | None:
+    """The metrics ``objective`` says it reports, when its own class says (a subclass may add some: then None)."""
+    return vars(type(objective)).get("metric_names")
+
+
 class ScheduledMetrics(Objective):
     """Wraps an Objective so that metric ``name`` is reported only every ``every[name]`` epochs.
 
@@ -31,7 +36,7 @@ class ScheduledMetrics(Objective):
         for name, n in every.items():
             if not isinstance(n, int) or isinstance(n, bool) or n < 1:
                 raise ConfigError(f"metrics_every.{name}={n!r} must be an integer >= 1")
-        names = getattr(objective, "metric_names", None)
+        names = stated_metrics(objective)
         for name in every if names else ():
             if name not in names:
                 nearest = difflib.get_close_matches(name, names, n=1)

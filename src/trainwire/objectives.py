@@ -26,8 +26,9 @@ def local(totals: Tensor) -> Tensor:
 class Objective(ABC):
     """Port: the task being learned.
 
-    ``metric_names``, when an objective states them, are the names ``evaluate`` can report: a
-    ``metrics_every`` entry for any other name is refused before the run starts.
+    ``metric_names``, when an objective's own class states them, are the names its ``evaluate``
+    reports: a ``metrics_every`` entry or a ``val/`` monitor for any other name is refused before
+    the run starts (a subclass that adds metrics states its own, or none).
     """
 
     metric_names: tuple[str, ...] | None = None
