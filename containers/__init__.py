@@ -8,11 +8,11 @@ from typing import Any
 import torch
 from dependency_injector import providers
 from dependency_injector.containers import Container
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from structlog.contextvars import bound_contextvars
 
 from trainwire import registry
-from trainwire.config import GROUPS, MULTI_SELECT, PROGRESS, LogConfig
+from trainwire.config import GROUPS, MULTI_SELECT, PROGRESS, LogConfig, resolved
 from trainwire.errors import ConfigError
 from trainwire.signals import StopToken
 from trainwire.process import SEEDING, run_scope
@@ -33,8 +33,31 @@ def _keys(plain: dict[str, Any]) -> None:
     for group in GROUPS:
         node = plain[group]
         for key, sub in (node.items() if group in MULTI_SELECT else [(None, node)]):
-            if "_target_" not in sub:
-                registry.check_keys(group, sub, f"{group}.{key}" if key else group)
+            name = f"{group}.{key}" if key else group
+            if "_target_" in sub:
+                registry.locate(sub["_target_"], name)  # imported now: a typo or a missing module fails before any work
+            else:
+                registry.check_keys(group, sub, name)
+
+
+MAX_SEED = 2**62
+
+
+def _monitors(plain: dict[str, Any], objective: Any) -> None:
+    """A monitored ``val/`` metric must be one the objective reports (when it says which), else no epoch would tell."""
+    import difflib
+
+    from trainwire.metric_schedule import ScheduledMetrics, stated_metrics
+
+    names = stated_metrics(objective.objective if isinstance(objective, ScheduledMetrics) else objective)
+    for group in ("stopping", "lr"):
+        monitor = plain[group].get("monitor")
+        if not names or not isinstance(monitor, str) or not monitor.startswith("val/") or monitor[4:] in names:
+            continue
+        nearest = difflib.get_close_matches(monitor[4:], names, n=1)
+        hint = f" (did you mean {group}.monitor=val/{nearest[0]}?)" if nearest else ""
+        raise ConfigError(f"{group}.monitor={monitor!r} is not a metric of objective={plain['objective'].get('type', 'custom')}"
+                          f"{hint}; it reports: {', '.join('val/' + name for name in names)}")
 
 
 def _nothing(**kwargs: Any) -> None:
@@ -49,7 +72,7 @@ def build_container(
     ``container_class`` may be a subclass of ``TrainerContainer`` that replaces some providers.
     Raises ConfigError (one line, naming the key and the value) before any work starts.
     """
-    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    plain = resolved(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
     plain.setdefault("sink", {})  # sink=[] removes the node
     for group in GROUPS:
         node = plain.get(group)
@@ -59,6 +82,9 @@ def build_container(
             name = f"{group}.{key}" if key else group
             if not isinstance(sub, dict):
                 raise ConfigError(f"{name}={sub!r} must be a config node")
+    seed = plain.get("seed", 0)
+    if type(seed) is not int or not 0 <= seed <= MAX_SEED:  # torch's generators take a signed 64-bit seed (+ epoch)
+        raise ConfigError(f"seed={seed!r} must be an integer in [0, 2**62]")
     if not plain.get("sink_timeout_s", 1) > 0:
         raise ConfigError(f"sink_timeout_s={plain['sink_timeout_s']!r} must be > 0")
     every = plain.get("metrics_every") or {}
@@ -67,6 +93,11 @@ def build_container(
         if monitor.startswith("val/") and every.get(monitor[4:], 1) != 1:
             raise ConfigError(f"metrics_every.{monitor[4:]}={every[monitor[4:]]!r}: {group}.monitor={monitor!r} "
                               "needs it every epoch")
+    for group in ("stopping", "lr"):
+        monitor = plain[group].get("monitor") or ""
+        if monitor.startswith("val/") and plain["data"].get("val_fraction", None) == 0:
+            raise ConfigError(f"data.val_fraction=0 leaves no validation data, and {group}.monitor={monitor!r} needs it "
+                              f"(set {group}.monitor to a train/ metric{', or stopping=none' if group == 'stopping' else ''})")
     if plain.get("progress", "auto") not in PROGRESS:
         raise ConfigError(f"progress={plain['progress']!r} is not one of {', '.join(PROGRESS)}")
     _keys(plain)  # also checks that each node's type is an option of its group
@@ -77,6 +108,7 @@ def build_container(
                  container.optimizer, container.objective, container.settings, container.nonfinite,
                  container.checkpoint_policy):
         slot()
+    _monitors(plain, container.objective())
     # The paradigm too (a setting its step cannot honour is refused now), with neither a trainer nor a run folder built.
     with container.trainer.override(providers.Callable(_nothing)), container.run_dir.override(providers.Object(None)):
         container.paradigm()

@@ -19,6 +19,8 @@ from dependency_injector import containers, providers
 from trainwire import distributed, registry
 from trainwire.cadence import Cadence
 from trainwire.checkpoints import LocalCheckpointStore
+from trainwire.data import as_loaders
+from trainwire.errors import ConfigError
 from trainwire.metric_schedule import ScheduledMetrics
 from trainwire.nonfinite import make_nonfinite
 from trainwire.progress import ProgressBar, progress_enabled
@@ -30,14 +32,53 @@ from trainwire.steps import SupervisedStep
 from trainwire.trainer import Trainer, TrainerSettings
 
 
-def _custom(node: dict[str, Any]) -> Any:
+# Keys a custom (``_target_``) node of a group always has, for trainwire's own use; the target gets them
+# only if it names them (a data target returning Datasets gets loaders built with these).
+OWN_KEYS = {"data": ("batch_size", "num_workers")}
+
+
+def _custom(group: str, node: dict[str, Any], key: str, context: dict[str, Callable[[], Any]]) -> Any:
+    """The user's own ``_target_``, built by Hydra's ``instantiate`` with the context values its signature names.
+
+    An optimizer target is built partially (its parameters come inside fit). A target that
+    cannot be imported, or that rejects its arguments, is one ConfigError line naming the key.
+    """
+    import inspect
+
     from hydra.utils import instantiate
 
-    return instantiate({key: value for key, value in node.items() if key != "type"})
+    target = registry.locate(node.get("_target_"), key)
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: it gets only what the node says
+        parameters = {}
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    named = [name for name in OWN_KEYS.get(group, ()) if name not in parameters and not takes_any]
+    spec = {name: value for name, value in node.items() if name != "type" and name not in named}
+    if group == "optimizer":
+        spec.setdefault("_partial_", True)
+    supplied = {name: supply() for name, supply in context.items() if name in parameters or takes_any}
+    try:
+        built = instantiate(spec, **supplied)
+    except Exception as error:  # Hydra wraps what the target raised; its cause is the one line worth saying
+        cause = error.__cause__ or error
+        if isinstance(cause, ConfigError):
+            raise cause from error
+        raise ConfigError(f"{key}._target_={node['_target_']!r} failed: {type(cause).__name__}: "
+                          f"{(str(cause).strip().splitlines() or [''])[0]}") from cause
+    port = registry.GROUPS[group].port if group in registry.GROUPS else None
+    if port is not None and group != "optimizer":
+        expected = registry.resolve(port)
+        if not isinstance(built, expected):
+            raise ConfigError(f"{key}._target_={node['_target_']!r} built a {type(built).__name__}, which is not a "
+                              f"{expected.__module__}.{expected.__qualname__}")
+    return built
 
 
 def _build(group: str, node: dict[str, Any], key: str | None = None, **context: Callable[[], Any]) -> Any:
-    return _custom(node) if "_target_" in node else registry.build(group, node, context, key=key)
+    if "_target_" in node:
+        return _custom(group, node, key or group, context)
+    return registry.build(group, node, context, key=key)
 
 
 def _option(group: str, node: providers.Provider, **context: providers.Provider) -> providers.Factory:
@@ -112,8 +153,12 @@ class TrainerContainer(containers.DeclarativeContainer):
     optimizer = _option("optimizer", config.optimizer)
     objective = providers.Factory(_scheduled, _option("objective", config.objective), config.metrics_every)
     model = _option("model", config.model)
-    data = _option("data", config.data, seed=config.seed, rank=strategy.provided.rank,
-                   world_size=strategy.provided.world_size)
+    # Whatever the data option returns becomes Loaders by the data contract (trainwire.data.as_loaders).
+    data = providers.Factory(
+        as_loaders,
+        _option("data", config.data, seed=config.seed, rank=strategy.provided.rank,
+                world_size=strategy.provided.world_size),
+        config.data, seed=config.seed, rank=strategy.provided.rank, world_size=strategy.provided.world_size)
     # The external sinks (sink=[wandb,tensorboard,mlflow]); whatever fills this slot is isolated (ADR 0010).
     metrics_sink = providers.Factory(_external_sinks, config.sink, config, run_dir, config.sink_timeout_s)
     run_record = providers.Factory(JsonlSink, run_dir=run_dir, config_yaml=providers.Callable(_yaml, config))

@@ -75,7 +75,7 @@ def test_console_logs_and_early_stop_line(tmp_path):
         ("gradient.max_norm=0", "gradient.max_norm=0.0 must be > 0"),
         ("optimizer.lr=0", "optimizer.lr=0.0 must be > 0"),
         ("optimizer.lr=-0.1", "optimizer.lr=-0.1 must be > 0"),
-        ("lr=cosine", "lr='cosine' is not an option; choose one of: constant, cosine_restarts, plateau, warmup_cosine"),
+        ("lr=cosine", "lr='cosine' is not an option; choose one of: constant, cosine_restarts, custom, plateau, warmup_cosine"),
         ("sink=neptune", "sink='neptune' is not an option; choose one of: mlflow, null, tensorboard, wandb"),
         ("sink=[wandb,neptune]", "sink='neptune' is not an option; choose some of: mlflow, tensorboard, wandb"),
         ("sink_timeout_s=0", "sink_timeout_s=0.0 must be > 0"),

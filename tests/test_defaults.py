@@ -19,7 +19,7 @@ from trainwire.trainer import TrainerSettings
 # What the packaged YAML sets on purpose (ADR 0017): presets, not defaults. Anything else a YAML
 # file under configs/<group>/ writes must be an interpolation (wiring between groups).
 DELTAS = {
-    ("lr", "warmup_cosine", "warmup_epochs"): 3,  # WarmupCosine() warms up not at all; the CLI's preset for 3 epochs
+    ("lr", "warmup_cosine", "warmup_ratio"): 0.05,  # WarmupCosine() warms up not at all; the preset over 5% of the run
     ("objective", "regression", "loss"): {"name": "mse", "reduction": "mean"},  # the nested group's choice of "mse"
 }
 

@@ -104,9 +104,12 @@ def assert_same_training(expected_dir: Path, run_dir: Path, *, exact: bool) -> N
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory) -> Path:
-    """An uninterrupted DDP run at 32 a process, with no hydra.run.dir: rank 0 names the one directory."""
+    """An uninterrupted DDP run at 32 a process, with no hydra.run.dir: rank 0 names the one directory.
+
+    No trainer.strategy is given: the default, auto, is DDP under torchrun.
+    """
     cwd = tmp_path_factory.mktemp("ddp")
-    out = finish(train(cwd, "trainer.strategy=ddp"))
+    out = finish(train(cwd))
     run_dirs = [path.parent for path in (cwd / "outputs").glob("*/*/metrics.jsonl")]
     assert len(run_dirs) == 1 and len(list((cwd / "outputs").glob("*/*"))) == 1  # one run directory, not one a rank
     assert (run_dirs[0] / ".hydra" / "config.yaml").exists()
@@ -178,6 +181,30 @@ def test_early_stopping_is_rank_0s_decision_on_every_rank(tmp_path):
 
 
 @pytest.mark.slow
+def test_an_explicit_single_strategy_under_torchrun_is_refused_on_every_rank(tmp_path):
+    process = train(tmp_path, "trainer.strategy=single", f"hydra.run.dir={tmp_path / 'r'}")
+    out, err = process.communicate(timeout=300)
+    assert process.returncode != 0
+    assert err.count("trainer.strategy=single would train one model in each") == 1, err[-2000:]
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()
+
+
+def test_auto_is_ddp_only_inside_a_process_group():
+    from trainwire.distributed import DDP, SingleProcess, make_strategy, resolve_strategy
+
+    assert resolve_strategy("auto") == "single" and isinstance(make_strategy("auto"), SingleProcess)
+    assert resolve_strategy("fsdp") == "fsdp"
+    import torch.distributed as dist
+
+    store = dist.HashStore()
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        assert resolve_strategy("auto") == "ddp" and isinstance(make_strategy("auto"), DDP)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
 def test_a_bad_value_is_judged_once_by_rank_0_and_every_rank_exits_2(tmp_path):
     process = train(tmp_path, "trainer.strategy=ddp", "optimizer.lr=0", f"hydra.run.dir={tmp_path / 'r'}")
     _, err = process.communicate(timeout=300)
@@ -235,7 +262,7 @@ def test_one_process_strategy_is_the_identity_and_starts_no_group():
     totals = torch.tensor([1.0, 2.0])
     assert strategy.reduce(totals) is totals and strategy.broadcast("x") == "x" and strategy.any(True)
     assert not dist.is_initialized()
-    with pytest.raises(ConfigError, match=r"trainer.strategy='dp' is not one of single, ddp, fsdp"):
+    with pytest.raises(ConfigError, match=r"trainer.strategy='dp' is not one of auto, single, ddp, fsdp"):
         make_strategy("dp")
     with pytest.raises(ConfigError, match=r"needs the processes started by torchrun"):
         make_strategy("ddp").start()  # no launcher around this test: a clear error, no hang

@@ -35,7 +35,7 @@ def test_plot_draws_the_record_of_each_run(two_runs, tmp_path):
     out = tmp_path / "curves.png"
     runs = plot_runs(two_runs, out)
     (width, height), size = png_size(out)
-    assert (width, height) == (1200, 800) and size > 20_000
+    assert (width, height) == (1600, 800) and size > 20_000
     for run_dir, curves in zip(two_runs, runs):
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         summary = json.loads((run_dir / "summary.json").read_text())
@@ -78,7 +78,7 @@ def test_plot_and_lr_preview_on_the_command_line(two_runs, tmp_path):
     done = subprocess.run([trainwire, "plot", *map(str, two_runs), "-o", str(tmp_path / "both.png")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert png_size(tmp_path / "both.png")[0] == (1200, 800)
+    assert png_size(tmp_path / "both.png")[0] == (1600, 800)
     done = subprocess.run([trainwire, "lr-preview", "lr=cosine_restarts", "lr.T0=5", "-o", str(tmp_path / "lr.png")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -105,4 +105,4 @@ def test_plot_a_staged_run(tmp_path, task):
     fine_epochs = [r for r in records if "fine/val/loss" in r]
     assert fine.best_epoch is not None
     assert curves.stop_step == fine_epochs[-1]["step"] and curves.best_step == fine_epochs[fine.best_epoch]["step"]
-    assert png_size(tmp_path / "staged.png")[0] == (1200, 800)
+    assert png_size(tmp_path / "staged.png")[0] == (1600, 800)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from trainwire.distributed import resolve_strategy
 from trainwire.errors import ConfigError
 from trainwire.objectives import Regression
 from trainwire.steps import Step, StepContext, StepResult
@@ -145,7 +146,8 @@ class GBDTStep(Step):
     optimizer = None  # no torch optimizer: hooks see ``state.optimizer`` as None
 
     def check(self, settings: Any) -> None:
-        refusals = {"trainer.strategy": (settings.strategy, "single"), "trainer.precision": (settings.precision, "32"),
+        strategy = resolve_strategy(settings.strategy)  # auto is single unless a process group is running
+        refusals = {"trainer.strategy": (strategy, "single"), "trainer.precision": (settings.precision, "32"),
                     "trainer.accumulate_steps": (settings.accumulate_steps, 1)}
         for key, (value, supported) in refusals.items():
             if value != supported:

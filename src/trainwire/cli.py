@@ -13,6 +13,7 @@ from pathlib import Path
 
 USAGE = """usage: trainwire train [hydra overrides ...]
        trainwire plot RUN_DIR [RUN_DIR ...] [-o curves.png]
+       trainwire compare SWEEP_DIR | RUN_DIR [RUN_DIR ...] [--csv]
        trainwire lr-preview [hydra overrides ...] [-o lr.png]
        trainwire lr-find [hydra overrides ...] [--steps 100] [--start-lr 1e-7] [--end-lr 10] [-o lr_find.png]
 
@@ -22,11 +23,12 @@ USAGE = """usage: trainwire train [hydra overrides ...]
   trainwire train --cfg job                     print the composed config
   trainwire train -m optimizer.lr=1e-3,3e-3     a Hydra sweep
   trainwire plot outputs/a outputs/b -o ab.png  loss, monitored metric, lr and grad norm of runs, as PNG
+  trainwire compare multirun/2026-11-30/12-00-00 each run's overrides vs its best value, monitor, stop reason
   trainwire lr-preview lr.warmup_epochs=5       the lr curve a config would produce, without training
   trainwire lr-find data=diabetes objective=regression
                                                 LR range test: suggests an optimizer.lr, plots loss vs lr
-  torchrun --nproc_per_node=2 -m trainwire train trainer.strategy=ddp
-                                                data-parallel over 2 processes
+  torchrun --nproc_per_node=2 -m trainwire train
+                                                data-parallel over 2 processes (trainer.strategy=auto: ddp)
 """
 
 
@@ -100,7 +102,11 @@ def _agreed_config(cfg):
     from trainwire.containers import build_container
     from trainwire.errors import ConfigError
 
-    plain = OmegaConf.to_container(cfg, resolve=True)
+    from trainwire.config import resolved
+
+    plain = resolved(cfg)
+    if plain["trainer"]["strategy"] == "auto":  # the launch decides: data-parallel under torchrun, else one process
+        plain["trainer"]["strategy"] = "ddp" if _launch.distributed else "single"
     if not _launch.distributed:
         return plain
     from trainwire.distributed import broadcast_object
@@ -291,6 +297,12 @@ def _plot(args: list[str]) -> None:
     print(out or Path(run_dirs[0]) / "curves.png", f"({len(written)} run{'s' if len(written) > 1 else ''})")
 
 
+def _compare(args: list[str]) -> None:
+    from trainwire.compare import main as compare
+
+    print(compare(args), end="")
+
+
 def _lr_preview(args: list[str]) -> None:
     from trainwire.config import compose
     from trainwire.containers import lr_preview
@@ -347,8 +359,20 @@ def _lr_find(args: list[str]) -> None:
     print(f"suggested optimizer.lr={result.suggestion:.3g} ({len(result.lrs)} steps, {result.reason}; plot: {out})")
 
 
+def _see_working_directory() -> None:
+    """Puts the working directory first on ``sys.path``, as ``python -m trainwire`` does.
+
+    The console script's ``sys.path`` starts with its own folder instead, so a user's
+    ``model._target_=mylab.SmallCNN`` next to them would not import.
+    """
+    cwd = os.getcwd()
+    if not any(entry in ("", ".") or os.path.abspath(entry) == cwd for entry in sys.path):
+        sys.path.insert(0, cwd)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
+    _see_working_directory()
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
         sys.exit(0 if args else 2)
@@ -364,7 +388,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             _signals.leaving()
         return
-    tools = {"plot": _plot, "lr-preview": _lr_preview, "lr-find": _lr_find}
+    tools = {"plot": _plot, "lr-preview": _lr_preview, "lr-find": _lr_find, "compare": _compare}
     if command not in tools:
         print(f"trainwire: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         sys.exit(2)

@@ -189,16 +189,49 @@ def register_schemas(overrides: Iterable[str] = ()) -> None:
                 store.store(group=f"schema/{group}", name=name, node=node)
             else:
                 store.store(group=group, name=name, node={name: node} if spec.multi else node)
+    for group, node in custom_nodes().items():
+        store.store(group=group, name=CUSTOM, node=node)
     packaged = _packaged("objective/loss")
     for name in available_losses():
         store.store(group="schema/objective/loss" if name in packaged else "objective/loss", name=name,
                     node=loss_schema(name))
 
 
+# The user's own class or function in a slot: `model._target_=mylab.SmallCNN` selects `model=custom`.
+CUSTOM = "custom"
+
+
+def custom_nodes() -> dict[str, dict[str, Any]]:
+    """The ``custom`` option of each single-select group: a ``_target_`` and the user's own keys (``+model.channels=8``).
+
+    A custom ``data`` node also has ``batch_size`` and ``num_workers``: they build the loaders of
+    a target that returns Datasets, and reach the target only if it names them.
+    """
+    nodes: dict[str, dict[str, Any]] = {group: {"_target_": MISSING} for group, spec in registry.GROUPS.items()
+                                        if not spec.multi}
+    nodes["data"].update(batch_size=64, num_workers=0)
+    return nodes
+
+
+def _custom_targets(overrides: list[str]) -> list[str]:
+    """``group._target_=X`` selects the group's ``custom`` option first, unless the overrides pick an option."""
+    picked = {override.lstrip("+~").partition("=")[0] for override in overrides if "=" in override}
+    result = []
+    for override in overrides:
+        key, sep, value = override.lstrip("+").partition("=")
+        group = key[: -len("._target_")] if key.endswith("._target_") else None
+        if sep and group in registry.GROUPS and not registry.GROUPS[group].multi and group not in picked:
+            result.append(f"{group}={CUSTOM}")
+            picked.add(group)
+            override = f"{key}={value}"
+        result.append(override)
+    return result
+
+
 def options(group: str) -> list[str]:
-    """The options of ``group``: registered (built in or by entry points) and packaged as YAML."""
+    """The options of ``group``: registered (built in or by entry points), packaged as YAML, and ``custom``."""
     if group in registry.GROUPS:
-        names = set(registry.options(group)) | _packaged(group)
+        names = set(registry.options(group)) | _packaged(group) | (set() if registry.GROUPS[group].multi else {CUSTOM})
     elif group == "objective/loss":
         from trainwire.losses import available_losses
 
@@ -229,6 +262,18 @@ def explain(error: BaseException) -> ConfigError | None:
 
 
 
+def resolved(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain containers, interpolations resolved; one ConfigError line for one that cannot be."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as error:
+        key = getattr(error, "full_key", None) or "the config"
+        raise ConfigError(f"{key}: {str(error.msg if hasattr(error, 'msg') else error).splitlines()[0]}; "
+                          f"set {key}=<value>") from None
+
+
 # experiment/ holds `# @package _global_` presets that pick options of the groups above.
 CHOICE_GROUPS = (*GROUPS, *SUBGROUPS, "experiment")
 _DOTTED_SUBGROUPS = {group.replace("/", "."): group for group in SUBGROUPS}
@@ -247,6 +292,7 @@ def check_choices(overrides: list[str]) -> list[str]:
     ``sink.project``, ``sink.entity``, ``sink.name``, ``sink.mode``, ``sink.tags`` and ``sink.dir``
     are short for the W&B sink's ``sink.wandb.*`` keys.
     """
+    overrides = _custom_targets(overrides)
     if any(override.startswith(("hydra.searchpath", "+hydra.searchpath")) for override in overrides):
         return overrides  # the user's own config folders may add options: Hydra judges those
     checked = []

@@ -1,20 +1,38 @@
-"""Bundled datasets and their loaders.
+"""Data: the data contract, resumable loaders, and the bundled datasets.
 
-Both sets ship inside the package (``trainwire/datasets``), so nothing is downloaded at run
-time: the UCI 8×8 handwritten digits (1,797 images, 10 classes) for classification and the
+The data contract: whatever fills the ``data`` slot (a built-in option, or the user's own
+``data._target_=mylab.make_loaders``) returns one of
+
+- a ``(train, val)`` pair, ``val`` may be None: each a ``DataLoader`` (or any sized iterable
+  of batches) or a map-style ``Dataset``;
+- a ``Loaders``;
+- a single ``DataLoader`` or ``Dataset``: training data without validation.
+
+A map-style ``Dataset`` gets trainwire's own loaders (``as_loaders``): a ``ResumableSampler``
+(shuffled from the seed, resumable mid-epoch, sharded by rank) with ``data.batch_size`` per
+process and ``data.num_workers``, and ``ShardBatches`` for validation. A target whose
+signature names ``seed``, ``rank``, ``world_size`` or ``batch_size`` receives them. A user's own
+``DataLoader`` is used as it is: if its order cannot be restored (shuffled without a
+``ResumableSampler``), the Trainer says so once (``not_resumable``), as a warning at the start and
+a note in ``summary.json``. Anything else is one ConfigError line naming ``data``, the target and
+what it returned.
+
+Both bundled sets ship inside the package (``trainwire/datasets``), so nothing is downloaded at
+run time: the UCI 8×8 handwritten digits (1,797 images, 10 classes) for classification and the
 diabetes progression set (442 patients, 10 features) for regression.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from importlib import resources
 from typing import Any, NamedTuple
 
 import torch
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, SequentialSampler, TensorDataset
 
+from trainwire import logs
 from trainwire.errors import ConfigError
 
 
@@ -130,6 +148,86 @@ def epoch_batches(data: Iterable[Any], epoch: int, start: int = 0) -> Iterator[A
     return itertools.islice(data, start, None)
 
 
+def not_resumable(data: Any) -> str | None:
+    """Why resuming mid-run would not see the batches an uninterrupted run sees, or None when it would.
+
+    Exact: a DataLoader over a ``ResumableSampler``, a list, or a DataLoader reading a map-style
+    dataset in order. Anything else (a shuffled DataLoader, an iterable dataset) is not.
+    """
+    if resumable_sampler(data) is not None or isinstance(data, Sequence):
+        return None
+    if isinstance(data, DataLoader):
+        if isinstance(data.dataset, IterableDataset):
+            return "the training DataLoader reads an IterableDataset, whose position cannot be restored"
+        if isinstance(data.sampler, SequentialSampler) and getattr(data.batch_sampler, "sampler", None) is data.sampler:
+            return None
+        return (f"the training DataLoader draws its order from a {type(data.sampler).__name__}, which cannot be "
+                "restored: a resumed run sees other batches (return Datasets, or use trainwire.data.ResumableSampler)")
+    return f"the training data ({type(data).__name__}) cannot be rewound to a batch: a resumed run may see other batches"
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)} ({', '.join(type(item).__name__ for item in value)})"
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60] + '…' if len(text) > 60 else text}"
+
+
+def _batches(part: Any, *, train: bool, batch_size: int, num_workers: int, seed: int, rank: int,
+             world_size: int) -> Any:
+    """Loaders for a map-style Dataset; anything iterable with a length is taken as batches already."""
+    if isinstance(part, Dataset) and not isinstance(part, IterableDataset) and hasattr(part, "__len__"):
+        if train:
+            generator = torch.Generator().manual_seed(seed)
+            sampler = ResumableSampler(len(part), batch_size, seed=seed, generator=generator, rank=rank,
+                                       world_size=world_size)
+            return DataLoader(part, batch_sampler=sampler, generator=generator, num_workers=num_workers)
+        shard = ShardBatches(len(part), batch_size * 4, rank=rank, world_size=world_size)
+        return DataLoader(part, batch_sampler=shard, num_workers=num_workers)
+    if (isinstance(part, Iterable) and hasattr(part, "__len__")
+            and not isinstance(part, (str, bytes, Mapping, torch.Tensor))):  # a tensor's rows are not batches
+        return part
+    return None
+
+
+MAX_WORKERS = 256
+
+
+def check_workers(num_workers: Any) -> None:
+    """Refuses a ``data.num_workers`` that is negative or more processes than any machine here would start."""
+    if type(num_workers) is not int or not 0 <= num_workers <= MAX_WORKERS:
+        raise ConfigError(f"data.num_workers={num_workers!r} must be an integer in [0, {MAX_WORKERS}]")
+
+
+def as_loaders(returned: Any, node: Mapping[str, Any] | None = None, *, seed: int = 0, rank: int = 0,
+               world_size: int = 1) -> Loaders:
+    """What a data option returned, as ``Loaders``, by the data contract (see this module's docstring).
+
+    ``node`` is the ``data`` config node: its ``batch_size`` and ``num_workers`` build the loaders of
+    Datasets, and its ``_target_`` or ``type`` names the source in errors.
+    """
+    node = dict(node or {})
+    source = node.get("_target_") or node.get("type") or "?"
+    batch_size, num_workers = node.get("batch_size", 64), node.get("num_workers", 0)
+    if isinstance(returned, Loaders):
+        return returned
+    pair = returned if isinstance(returned, (tuple, list)) and len(returned) == 2 else (returned, None)
+    if isinstance(returned, (tuple, list)) and len(returned) != 2:
+        pair = (None, None)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ConfigError(f"data.batch_size={batch_size!r} must be an integer >= 1")
+    check_workers(num_workers)
+    built = [None if part is None and index == 1 else
+             _batches(part, train=index == 0, batch_size=batch_size, num_workers=num_workers, seed=seed, rank=rank,
+                      world_size=world_size)
+             for index, part in enumerate(pair)]
+    if built[0] is None or (pair[1] is not None and built[1] is None):
+        raise ConfigError(
+            f"data={source} returned {_describe(returned)}; a data target returns (train, val) (val may be None), "
+            "a trainwire.data.Loaders, or map-style Datasets, each a DataLoader, a sized iterable of batches or a Dataset")
+    return Loaders(built[0], built[1])
+
+
 def _load(name: str) -> dict[str, torch.Tensor]:
     with resources.files("trainwire.datasets").joinpath(f"{name}.pt").open("rb") as handle:
         return torch.load(handle, weights_only=True)
@@ -148,6 +246,7 @@ def _loaders(x: torch.Tensor, y: torch.Tensor, val_idx: torch.Tensor, train_idx:
              rank: int = 0, world_size: int = 1) -> Loaders:
     if batch_size < 1:
         raise ConfigError(f"data.batch_size={batch_size} must be >= 1")
+    check_workers(num_workers)
     if train_samples is not None:
         if not 1 <= train_samples <= len(train_idx):
             raise ConfigError(f"data.train_samples={train_samples} must be in [1, {len(train_idx)}] (the training split)")
@@ -192,6 +291,10 @@ def diabetes(batch_size: int = 32, val_fraction: float = 0.2, seed: int = 0, num
              world_size: int = 1) -> Loaders:
     """Diabetes progression: 10 features and the target, standardised with the training split's statistics.
 
+    The metrics are therefore in standardised units: ``val/rmse`` and ``val/mae`` in standard
+    deviations of the target (multiply by the ``std`` logged at the start for the original
+    units), and ``val/mape`` relative to standardised targets, many near zero, so it reads
+    large (4.96 is 496 %) and says little here; ``val/r2`` is the same in either unit.
     ``in_features`` and ``out_features`` state the shape, as for ``digits``.
     """
     _check_shape("diabetes", in_features, out_features, 10, 1)
@@ -201,4 +304,8 @@ def diabetes(batch_size: int = 32, val_fraction: float = 0.2, seed: int = 0, num
     x_mean, x_std = x[train_idx].mean(0), x[train_idx].std(0)
     y_mean, y_std = y[train_idx].mean(), y[train_idx].std()
     x, y = (x - x_mean) / x_std, ((y - y_mean) / y_std).unsqueeze(-1)
+    logs.get_logger().info("targets_standardised", data="diabetes", mean=round(y_mean.item(), 3),
+                           std=round(y_std.item(), 3),
+                           note="val/rmse and val/mae are in target standard deviations (times std: original units); "
+                                "val/mape is relative to standardised targets near 0")
     return _loaders(x, y, val_idx, train_idx, batch_size, seed, num_workers, train_samples, rank, world_size)

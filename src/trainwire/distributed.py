@@ -29,7 +29,7 @@ from trainwire.errors import ConfigError
 from trainwire.precision import resolve_device
 from trainwire.sinks.base import MetricsSink, forward_histograms
 
-STRATEGIES = ("single", "ddp", "fsdp")
+STRATEGIES = ("auto", "single", "ddp", "fsdp")
 
 
 def _unchanged(batch: Any) -> Any:
@@ -344,9 +344,22 @@ def _to_cpu(value: Any) -> Any:
     return value
 
 
+def resolve_strategy(name: str) -> str:
+    """``name``, with ``auto`` made concrete: ``ddp`` when a process group is initialised, else ``single``.
+
+    The library reads no environment: the CLI resolves ``auto`` from how it was launched
+    (torchrun) before anything is built, and joins the group then, so both agree.
+    """
+    if name != "auto":
+        return name
+    import torch.distributed as dist
+
+    return "ddp" if dist.is_available() and dist.is_initialized() else "single"
+
+
 def make_strategy(name: str) -> Strategy:
-    """The strategy ``trainer.strategy`` names: ``single``, ``ddp`` or ``fsdp``."""
+    """The strategy ``trainer.strategy`` names: ``auto`` (see ``resolve_strategy``), ``single``, ``ddp`` or ``fsdp``."""
     kinds = {"single": SingleProcess, "ddp": DDP, "fsdp": FSDP}
-    if name not in kinds:
+    if name not in STRATEGIES:
         raise ConfigError(f"trainer.strategy={name!r} is not one of {', '.join(STRATEGIES)}")
-    return kinds[name]()
+    return kinds[resolve_strategy(name)]()

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from trainwire.distributed import resolve_strategy
 from trainwire.errors import ConfigError
 from trainwire.frechet import FrechetDistance, sample_grid
 from trainwire.gradients import GradientPolicy, GradStats, NoClip
@@ -181,7 +182,7 @@ class GANStep(Step):
         self._critic = self._generator = None  # compiled forms (trainer.compile), else the model's own
 
     def check(self, settings: Any) -> None:
-        if settings.strategy != "single":
+        if resolve_strategy(settings.strategy) != "single":  # auto is single unless a process group is running
             raise ConfigError(f"paradigm=gan trains in one process; trainer.strategy={settings.strategy!r} is not "
                               "supported (use trainer.strategy=single)")
         if settings.accumulate_steps != 1:

@@ -62,6 +62,23 @@ def available_losses() -> dict[str, dict[str, Any]]:
     return {name: {**entry.defaults, "reduction": "mean"} for name, entry in sorted(_REGISTRY.items())}
 
 
+def aligned(predictions: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Predictions and targets of one shape, a trailing 1 squeezed from either; any other mismatch is an error.
+
+    Broadcasting ``(B, T, 1)`` against ``(B, T)`` would compare every prediction with every target
+    of its sample, and a sequence loss would read the length-1 axis as the sequence: both wrong
+    without a sound, so a mismatch is refused.
+    """
+    if predictions.shape == targets.shape:
+        return predictions, targets
+    if predictions.shape[-1:] == (1,) and predictions.shape[:-1] == targets.shape:
+        return predictions.squeeze(-1), targets
+    if targets.shape[-1:] == (1,) and targets.shape[:-1] == predictions.shape:
+        return predictions, targets.squeeze(-1)
+    raise ConfigError(f"a regression loss got predictions of shape {tuple(predictions.shape)} and targets "
+                      f"of shape {tuple(targets.shape)}; they must match (a trailing 1 on either is squeezed)")
+
+
 @dataclass(frozen=True)
 class Loss:
     """A registered loss bound to its parameters; call it as ``loss(predictions, targets)``."""
@@ -72,6 +89,7 @@ class Loss:
 
     def unreduced(self, predictions: Tensor, targets: Tensor) -> Tensor:
         """The loss before reduction (per element; per sequence for ``physics_informed``)."""
+        predictions, targets = aligned(predictions, targets)
         return _REGISTRY[self.name].fn(predictions, targets, **self.params)
 
     def __call__(self, predictions: Tensor, targets: Tensor) -> Tensor:

@@ -98,6 +98,12 @@ class Constant(LRPolicy):
 class WarmupCosine(_SchedulerPolicy):
     """Linear warmup from ``start_factor``·lr to lr, then cosine annealing to ``min_lr``.
 
+    The warmup is ``warmup_steps`` optimizer steps, or ``warmup_epochs`` epochs, or else
+    ``warmup_ratio`` of the run (rounded down), so a ratio fits a run of any length: the
+    packaged preset sets the ratio, and a user's ``warmup_steps`` or ``warmup_epochs`` wins
+    over it without any other key set to null. Steps and epochs together are an error, and so
+    is an explicit warmup as long as the run.
+
     With ``w`` warmup units and ``T`` units in the run (units are optimizer steps or epochs,
     per ``interval``), the lr at unit ``k`` is::
 
@@ -115,8 +121,11 @@ class WarmupCosine(_SchedulerPolicy):
         start_factor: float = 1e-3,
         min_lr: float = 0.0,
         interval: str = "step",
+        warmup_ratio: float | None = None,
     ) -> None:
         super().__init__(interval)
+        if warmup_ratio is not None and not 0.0 <= warmup_ratio < 1.0:
+            raise ConfigError(f"lr.warmup_ratio={warmup_ratio} must be in [0, 1) (a fraction of the run)")
         if warmup_epochs is not None and warmup_steps is not None:
             raise ConfigError(
                 f"lr.warmup_epochs={warmup_epochs} and lr.warmup_steps={warmup_steps} are both set; "
@@ -133,17 +142,20 @@ class WarmupCosine(_SchedulerPolicy):
             raise ConfigError(f"lr.min_lr={min_lr} must be >= 0")
         self.warmup_epochs = warmup_epochs
         self.warmup_steps = warmup_steps
+        self.warmup_ratio = warmup_ratio
         self.start_factor = start_factor
         self.min_lr = min_lr
 
-    def _warmup_units(self, per_epoch: int) -> tuple[int, str]:
+    def _warmup_units(self, per_epoch: int, total: int) -> tuple[int, str]:
         if self.warmup_steps is not None:
             return self.warmup_steps, f"lr.warmup_steps={self.warmup_steps}"
-        epochs = self.warmup_epochs or 0
-        return epochs * per_epoch, f"lr.warmup_epochs={epochs}"
+        if self.warmup_epochs is not None:
+            return self.warmup_epochs * per_epoch, f"lr.warmup_epochs={self.warmup_epochs}"
+        return int((self.warmup_ratio or 0.0) * total), f"lr.warmup_ratio={self.warmup_ratio}"
 
     def _build(self, optimizer: Optimizer, *, total: int, per_epoch: int) -> LRScheduler:
-        warmup, key = self._warmup_units(per_epoch)
+        check_min_lr(self.min_lr, optimizer)
+        warmup, key = self._warmup_units(per_epoch, total)
         if warmup >= total:
             unit = "optimizer steps" if self.interval == "step" else "epochs"
             raise ConfigError(
@@ -168,6 +180,7 @@ class CosineWarmRestarts(_SchedulerPolicy):
         self.T0, self.T_mult, self.min_lr = T0, T_mult, min_lr
 
     def _build(self, optimizer: Optimizer, *, total: int, per_epoch: int) -> LRScheduler:
+        check_min_lr(self.min_lr, optimizer)
         return CosineAnnealingWarmRestarts(optimizer, T_0=self.T0, T_mult=self.T_mult, eta_min=self.min_lr)
 
 
@@ -183,10 +196,15 @@ class ReduceOnPlateau(LRPolicy):
             raise ConfigError(f"lr.factor={factor} must be in (0, 1)")
         if patience < 0:
             raise ConfigError(f"lr.patience={patience} must be >= 0")
+        if mode not in ("min", "max"):
+            raise ConfigError(f"lr.mode={mode!r} is not one of min, max")
+        if min_lr < 0:
+            raise ConfigError(f"lr.min_lr={min_lr} must be >= 0")
         self.monitor, self.mode, self.factor, self.patience, self.min_lr = monitor, mode, factor, patience, min_lr
         self._scheduler: ReduceLROnPlateau | None = None
 
     def attach(self, optimizer: Optimizer, *, steps_per_epoch: int, max_epochs: int) -> None:
+        check_min_lr(self.min_lr, optimizer)
         self._scheduler = ReduceLROnPlateau(
             optimizer, mode=self.mode, factor=self.factor, patience=self.patience, min_lr=self.min_lr
         )
@@ -203,6 +221,13 @@ class ReduceOnPlateau(LRPolicy):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._scheduler.load_state_dict(state["scheduler"])
+
+
+def check_min_lr(min_lr: float, optimizer: Optimizer) -> None:
+    """Refuses an ``lr.min_lr`` above the optimizer's lr: the schedule would raise the lr, not anneal it."""
+    lr = optimizer.param_groups[0]["lr"]
+    if min_lr > lr:
+        raise ConfigError(f"lr.min_lr={min_lr} is above optimizer.lr={lr}: the schedule would raise the lr")
 
 
 def preview(policy: LRPolicy, *, lr: float, steps_per_epoch: int, max_epochs: int) -> list[float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -10,6 +11,11 @@ from torch import Tensor, nn
 
 from trainwire.errors import ConfigError
 from trainwire.objectives import Objective, Reduce, local
+
+
+def stated_metrics(objective: Objective) -> tuple[str, ...] | None:
+    """The metrics ``objective`` says it reports, when its own class says (a subclass may add some: then None)."""
+    return vars(type(objective)).get("metric_names")
 
 
 class ScheduledMetrics(Objective):
@@ -30,6 +36,13 @@ class ScheduledMetrics(Objective):
         for name, n in every.items():
             if not isinstance(n, int) or isinstance(n, bool) or n < 1:
                 raise ConfigError(f"metrics_every.{name}={n!r} must be an integer >= 1")
+        names = stated_metrics(objective)
+        for name in every if names else ():
+            if name not in names:
+                nearest = difflib.get_close_matches(name, names, n=1)
+                hint = f" (did you mean metrics_every.{nearest[0]}?)" if nearest else ""
+                raise ConfigError(f"metrics_every.{name}={every[name]!r}: the objective reports no metric {name!r}{hint}; "
+                                  f"its metrics are: {', '.join(names)}")
         if every.get("loss", 1) != 1:
             raise ConfigError(f"metrics_every.loss={every['loss']!r}: the validation loss is computed every epoch")
         self.objective, self.every = objective, dict(every)

@@ -13,6 +13,9 @@ from trainwire.errors import ConfigError
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
 
+MAX_WIDTH = 2**24  # wider than any layer meant here; a typo of many digits fails as a value, not as memory
+
+
 class MLP(nn.Sequential):
     """A multilayer perceptron: Linear → activation → dropout for each hidden width, then Linear.
 
@@ -28,6 +31,10 @@ class MLP(nn.Sequential):
             raise ConfigError(f"model.activation={activation!r} is not one of {', '.join(ACTIVATIONS)}")
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"model.dropout={dropout} must be in [0, 1)")
+        for key, value in (("in_features", in_features), ("out_features", out_features),
+                           *((f"hidden[{i}]", size) for i, size in enumerate(hidden))):
+            if type(value) is not int or not 1 <= value <= MAX_WIDTH:
+                raise ConfigError(f"model.{key}={value!r} must be an integer in [1, {MAX_WIDTH}]")
         layers: list[nn.Module] = []
         block_ends: list[int] = []
         width = in_features

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainwire.errors import ConfigError
-from trainwire.losses import Loss, as_loss
+from trainwire.losses import Loss, aligned, as_loss
 
 
 Reduce = Callable[[Tensor], Tensor]
@@ -23,7 +24,14 @@ def local(totals: Tensor) -> Tensor:
 
 
 class Objective(ABC):
-    """Port: the task being learned."""
+    """Port: the task being learned.
+
+    ``metric_names``, when an objective's own class states them, are the names its ``evaluate``
+    reports: a ``metrics_every`` entry or a ``val/`` monitor for any other name is refused before
+    the run starts (a subclass that adds metrics states its own, or none).
+    """
+
+    metric_names: tuple[str, ...] | None = None
 
     @abstractmethod
     def training_loss(self, model: nn.Module, batch: Any) -> Tensor:
@@ -57,7 +65,11 @@ class Objective(ABC):
 class Classification(Objective):
     """Cross-entropy on ``(inputs, class_index)`` batches; reports loss and accuracy."""
 
+    metric_names = ("loss", "accuracy")
+
     def __init__(self, label_smoothing: float = 0.0) -> None:
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ConfigError(f"objective.label_smoothing={label_smoothing} must be in [0, 1]")
         self.label_smoothing = label_smoothing
 
     def training_loss(self, model: nn.Module, batch: Any) -> Tensor:
@@ -82,11 +94,15 @@ class Classification(Objective):
 class Regression(Objective):
     """A registered loss (``mse`` by default, see ``trainwire.losses``) on ``(inputs, targets)`` batches.
 
-    Reports, over the whole validation set: ``loss`` (the mean of the loss's unreduced values),
-    ``mse``, ``rmse``, ``mae``, ``mape`` (a fraction, |error| / max(|target|, MAPE_EPSILON)) and ``r2``.
+    Predictions and targets must have one shape, up to a trailing 1 (``aligned``). Reports, over
+    the whole validation set: ``loss`` (the mean of the loss's unreduced values), ``mse``,
+    ``rmse``, ``mae``, ``mape`` and ``r2``. ``mape`` is relative to |target|: a fraction (0.05 is
+    5 %), the mean of |error| / max(|target|, MAPE_EPSILON); on targets near zero, such as
+    standardised ones, it is large and says little (read ``mae`` or ``r2`` there).
     """
 
     MAPE_EPSILON = 1.17e-6  # as torchmetrics and scikit-learn, so the numbers compare
+    metric_names = ("loss", "mse", "rmse", "mae", "mape", "r2")
 
     def __init__(self, loss: Loss | str | Mapping[str, Any] | Callable[[Tensor, Tensor], Tensor] = "mse") -> None:
         self.loss = as_loss(loss)
@@ -95,8 +111,8 @@ class Regression(Objective):
 
     def training_loss(self, model: nn.Module, batch: Any) -> Tensor:
         inputs, targets = batch
-        predictions = model(inputs)
-        return self.loss(predictions, targets.reshape(predictions.shape).to(predictions.dtype))
+        predictions, targets = aligned(model(inputs), targets)
+        return self.loss(predictions, targets.to(predictions.dtype))
 
     def _loss_sum(self, predictions: Tensor, targets: Tensor) -> tuple[Tensor, int]:
         if isinstance(self.loss, Loss):
@@ -108,8 +124,7 @@ class Regression(Objective):
     def evaluate(self, model: nn.Module, batches: Iterable[Any], reduce: Reduce = local) -> dict[str, float]:
         sums: Tensor | None = None
         for inputs, targets in batches:
-            predictions = model(inputs).float()
-            targets = targets.reshape(predictions.shape).float()
+            predictions, targets = aligned(model(inputs).float(), targets.float())
             error = predictions - targets
             loss_sum, loss_count = self._loss_sum(predictions, targets)
             batch_sums = torch.stack(
@@ -134,3 +149,80 @@ class Regression(Objective):
             "mape": sape / n,
             "r2": 1.0 - sse / variance_sum if variance_sum > 0 else float("nan"),
         }
+
+
+IGNORE_INDEX = -100  # the label that Hugging Face models and torch's cross_entropy leave out of the loss
+
+
+def model_output_loss(output: Any) -> Tensor:
+    """The loss a model returned: ``output.loss``, ``output["loss"]``, or the output itself when it is a scalar."""
+    if isinstance(output, Mapping) and "loss" in output:
+        loss = output["loss"]
+    elif hasattr(output, "loss") and not isinstance(output, Tensor):
+        loss = output.loss
+    else:
+        loss = output
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        shown = type(output).__name__ if not isinstance(output, Tensor) else f"Tensor of shape {tuple(output.shape)}"
+        raise ConfigError(f"objective=model_loss: the model returned a {shown}; it must return its loss as "
+                          "output.loss, output['loss'] or a scalar tensor")
+    return loss.reshape(())
+
+
+def call_model(model: nn.Module, batch: Any) -> Any:
+    """``model(**batch)`` for a dict batch, ``model(*batch)`` for a tuple or list, ``model(batch)`` otherwise."""
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    return model(batch)
+
+
+class ModelLoss(Objective):
+    """For models that compute their own loss (Hugging Face style): the batch goes in, the loss comes out.
+
+    Dict batches call ``model(**batch)``, tuple batches ``model(*batch)``; the loss is the output's
+    ``.loss`` or ``["loss"]`` (or the output, when it is a scalar). Validation reports ``loss``
+    over the whole set: each batch's loss weighted by its number of target tokens when the batch
+    has ``labels`` (those other than -100, the ignored label), by its number of samples otherwise;
+    so a token-mean loss per batch becomes the exact token-mean over the set. ``perplexity``,
+    ``exp(loss)``, is reported for language models: by default (``perplexity=None``) when the
+    labels are integer token ids.
+    """
+
+    metric_names = ("loss", "perplexity")
+
+    def __init__(self, perplexity: bool | None = None) -> None:
+        self.perplexity = perplexity
+
+    def training_loss(self, model: nn.Module, batch: Any) -> Tensor:
+        return model_output_loss(call_model(model, batch))
+
+    @staticmethod
+    def _weight(batch: Any, device: torch.device) -> tuple[Tensor, bool]:
+        """The batch's weight in the set's loss, and whether it counted integer labels (tokens)."""
+        labels = batch.get("labels") if isinstance(batch, Mapping) else None
+        if isinstance(labels, Tensor):
+            if not labels.is_floating_point():
+                return (labels != IGNORE_INDEX).sum().to(device, torch.float64), True
+            return torch.tensor(float(len(labels)), dtype=torch.float64, device=device), False
+        first = next(iter(batch.values() if isinstance(batch, Mapping) else batch
+                          if isinstance(batch, (tuple, list)) else [batch]), None)
+        size = len(first) if isinstance(first, Tensor) and first.dim() else 1
+        return torch.tensor(float(size), dtype=torch.float64, device=device), False
+
+    def evaluate(self, model: nn.Module, batches: Iterable[Any], reduce: Reduce = local) -> dict[str, float]:
+        sums: Tensor | None = None  # weighted loss, weight, batches with token labels
+        for batch in batches:
+            loss = model_output_loss(call_model(model, batch)).detach().double()
+            weight, tokens = self._weight(batch, loss.device)
+            batch_sums = torch.stack([loss * weight, weight, torch.tensor(float(tokens), dtype=torch.float64,
+                                                                           device=loss.device)])
+            sums = batch_sums if sums is None else sums + batch_sums  # on the device: one sync per pass
+        total, weight, token_batches = reduce(torch.zeros(3, dtype=torch.float64) if sums is None else sums).tolist()
+        if not weight:
+            raise ValueError("validation data is empty (0 samples or target tokens)")
+        metrics = {"loss": total / weight}
+        if self.perplexity or (self.perplexity is None and token_batches):
+            metrics["perplexity"] = math.exp(min(metrics["loss"], 700.0))  # exp overflows a float past ~709
+        return metrics

@@ -26,7 +26,11 @@ def optimizer_factory(type: str, lr: float, weight_decay: float = 0.0, **options
     if weight_decay < 0:
         raise ConfigError(f"optimizer.weight_decay={weight_decay} must be >= 0")
     if "betas" in options:
-        options["betas"] = tuple(options["betas"])
+        options["betas"] = betas = tuple(options["betas"])
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas):
+            raise ConfigError(f"optimizer.betas={list(betas)} must be two numbers in [0, 1)")
+    if not options.get("momentum", 0) >= 0:
+        raise ConfigError(f"optimizer.momentum={options['momentum']} must be >= 0")
     return functools.partial(OPTIMIZERS[type], lr=lr, weight_decay=weight_decay, **options)
 
 

@@ -93,10 +93,9 @@ def run_curves(run_dir: str | os.PathLike[str], label: str | None = None) -> Run
 
 
 def _labels(run_dirs: Sequence[str | os.PathLike[str]]) -> list[str]:
-    names = [Path(run_dir).resolve().name for run_dir in run_dirs]
-    if len(set(names)) == len(names):
-        return names
-    return [str(Path(run_dir)) for run_dir in run_dirs]
+    from trainwire.compare import labels
+
+    return labels(run_dirs)  # the overrides that differ between the runs (a sweep's lr=…), else the folder names
 
 
 def _save(figure: Any, out: str | os.PathLike[str]) -> Path:
@@ -125,7 +124,7 @@ def figure_of(runs: Sequence[RunCurves]) -> Any:
     """The figure ``plot_runs`` writes: a matplotlib ``Figure`` with four panels."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(12, 8), layout="constrained")
+    figure = Figure(figsize=(16, 8), layout="constrained")
     axes = figure.subplots(2, 2).ravel()
     colours = [f"C{index % 10}" for index in range(len(runs))]
     for ax, (title, lines) in zip(axes, PANELS):
@@ -143,8 +142,8 @@ def figure_of(runs: Sequence[RunCurves]) -> Any:
             title = ", ".join(sorted({run.monitor for run in runs if run.monitor})) or "monitored metric"
         ax.set_title(title)
         ax.set_xlabel("optimizer step")
-        if ax.lines:
-            ax.legend(fontsize="small")
+        if ax.lines:  # beside the panel, not over it: a legend inside would cover the curves it names
+            ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     stops = "; ".join(f"{run.label}: best at step {run.best_step}, stopped at {run.stop_step} ({run.stop_reason})"
                       for run in runs)
     figure.suptitle(f"dashed: best epoch, dotted: stop — {stops}", fontsize="small")

@@ -64,7 +64,8 @@ GROUPS: dict[str, Group] = {
         "classification": "trainwire.objectives:Classification", "regression": "trainwire.objectives:Regression",
         "masked_reconstruction": "trainwire.pretraining:MaskedReconstruction",
         "nll": "trainwire.generative:NegativeLogLikelihood",
-        "adversarial": "trainwire.adversarial:adversarial_classification", "gan": "trainwire.gan:GANEvaluation"}),
+        "adversarial": "trainwire.adversarial:adversarial_classification", "gan": "trainwire.gan:GANEvaluation",
+        "model_loss": "trainwire.objectives:ModelLoss"}),
     "model": Group("torch.nn:Module", {
         "mlp": "trainwire.models:MLP", "masked_autoencoder": "trainwire.pretraining:MaskedAutoencoder",
         "predictor": "trainwire.pretraining:Predictor.build", "gaussian_density": "trainwire.generative:GaussianDensity",
@@ -108,6 +109,42 @@ def resolve(reference: str) -> Any:
     for attr in attrs.split(".") if attrs else ():
         target = getattr(target, attr)
     return target
+
+
+def locate(path: Any, key: str) -> Callable[..., Any]:
+    """The class or function a ``_target_`` names (``mylab.SmallCNN``), imported now.
+
+    Raises one ConfigError line naming ``<key>._target_`` and why it cannot be imported (chained
+    to the ImportError, so a caller can tell a missing library from a typo).
+    """
+    if not isinstance(path, str) or not path.strip() or path == "???":
+        raise ConfigError(f"{key}._target_={path!r}: name a class or function, e.g. {key}._target_=mymodule.MyClass")
+    parts = path.split(".")
+    error: Exception | None = None
+    for cut in range(len(parts), 0, -1):  # the longest importable module, then attributes
+        module_name = ".".join(parts[:cut])
+        try:
+            target: Any = importlib.import_module(module_name)
+        except ModuleNotFoundError as missing:
+            if missing.name is None or not module_name.startswith(missing.name):
+                error = missing  # the module exists but imports something missing: report that
+                break
+            error = error or missing
+            continue
+        except Exception as broken:  # the user's module raised while importing
+            raise ConfigError(f"{key}._target_={path!r}: importing {module_name} failed: "
+                              f"{type(broken).__name__}: {_first_line(broken)}") from broken
+        try:
+            for attr in parts[cut:]:
+                target = getattr(target, attr)
+        except AttributeError:
+            raise ConfigError(f"{key}._target_={path!r}: {module_name} has no {'.'.join(parts[cut:])}") from None
+        if not callable(target):
+            raise ConfigError(f"{key}._target_={path!r} is not a class or function")
+        return target
+    hint = (" (is its folder the working directory, or on PYTHONPATH?)"
+            if isinstance(error, ModuleNotFoundError) and error.name == parts[0] else "")
+    raise ConfigError(f"{key}._target_={path!r} cannot be imported: {_first_line(error)}{hint}") from error
 
 
 def _entry_points(group: str) -> list[Option]:

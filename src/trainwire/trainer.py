@@ -17,7 +17,7 @@ from trainwire import state as parts_codec
 from trainwire.cadence import Cadence, CheckpointPolicy
 from trainwire.checkpoints import CheckpointStore
 from trainwire.compiling import Compiler
-from trainwire.data import epoch_batches, resumable_sampler
+from trainwire.data import epoch_batches, not_resumable, resumable_sampler
 from trainwire.distributed import STRATEGIES, Strategy, make_strategy
 from trainwire.errors import ConfigError, TrainingInterrupted
 from trainwire.gradients import GradientPolicy
@@ -54,7 +54,8 @@ class TrainerSettings:
     # optimizer step (on CUDA, one device sync a step); "off" checks nothing and never syncs.
     nonfinite: str = "skip"
     max_nonfinite: int = 10  # consecutive skipped steps that end the run
-    strategy: str = "single"  # single, ddp or fsdp (several processes: launch with torchrun)
+    # auto: ddp when a process group is initialised (the CLI under torchrun), else single; or single, ddp, fsdp.
+    strategy: str = "auto"
     compile: bool = False  # torch.compile what runs forward, once, before the optimizers are built (ADR 0019)
     compile_mode: Optional[str] = None  # null (torch's default), reduce-overhead, max-autotune, ...
     peak_tflops: Optional[float] = None  # the device's peak for time/mfu (null: known GPUs' bf16 dense peak)
@@ -117,6 +118,7 @@ class FitResult:
     steps: int = 0
     avg_epoch_time_s: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)  # flagged gradient steps, recompilations
+    notes: list[str] = field(default_factory=list)  # what the user should know about the run (data not resumable)
 
     @property
     def best_metrics(self) -> dict[str, float]:
@@ -137,6 +139,7 @@ class FitResult:
             "avg_epoch_time_s": self.avg_epoch_time_s,
             "steps": self.steps,
             **self.counts,
+            **({"notes": list(self.notes)} if self.notes else {}),
             **best_val,
         }
 
@@ -225,6 +228,12 @@ class Trainer:
         """
         settings, strategy = self.settings, self.strategy
         n_batches = _batch_count(train_data, "train_data")
+        if settings.accumulate_steps > n_batches:
+            raise ConfigError(f"trainer.accumulate_steps={settings.accumulate_steps} is more than the "
+                              f"{n_batches} batches of an epoch (data.batch_size): no window would fill")
+        unrestorable = not_resumable(train_data)
+        if unrestorable:  # said once, at the start and in the summary, rather than resumed inexactly in silence
+            self.log.warning("data_order_not_resumable", reason=unrestorable)
         if val_data is not None:
             _batch_count(val_data, "val_data")
         elif self.stopping.monitor is not None and self.stopping.monitor.startswith("val/"):
@@ -263,6 +272,8 @@ class Trainer:
             try:
                 self.step.start(model, resumed=checkpoint is not None)
                 result = self._run(state, position, parts, plan, train_data, val_data, token)
+                if unrestorable:
+                    result.notes.append(f"data order not resumable: {unrestorable}")
             except BaseException as error:
                 if isinstance(error, TrainingInterrupted) and not error.saved and self.checkpoints is not None:
                     error.saved = self.checkpoints.latest() is not None  # stopped inside a step's own work

@@ -1,0 +1,135 @@
+"""Runs side by side: what each run changed (its overrides) against how it did (its summary).
+
+``trainwire compare outputs/multirun/2026-11-30/12-00-00`` reads every run folder of a sweep
+(or the run folders given), keeps the overrides that differ between them, and sorts the runs by
+their best monitored value (best first, by the stopping mode each run was configured with).
+Everything comes from the run record: ``summary.json``, ``config.yaml`` and Hydra's
+``.hydra/overrides.yaml``; nothing is recomputed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+# Overrides that say where a run went, not what it tried.
+_PLACEMENT = ("hydra.", "hydra/", "run_dir=", "progress=", "log.")
+
+
+@dataclass
+class RunRow:
+    """One run of a comparison: its folder, its overrides, and what its summary says."""
+
+    run_dir: Path
+    overrides: dict[str, str] = field(default_factory=dict)
+    best_value: float | None = None
+    monitor: str | None = None
+    mode: str = "min"
+    stop_reason: str | None = None
+    epochs: int | None = None
+
+
+def run_dirs(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The run folders ``paths`` name: a folder with ``summary.json`` is one, a sweep's folder holds several."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if (path / "summary.json").is_file():
+            found.append(path)
+            continue
+        if not path.is_dir():
+            raise ValueError(f"{path} is not a folder")
+        inner = sorted((sub for sub in path.iterdir() if (sub / "summary.json").is_file()),
+                       key=lambda sub: (not sub.name.isdigit(), int(sub.name) if sub.name.isdigit() else 0, sub.name))
+        if not inner:
+            raise ValueError(f"{path} holds no run (no summary.json in it or in its sub-folders)")
+        found.extend(inner)
+    return found
+
+
+def overrides_of(run_dir: Path) -> dict[str, str]:
+    """The run's command-line overrides (Hydra's record of them), less those that only place the run."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return {}
+    listed = yaml.safe_load(path.read_text()) or []
+    pairs = [str(item).partition("=") for item in listed if not str(item).lstrip("+~").startswith(_PLACEMENT)]
+    return {key.lstrip("+~"): value for key, _, value in pairs}
+
+
+def _mode(run_dir: Path) -> str:
+    for path in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"):
+        if path.is_file():
+            config = yaml.safe_load(path.read_text()) or {}
+            return str((config.get("stopping") or {}).get("mode") or "min")
+    return "min"
+
+
+def read_row(run_dir: Path) -> RunRow:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return RunRow(run_dir, overrides_of(run_dir), summary.get("best_value"), summary.get("monitor"), _mode(run_dir),
+                  summary.get("stop_reason"), summary.get("epochs_completed"))
+
+
+def differing(rows: Sequence[RunRow]) -> list[str]:
+    """The override keys whose values are not the same in every run, in first-seen order."""
+    keys: list[str] = []
+    for row in rows:
+        keys += [key for key in row.overrides if key not in keys]
+    return [key for key in keys if len({row.overrides.get(key) for row in rows}) > 1]
+
+
+def labels(run_dirs_: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """A label per run: the overrides that differ between the runs, else the folder names (paths if those repeat)."""
+    rows = [RunRow(Path(d), overrides_of(Path(d))) for d in run_dirs_]
+    keys = differing(rows)
+    if keys and len(rows) > 1:
+        return [" ".join(f"{key}={row.overrides.get(key, '-')}" for key in keys) for row in rows]
+    names = [Path(d).resolve().name for d in run_dirs_]
+    return names if len(set(names)) == len(names) else [str(Path(d)) for d in run_dirs_]
+
+
+def compare(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[str], list[RunRow]]:
+    """The differing override keys, and the runs sorted best first (runs without a best value last)."""
+    rows = [read_row(run_dir) for run_dir in run_dirs(paths)]
+
+    def rank(row: RunRow) -> tuple[int, float]:
+        value = row.best_value
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return (1, 0.0)
+        return (0, -value if row.mode == "max" else value)
+
+    return differing(rows), sorted(rows, key=rank)
+
+
+def table(keys: Sequence[str], rows: Sequence[RunRow], *, as_csv: bool = False) -> str:
+    """The comparison as aligned text, or as CSV."""
+    header = ["run", *keys, "best_value", "monitor", "stop_reason", "epochs"]
+    body = [[str(row.run_dir), *(row.overrides.get(key, "-") for key in keys),
+             "" if row.best_value is None else f"{row.best_value:.6g}", row.monitor or "", row.stop_reason or "",
+             "" if row.epochs is None else str(row.epochs)] for row in rows]
+    if as_csv:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerows([header, *body])
+        return out.getvalue()
+    widths = [max(len(line[column]) for line in [header, *body]) for column in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+                     for line in [header, *body]) + "\n"
+
+
+def main(args: Sequence[str]) -> str:
+    """``trainwire compare PATH... [--csv]``: the table, as text."""
+    as_csv = "--csv" in args
+    paths = [arg for arg in args if arg != "--csv"]
+    if not paths:
+        raise ValueError("compare needs a sweep folder or run folders")
+    keys, rows = compare(paths)
+    return table(keys, rows, as_csv=as_csv)

@@ -1,0 +1,94 @@
+"""Sweeps you can read: ``trainwire compare`` on a real 2×2 sweep, and plots labelled by what differs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trainwire.compare import compare, labels, table
+
+
+def _trainwire(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    script = os.path.join(os.path.dirname(sys.executable), "trainwire")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
+    return subprocess.run([script, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    """Four short runs: optimizer.lr × model.hidden."""
+    cwd = tmp_path_factory.mktemp("sweep")
+    done = _trainwire("train", "-m", "optimizer.lr=0.03,0.0003", "model.hidden=[16],[64]", "trainer.max_epochs=2",
+                      "data.batch_size=128", "progress=never", "log.level=warning", f"hydra.sweep.dir={cwd / 'multi'}",
+                      cwd=cwd)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return cwd / "multi"
+
+
+@pytest.mark.slow
+def test_compare_tables_a_2x2_sweep_best_first(sweep):
+    done = _trainwire("compare", str(sweep), cwd=sweep)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["run", "optimizer.lr", "model.hidden", "best_value", "monitor", "stop_reason", "epochs"]
+    rows = [line.split() for line in lines[1:]]
+    assert len(rows) == 4
+    values = [float(row[3]) for row in rows]
+    assert values == sorted(values)  # val/loss: lowest first
+    assert {(row[1], row[2]) for row in rows} == {("0.03", "[16]"), ("0.03", "[64]"), ("0.0003", "[16]"), ("0.0003", "[64]")}
+    for row in rows:
+        summary = json.loads((Path(row[0]) / "summary.json").read_text())
+        assert float(row[3]) == pytest.approx(summary["best_value"], rel=1e-5)
+        assert row[4:] == ["val/loss", summary["stop_reason"], "2"]
+    assert rows[0][1] == "0.03"  # two epochs at lr 3e-4 cannot beat lr 3e-2
+
+
+@pytest.mark.slow
+def test_compare_as_csv_and_of_run_folders_given_one_by_one(sweep):
+    runs = sorted(str(path) for path in sweep.iterdir() if (path / "summary.json").exists())
+    done = _trainwire("compare", *runs[:2], "--csv", cwd=sweep)
+    assert done.returncode == 0, done.stderr
+    parsed = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert len(parsed) == 2 and {"run", "best_value", "monitor", "stop_reason"} <= set(parsed[0])
+    assert float(parsed[0]["best_value"]) <= float(parsed[1]["best_value"])
+
+
+@pytest.mark.slow
+def test_plot_labels_runs_by_the_overrides_that_differ_with_the_legend_beside_the_curves(sweep):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from trainwire.plots import figure_of, run_curves
+
+    runs = [sweep / name for name in ("0", "3")]
+    assert labels(runs) == ["optimizer.lr=0.03 model.hidden=[16]", "optimizer.lr=0.0003 model.hidden=[64]"]
+    figure = figure_of([run_curves(run, label) for run, label in zip(runs, labels(runs))])
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    for ax in figure.axes:
+        legend = ax.get_legend()
+        if legend is None:
+            continue
+        assert any(text.get_text().startswith("optimizer.lr=0.03 model.hidden=[16]") for text in legend.get_texts())
+        box, panel = legend.get_window_extent(renderer), ax.get_window_extent(renderer)
+        assert box.x0 >= panel.x1  # beside the panel: it covers no curve
+
+
+def test_compare_refuses_a_folder_without_runs(tmp_path):
+    with pytest.raises(ValueError, match="holds no run"):
+        compare([tmp_path])
+    done = _trainwire("compare", str(tmp_path / "nowhere"), cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.strip() == f"trainwire: error: {tmp_path / 'nowhere'} is not a folder"
+
+
+def test_table_text_is_aligned():
+    from trainwire.compare import RunRow
+
+    text = table(["lr"], [RunRow(Path("a"), {"lr": "0.1"}, 0.5, "val/loss", "min", "max_epochs", 3)])
+    assert text.splitlines()[1].split() == ["a", "0.1", "0.5", "val/loss", "max_epochs", "3"]

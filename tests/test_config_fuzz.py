@@ -1,0 +1,147 @@
+"""Every bad value is one line, before any work: a fuzz of every key of the composed config.
+
+For each key of ``trainwire train --cfg job``, wrong types, negatives, zeros, empties, huge
+values and unknown choices are tried in this process the way the CLI tries them: compose,
+build the container, then run up to the first batch (a StopToken stopped before the run). Each
+one either is a valid run or ends in one ConfigError line that names the key; nothing else
+(a traceback from deep inside, a Hydra message of many lines) may come out. A few cases go
+through the real console script for the exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from trainwire.config import compose
+from trainwire.containers import build_container, run
+from trainwire.errors import ConfigError, TrainingInterrupted
+from trainwire.signals import StopToken
+
+# Keys whose any value is valid (names and labels), or that the fuzz cannot judge in-process.
+FREE = {"run_dir", "stage", "log.format", "log.level", "trainer.resume", "encoder"}
+# Bad values that must be refused: each was accepted, or failed with a traceback, before.
+KNOWN = [
+    (["lr=plateau", "lr.mode=bogus"], "lr.mode='bogus'"),
+    (["data.in_features=0"], "data.in_features=0"),
+    (["seed=99999999999999999999999"], "seed=99999999999999999999999"),
+    (["trainer.max_epochs=abc"], "trainer.max_epochs='abc'"),
+    (["+metrics_every.bogus=5"], "metrics_every.bogus=5"),
+    (["lr.min_lr=0.5"], "lr.min_lr=0.5"),
+    (["trainer.accumulate_steps=1000"], "trainer.accumulate_steps=1000"),
+    (["stopping.monitor=val/acuracy"], "stopping.monitor='val/acuracy'"),
+    (["lr.warmup_ratio=1.5"], "lr.warmup_ratio=1.5"),
+    (["trainer.strategy=bogus"], "trainer.strategy='bogus'"),
+]
+
+
+def leaves(node, prefix=""):
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            yield from leaves(value, f"{path}.")
+        else:
+            yield path, value
+
+
+def bad_values(value) -> list[str]:
+    """Several wrong values for a key holding ``value``: types, signs, zero, empty, huge, unknown words."""
+    common = ["abc", "-1", "0", "''", "1e30", "99999999999999999999999"]
+    if isinstance(value, bool):
+        return ["abc", "5", "''"]
+    if isinstance(value, list):
+        return ["abc", "[]", "[-1]", "[0]"]
+    if isinstance(value, dict):
+        return ["abc", "5"]
+    if isinstance(value, str) and not value.startswith("${"):
+        return ["bogus", "''", "-1"]
+    return common
+
+
+def cases():
+    cfg = OmegaConf.to_container(compose([]), resolve=False)
+    for key, value in leaves(cfg):
+        if key in FREE or key.endswith(".type"):
+            continue
+        for bad in bad_values(value):
+            yield key, bad
+
+
+def attempt(overrides: list[str], run_dir: Path) -> str | None:
+    """None when the config is valid up to the first batch; the error line when it is refused."""
+    token = StopToken()
+    token.stop()  # the run stops before its first step: everything a run builds is built and checked
+    try:
+        run(build_container(compose([f"run_dir={run_dir}", "progress=never", *overrides])), stop=token)
+    except ConfigError as error:
+        return str(error)
+    except TrainingInterrupted:
+        return None
+    return None
+
+
+def written_rows(run_dir: Path) -> list[str]:
+    path = run_dir / "metrics.jsonl"
+    return [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+@pytest.mark.parametrize(("overrides", "named"), KNOWN, ids=[" ".join(o) for o, _ in KNOWN])
+def test_known_escapes_are_one_line_naming_the_key_and_value(overrides, named, tmp_path):
+    message = attempt(overrides, tmp_path / "r")
+    assert message is not None, f"{overrides} was accepted"
+    assert named in message and "\n" not in message, message
+    assert not written_rows(tmp_path / "r")
+
+
+@pytest.mark.slow  # ~500 compositions and runs to the first batch: about a minute on 2 cores
+def test_every_key_with_bad_values_is_valid_or_one_line_naming_the_key(tmp_path):
+    refused = 0
+    problems = []
+    for index, (key, bad) in enumerate(cases()):
+        run_dir = tmp_path / str(index)
+        try:
+            message = attempt([f"{key}={bad}"], run_dir)
+        except Exception as error:  # noqa: BLE001 - the very thing this test hunts
+            problems.append(f"{key}={bad}: {type(error).__name__}: {str(error).splitlines()[:1]}")
+            continue
+        if message is not None:
+            refused += 1
+            if "\n" in message or key.rpartition(".")[2] not in message:
+                problems.append(f"{key}={bad}: {message!r}")
+            if written_rows(run_dir):
+                problems.append(f"{key}={bad}: refused after writing metrics")
+        shutil.rmtree(run_dir, ignore_errors=True)
+    assert not problems, "\n".join(problems)
+    assert refused > 100  # most bad values are refused; the rest are valid runs
+
+
+def test_a_misspelt_key_offers_the_nearest_one():
+    with pytest.raises(ConfigError, match=r"^trainer.max_epoch is not a key of trainer \(did you mean trainer.max_epochs\?\)"):
+        compose(["trainer.max_epoch=3"])
+    with pytest.raises(ConfigError, match=r"did you mean optimizer.weight_decay\?"):
+        compose(["optimizer.weight_decy=0.1"])
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    trainwire = os.path.join(os.path.dirname(sys.executable), "trainwire")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
+    return subprocess.run([trainwire, "train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides", [o for o, _ in KNOWN[:4]] + [["trainer.max_epoch=3"], ["lr=bogus"]],
+                         ids=lambda o: " ".join(o))
+def test_the_console_script_exits_2_with_one_line(overrides, tmp_path):
+    done = _cli(f"hydra.run.dir={tmp_path / 'r'}", *overrides, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("trainwire: error: "), done.stderr
+    assert not written_rows(tmp_path / "r")
+    assert "Traceback" not in done.stderr and not json.dumps(done.stdout).count("epoch")
