@@ -125,7 +125,9 @@ def run(cfg: DictConfig | dict[str, Any] | Container, *, stop: StopToken | None 
     environment and warnings filters are as they were when it returns, also when several runs go
     on at once in threads (``trainwire.process.run_scope``). Two runs started together in two
     threads produce what each produces alone, for models whose training draws no numbers from
-    the global generator (dropout does: for exactness with dropout, one process per run). Its
+    the global generator (dropout does: for exactness with dropout, one process per run) and with
+    one intra-op thread (``torch.set_num_threads(1)``: two runs at once may otherwise get OpenMP
+    teams of other sizes than one alone, and sum in another order). Its
     log records carry ``run_id``, the run directory's name.
     With ``trainer.strategy`` ddp or fsdp (under torchrun) it joins the process group first,
     and leaves it after a barrier when the run ends normally; a group it found is left open.

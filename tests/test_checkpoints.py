@@ -383,6 +383,7 @@ if sys.argv[2] == "workers":  # a DataLoader's workers, forked while the lock is
     batches = iter(loader)
     next(batches)
     print(" ".join(str(worker.pid) for worker in batches._workers), flush=True)
+    time.sleep(1)  # the workers have queued their prefetched batches and wait for indices, as mid-run
     os.kill(os.getpid(), 9)
 print("locked", flush=True)
 time.sleep(60)
