@@ -15,6 +15,7 @@ from torch.optim import Optimizer
 from trainwire import logs
 from trainwire import state as parts_codec
 from trainwire.cadence import Cadence, CheckpointPolicy
+from trainwire.checkpoint_writer import CheckpointWriter
 from trainwire.checkpoints import CheckpointStore
 from trainwire.data import epoch_batches, resumable_sampler
 from trainwire.distributed import STRATEGIES, Strategy, make_strategy
@@ -52,6 +53,8 @@ class TrainerSettings:
     nonfinite: str = "skip"
     max_nonfinite: int = 10  # consecutive skipped steps that end the run
     strategy: str = "single"  # single, ddp or fsdp (several processes: launch with torchrun)
+    # Write checkpoints in the background: the loop waits only for a copy of the state (ADR 0009).
+    async_checkpoint: bool = True
 
     def __post_init__(self) -> None:
         for key in ("max_epochs", "accumulate_steps", "log_every_n_steps", "checkpoint_every", "keep_last",
@@ -63,6 +66,8 @@ class TrainerSettings:
             raise ConfigError(f"trainer.nonfinite={self.nonfinite!r} is not one of {', '.join(NONFINITE)}")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"trainer.strategy={self.strategy!r} is not one of {', '.join(STRATEGIES)}")
+        if not isinstance(self.async_checkpoint, bool):
+            raise ConfigError(f"trainer.async_checkpoint={self.async_checkpoint!r} must be true or false")
         if self.resume is not None and (not isinstance(self.resume, str) or not self.resume.strip()):
             raise ConfigError(f"trainer.resume={self.resume!r} must be null, 'auto' or a checkpoint path")
 
@@ -162,6 +167,7 @@ class Trainer:
         self.strategy = strategy or make_strategy(settings.strategy)
         self.sink = self.strategy.rank0_only(sink or NullSink())  # only rank 0 writes
         self.checkpoints = checkpoints
+        self._writer: CheckpointWriter | None = None  # one per fit: saves through ``checkpoints``
         self.hooks = list(hooks)
         self.log = logger or logs.get_logger()
 
@@ -213,12 +219,19 @@ class Trainer:
             self.log.info("resumed", checkpoint=where, epoch=position.epoch, batch=position.batch, step=position.step)
         state = TrainState(model=model, optimizer=self.step.optimizer, module=module, epoch=position.epoch,
                            step=position.step)
+        if self.checkpoints is not None:
+            self._writer = CheckpointWriter(self.checkpoints, asynchronous=settings.async_checkpoint)
         with stop_requests(token):
             self.sink.start()
             try:
                 self.step.start(model, resumed=checkpoint is not None)
                 result = self._run(state, position, parts, plan, train_data, val_data, token)
+                if self._writer is not None:
+                    self._writer.wait()  # the last save is committed (or its failure raised) before fit returns
             except BaseException as error:
+                failure = self._writer.settle() if self._writer is not None else None
+                if failure is not None and failure is not error:  # the run is failing already: say, don't replace
+                    self.log.error("checkpoint_failed", error=str(failure))
                 if isinstance(error, TrainingInterrupted) and not error.saved and self.checkpoints is not None:
                     error.saved = self.checkpoints.latest() is not None  # stopped inside a step's own work
                 self._emit("on_exception", state, error)
@@ -240,17 +253,33 @@ class Trainer:
         return {name: part for name, part in parts.items() if is_stateful(part)} | {"rng": RNGPart()}
 
     def _boundary(self, names: list[str], token: StopToken, parts, plan) -> None:
-        """Writes the checkpoints ``names`` (and ``last`` when a stop was asked for), then stops if asked."""
+        """Writes the checkpoints ``names`` (and ``last`` when a stop was asked for), then stops if asked.
+
+        A save that failed in the background is raised here, at the next step after it failed.
+        A stop waits for the save in flight to commit before it raises.
+        """
+        writer = self._writer
+        if writer is not None:
+            writer.check()
         stopping = self.strategy.any(token.stopped)  # every process stops at the same step
         if stopping and "last" not in names:
             names = ["last", *names]
-        if names and self.checkpoints is not None:
-            saved = parts_codec.capture(parts, plan)  # every process captures (FSDP gathers), one writes
+        if names and writer is not None:
+            saved = parts_codec.capture(parts, plan)  # every process captures (FSDP: its own shards), one writes
             if self.strategy.is_rank0:
                 loop = parts["loop"]
-                self.checkpoints.save(saved, names, meta={"epoch": loop.epoch, "batch": loop.batch, "step": loop.step})
+                waited = writer.save(saved, names, meta={"epoch": loop.epoch, "batch": loop.batch, "step": loop.step})
+                if waited > 0:  # the save before this one was still being written
+                    self.sink.log({"checkpoint/wait_s": waited, "checkpoint/waits": writer.waits}, step=loop.step,
+                                  epoch=self._epoch_of(loop))
         if stopping:
-            raise TrainingInterrupted(token.signum, saved=self.checkpoints is not None)
+            if writer is not None:
+                writer.wait()
+            raise TrainingInterrupted(token.signum, saved=writer is not None)
+
+    @staticmethod
+    def _epoch_of(loop: Position) -> int:
+        return loop.epoch - 1 if loop.batch == 0 and loop.epoch > 0 else loop.epoch  # an epoch's end: that epoch
 
     def _not_taken(self, state: TrainState) -> None:
         self.sink.log({"train/skipped_steps": self.nonfinite.skipped + 1}, step=state.step, epoch=state.epoch)
