@@ -11,7 +11,7 @@ from dependency_injector.containers import Container
 from omegaconf import DictConfig, OmegaConf
 from structlog.contextvars import bound_contextvars
 
-from trainwire import registry
+from trainwire import registry, runfolder
 from trainwire.config import GROUPS, MULTI_SELECT, PROGRESS, LogConfig
 from trainwire.errors import ConfigError
 from trainwire.signals import StopToken
@@ -98,13 +98,19 @@ def run(cfg: DictConfig | dict[str, Any] | Container, *, stop: StopToken | None 
     container = cfg if isinstance(cfg, Container) else build_container(cfg)
     strategy = container.strategy()
     strategy.start()  # before the data: the loaders are sharded by rank
+    # One run in a folder (ADR 0022): rank 0 locks it and refuses a fresh run over another's, before anything is written.
+    lock = runfolder.claim(container.run_dir(), container.config.trainer.resume()) if strategy.is_rank0 else None
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices), kept_state(), bound_contextvars(run_id=container.run_dir().name):
-        torch.manual_seed(container.config.seed())
-        paradigm = container.paradigm()  # the Trainer's fit, or a loop of another shape (trainwire.paradigms)
-        loaders = container.data()
-        model = container.model()
-        result = paradigm.run(model, loaders.train, loaders.val, stop=stop)
+    try:
+        with torch.random.fork_rng(devices=devices), kept_state(), bound_contextvars(run_id=container.run_dir().name):
+            torch.manual_seed(container.config.seed())
+            paradigm = container.paradigm()  # the Trainer's fit, or a loop of another shape (trainwire.paradigms)
+            loaders = container.data()
+            model = container.model()
+            result = paradigm.run(model, loaders.train, loaders.val, stop=stop)
+    finally:
+        if lock is not None:
+            lock.release()  # the checkpoint store holds it on until it is closed or dropped
     # Not on an exception: a process that fails alone must exit (torchrun then stops the others),
     # not wait at a barrier the others never reach.
     strategy.teardown()

@@ -213,14 +213,16 @@ class Trainer:
         plan = {"trainer.max_epochs": settings.max_epochs, "trainer.accumulate_steps": settings.accumulate_steps,
                 "batches per epoch (data.batch_size)": n_batches, **self.step.plan()}
         # Before the sinks start: a checkpoint that fails verification changes nothing.
-        where, checkpoint = parts_codec.find(settings.resume, self.checkpoints, self.log)
+        where, checkpoint = parts_codec.find(settings.resume, self.checkpoints, self.log, strategy.world_size)
         if checkpoint is not None:
             parts_codec.restore(checkpoint, parts, plan, name=f"checkpoint {where}")
             self.log.info("resumed", checkpoint=where, epoch=position.epoch, batch=position.batch, step=position.step)
         state = TrainState(model=model, optimizer=self.step.optimizer, module=module, epoch=position.epoch,
                            step=position.step)
         if self.checkpoints is not None:
-            self._writer = CheckpointWriter(self.checkpoints, asynchronous=settings.async_checkpoint)
+            # Sharded saves are collectives of every process: written in the loop's thread (ADR 0014).
+            self._writer = CheckpointWriter(self.checkpoints, asynchronous=settings.async_checkpoint
+                                            and not strategy.sharded_checkpoints)
         with stop_requests(token):
             self.sink.start()
             try:
@@ -265,8 +267,8 @@ class Trainer:
         if stopping and "last" not in names:
             names = ["last", *names]
         if names and writer is not None:
-            saved = parts_codec.capture(parts, plan)  # every process captures (FSDP: its own shards), one writes
-            if self.strategy.is_rank0:
+            saved = parts_codec.capture(parts, plan, self.strategy.world_size)  # every process (FSDP: its shards)
+            if self.strategy.is_rank0 or self.strategy.sharded_checkpoints:  # one writes, or each its shards
                 loop = parts["loop"]
                 waited = writer.save(saved, names, meta={"epoch": loop.epoch, "batch": loop.batch, "step": loop.step})
                 if waited > 0:  # the save before this one was still being written
