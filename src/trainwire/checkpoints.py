@@ -341,6 +341,38 @@ def load_weights(path: str | os.PathLike[str], model: nn.Module, optimizer: Opti
     return state
 
 
+def export_weights(source: str | os.PathLike[str], out: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    """Writes the model's weights of a checkpoint to ``out`` as a plain state dict (``torch.save``), for inference.
+
+    ``source`` is a run folder (its newest valid checkpoint), a checkpoint folder, or a checkpoint
+    file; single-file and sharded (FSDP) checkpoints alike, read whole without a process group.
+    Returns the checkpoint's path and the weights. ``out`` is written atomically.
+    """
+    source = Path(source)
+    if source.is_dir():
+        folder = source / "checkpoints" if (source / "checkpoints").is_dir() else source
+        name = LocalCheckpointStore(folder).latest()
+        if name is None:
+            raise CheckpointError(f"{source} holds no checkpoint")
+        source = folder / f"{name}.pt"
+    state = read_checkpoint(source)
+    if "model" not in state:
+        raise CheckpointError(f"checkpoint {source} has no model state")
+    weights = state["model"]
+    if isinstance(weights, sharding.ShardedState):
+        weights = weights.consolidate()
+    out = Path(out)
+    staged = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        _write_file(staged, lambda handle: torch.save(weights, handle))
+        os.replace(staged, out)
+    except OSError as error:
+        raise CheckpointError(f"cannot write {out}: {error.strerror or error}") from None
+    finally:
+        staged.unlink(missing_ok=True)
+    return source, weights
+
+
 def _writes() -> bool:
     """Whether this process writes the checkpoints: yes, but for ranks other than 0 of a process group.
 

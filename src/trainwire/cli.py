@@ -15,6 +15,7 @@ USAGE = """usage: trainwire train [hydra overrides ...]
        trainwire plot RUN_DIR [RUN_DIR ...] [-o curves.png]
        trainwire lr-preview [hydra overrides ...] [-o lr.png]
        trainwire lr-find [hydra overrides ...] [--steps 100] [--start-lr 1e-7] [--end-lr 10] [-o lr_find.png]
+       trainwire export-weights RUN_DIR|CHECKPOINT [-o model.pt]
 
   trainwire train                               train the default job (MLP on the bundled digits)
   trainwire train lr=constant optimizer.lr=0.01 override any key of the config
@@ -25,6 +26,9 @@ USAGE = """usage: trainwire train [hydra overrides ...]
   trainwire lr-preview lr.warmup_epochs=5       the lr curve a config would produce, without training
   trainwire lr-find data=diabetes objective=regression
                                                 LR range test: suggests an optimizer.lr, plots loss vs lr
+  trainwire export-weights outputs/a -o model.pt
+                                                the newest checkpoint's weights as a plain state dict
+                                                (single-file or FSDP-sharded), for torch.load + load_state_dict
   torchrun --nproc_per_node=2 -m trainwire train trainer.strategy=ddp
                                                 data-parallel over 2 processes
 """
@@ -374,6 +378,21 @@ def _lr_find(args: list[str]) -> None:
     print(f"suggested optimizer.lr={result.suggestion:.3g} ({len(result.lrs)} steps, {result.reason}; plot: {out})")
 
 
+def _export_weights(args: list[str]) -> None:
+    from trainwire.checkpoints import export_weights
+    from trainwire.errors import CheckpointError
+
+    sources, out = _split_output(args, "model.pt")
+    if len(sources) != 1:
+        raise ValueError("export-weights needs one run folder or checkpoint file")
+    try:
+        source, weights = export_weights(sources[0], out)
+    except CheckpointError as error:
+        print(f"trainwire: error: {error}", file=sys.stderr)
+        sys.exit(1)
+    print(out, f"({len(weights)} tensors from {source})")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help"):
@@ -391,7 +410,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             _signals.leaving()
         return
-    tools = {"plot": _plot, "lr-preview": _lr_preview, "lr-find": _lr_find}
+    tools = {"plot": _plot, "lr-preview": _lr_preview, "lr-find": _lr_find, "export-weights": _export_weights}
     if command not in tools:
         print(f"trainwire: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         sys.exit(2)
