@@ -14,7 +14,7 @@ from trainwire import StopToken, TrainerSettings, TrainingInterrupted
 from trainwire.checkpoint_writer import CheckpointWriter, snapshot
 from trainwire.checkpoints import LocalCheckpointStore, read_checkpoint, read_manifest
 from trainwire.errors import CheckpointError
-from trainwire.testing import RecordingSink
+from trainwire.testing import RecordingSink, capture_logs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -75,9 +75,12 @@ def test_a_second_save_waits_for_the_first_and_the_wait_is_logged(tmp_path):
     sink = RecordingSink()
     settings = TrainerSettings(max_epochs=1, device="cpu", log_every_n_steps=100, checkpoint_every_n_steps=2)
     store = LocalCheckpointStore(tmp_path, hook=slow)
-    make_trainer(settings=settings, sink=sink, checkpoints=store).fit(make_model(), data())
-    waits = sink.series("checkpoint/wait_s")
-    assert waits and waits[0][0] == 4 and waits[0][1] > 0.1  # the save at step 4 waited for step 2's
+    with capture_logs() as logs:
+        make_trainer(settings=settings, sink=sink, checkpoints=store).fit(make_model(), data())
+    waits = [entry for entry in logs if entry["event"] == "checkpoint_wait"]
+    assert waits and waits[0]["step"] == 4 and waits[0]["wait_s"] > 0.1  # the save at step 4 waited for step 2's
+    assert sink.summary_values["checkpoint/wait_s"] >= waits[0]["wait_s"]
+    assert sink.summary_values["checkpoint/waits"] in (len(waits), len(waits) + 1)  # + the wait at the end of fit
     assert set(saves) == {"trainwire-checkpoint"} and len(saves) == 9  # 8 step saves and the epoch's end
     assert read_checkpoint(tmp_path / "last.pt")["loop"]["step"] == 16
 

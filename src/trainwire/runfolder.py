@@ -42,19 +42,23 @@ def held_run(run_dir: str | os.PathLike[str]) -> list[str]:
     return found
 
 
-def claim(run_dir: str | os.PathLike[str], resume: str | None, config_yaml: str | None = None) -> FolderLock:
+def claim(run_dir: str | os.PathLike[str], resume: str | None, config_yaml: str | None = None) -> FolderLock | None:
     """Locks ``run_dir`` for this process, then refuses a fresh run into a folder that holds one.
 
     With ``resume=auto`` and the run's resolved ``config_yaml``, also refuses a config that differs
     from the folder's recorded ``config.yaml`` in a trajectory key (the per-process batch size is
     left to the checkpoint's own check, which knows how many processes trained it).
-    Returns the held lock (the checkpoint store shares it). Raises CheckpointError when another
-    process holds the folder, ConfigError (one line naming the folder and the ways on) when a
-    fresh run would mix with the run already there; nothing is written either way.
+    Returns the held lock (the checkpoint store shares it), or None where no run has started
+    (no ``checkpoints/``: nothing to lock out yet, and nothing is created for a run that may still
+    be refused; the store takes the lock before the first record is written). Raises
+    CheckpointError when another process holds the folder, ConfigError (one line naming the
+    folder and the ways on) when a fresh run would mix with the run already there; nothing is
+    written either way.
     """
     run_dir = Path(run_dir)
-    lock = FolderLock(run_dir / "checkpoints")
-    lock.acquire()
+    lock = FolderLock(run_dir / "checkpoints") if (run_dir / "checkpoints").is_dir() else None
+    if lock is not None:
+        lock.acquire()
     problem = None
     if resume is None:
         found = held_run(run_dir)
@@ -66,7 +70,8 @@ def claim(run_dir: str | os.PathLike[str], resume: str | None, config_yaml: str 
         if changes:
             problem = refusal(f"the run in {run_dir}", changes)
     if problem:
-        lock.release()
+        if lock is not None:
+            lock.release()
         raise ConfigError(problem)
     return lock
 

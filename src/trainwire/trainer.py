@@ -96,6 +96,8 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     steps: int = 0
     avg_epoch_time_s: float = 0.0
+    checkpoint_wait_s: float = 0.0  # time the loop waited for a checkpoint still being written (ADR 0009)
+    checkpoint_waits: int = 0  # saves that had to wait for the one before
 
     @property
     def best_metrics(self) -> dict[str, float]:
@@ -115,6 +117,8 @@ class FitResult:
             "stop_reason": self.stop_reason,
             "avg_epoch_time_s": self.avg_epoch_time_s,
             "steps": self.steps,
+            "checkpoint/wait_s": self.checkpoint_wait_s,
+            "checkpoint/waits": self.checkpoint_waits,
             **best_val,
         }
 
@@ -230,6 +234,7 @@ class Trainer:
                 result = self._run(state, position, parts, plan, train_data, val_data, token)
                 if self._writer is not None:
                     self._writer.wait()  # the last save is committed (or its failure raised) before fit returns
+                    result.checkpoint_wait_s, result.checkpoint_waits = self._writer.waited_s, self._writer.waits
             except BaseException as error:
                 failure = self._writer.settle() if self._writer is not None else None
                 if failure is not None and failure is not error:  # the run is failing already: say, don't replace
@@ -271,17 +276,12 @@ class Trainer:
             if self.strategy.is_rank0 or self.strategy.sharded_checkpoints:  # one writes, or each its shards
                 loop = parts["loop"]
                 waited = writer.save(saved, names, meta={"epoch": loop.epoch, "batch": loop.batch, "step": loop.step})
-                if waited > 0:  # the save before this one was still being written
-                    self.sink.log({"checkpoint/wait_s": waited, "checkpoint/waits": writer.waits}, step=loop.step,
-                                  epoch=self._epoch_of(loop))
+                if waited > 0:  # the save before this one was still being written; the total goes to the summary
+                    self.log.info("checkpoint_wait", step=loop.step, wait_s=waited, waits=writer.waits)
         if stopping:
             if writer is not None:
                 writer.wait()
             raise TrainingInterrupted(token.signum, saved=writer is not None)
-
-    @staticmethod
-    def _epoch_of(loop: Position) -> int:
-        return loop.epoch - 1 if loop.batch == 0 and loop.epoch > 0 else loop.epoch  # an epoch's end: that epoch
 
     def _not_taken(self, state: TrainState) -> None:
         self.sink.log({"train/skipped_steps": self.nonfinite.skipped + 1}, step=state.step, epoch=state.epoch)
