@@ -99,8 +99,10 @@ def stall(rounds: int, folder: Path) -> None:
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    from trainwire.checkpoint_writer import snapshot
+
     kinds = ("none", "async", "sync")
-    times: dict[str, list[float]] = {kind: [] for kind in (*kinds, "bare torch.save")}
+    times: dict[str, list[float]] = {kind: [] for kind in (*kinds, "bare torch.save", "snapshot")}
     try:
         for kind in kinds:
             run(kind)  # warm-up, untimed
@@ -109,6 +111,7 @@ def stall(rounds: int, folder: Path) -> None:
             for kind in kinds if index % 2 == 0 else reversed(kinds):
                 times[kind].append(run(kind))
             times["bare torch.save"].append(timed(lambda: torch.save(captured["state"], bare))[0])
+            times["snapshot"].append(timed(lambda: snapshot(captured["state"]))[0])
     finally:
         torch.set_num_threads(threads)
     size = bare.stat().st_size
@@ -124,9 +127,12 @@ def stall(rounds: int, folder: Path) -> None:
                      f"{size / 2**20 * saves / (statistics.median(times[kind]) - base):.0f}" if kind == "sync" else "",
                      f"≤ 0.5: {'PASS' if ratio <= 0.5 else 'MISS'}" if kind == "async" else ""])
     rows.append(["bare torch.save of the same state", "", f"{save * 1000:.0f}", "", "1.00", f"{size / 2**20 / save:.0f}", ""])
+    copy = statistics.median(times["snapshot"])
+    rows.append(["snapshot alone (the async floor: the loop's cost with a free core)", "", f"{copy * 1000:.0f}", "",
+                 f"{copy / save:.2f}", "", ""])
     print(f"\n### Loop stall per checkpoint ({size / 2**20:.0f} MiB state, {saves} checkpoints in a run of 42 steps, "
           f"1 thread, {rounds} interleaved rounds, median)\n")
-    print(f"Run without a store: {base:.2f} s.\n")
+    print(f"Machine: {machine()}. Run without a store: {base:.2f} s.\n")
     print(table(["run", "run s", "stall ms / checkpoint", "min–max ms", "stall vs bare torch.save",
                  "MiB/s written (stall)", "target"], rows))
 
