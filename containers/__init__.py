@@ -11,7 +11,7 @@ from dependency_injector.containers import Container
 from omegaconf import DictConfig
 from structlog.contextvars import bound_contextvars
 
-from trainwire import registry
+from trainwire import registry, runfolder
 from trainwire.config import GROUPS, MULTI_SELECT, PROGRESS, LogConfig, resolved
 from trainwire.errors import ConfigError
 from trainwire.signals import StopToken
@@ -135,13 +135,19 @@ def run(cfg: DictConfig | dict[str, Any] | Container, *, stop: StopToken | None 
     container = cfg if isinstance(cfg, Container) else build_container(cfg)
     strategy = container.strategy()
     strategy.start()  # before the data: the loaders are sharded by rank
-    with run_scope(), bound_contextvars(run_id=container.run_dir().name):
-        paradigm = container.paradigm()  # the one loop's Trainer with the paradigm's step (trainwire.paradigms)
-        loaders = container.data()  # the bundled loaders draw from generators of their own
-        with SEEDING:  # the initial weights, drawn from the global generator by this run alone
-            torch.manual_seed(container.config.seed())
-            model = container.model()
-        result = paradigm.run(model, loaders.train, loaders.val, stop=stop)
+    # One run in a folder (ADR 0023): rank 0 locks it and refuses a fresh run over another's, before anything is written.
+    lock = runfolder.claim(container.run_dir(), container.config.trainer.resume()) if strategy.is_rank0 else None
+    try:
+        with run_scope(), bound_contextvars(run_id=container.run_dir().name):
+            paradigm = container.paradigm()  # the one loop's Trainer with the paradigm's step (trainwire.paradigms)
+            loaders = container.data()  # the bundled loaders draw from generators of their own
+            with SEEDING:  # the initial weights, drawn from the global generator by this run alone
+                torch.manual_seed(container.config.seed())
+                model = container.model()
+            result = paradigm.run(model, loaders.train, loaders.val, stop=stop)
+    finally:
+        if lock is not None:
+            lock.release()  # the checkpoint store holds it on until it is closed or dropped
     # Not on an exception: a process that fails alone must exit (torchrun then stops the others),
     # not wait at a barrier the others never reach.
     strategy.teardown()

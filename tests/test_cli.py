@@ -125,8 +125,9 @@ def test_a_run_record_write_failure_is_one_line_naming_the_file_and_exit_1(tmp_p
         (run_dir / file).symlink_to("/dev/full")  # every write: ENOSPC
     else:
         (run_dir / file).mkdir()
+    # resume=auto: the planted file is a record of this run's folder (a fresh run would be refused over it, ADR 0023).
     done = trainwire("train", f"hydra.run.dir={run_dir}", "trainer.max_epochs=2", "lr.warmup_epochs=1",
-                     "data.batch_size=256", cwd=tmp_path)
+                     "data.batch_size=256", "trainer.resume=auto", cwd=tmp_path)
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == f"trainwire: error: cannot write the run record {run_dir / file}: {reason}"

@@ -30,13 +30,22 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
 
 
-def torchrun(cwd: Path, *args: str) -> subprocess.Popen:
-    command = [TORCHRUN, "--standalone", "--nproc_per_node=2", *args]
+def torchrun(cwd: Path, *args: str, processes: int = 2) -> subprocess.Popen:
+    command = [TORCHRUN, "--standalone", f"--nproc_per_node={processes}", *args]
     return subprocess.Popen(command, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def train(cwd: Path, *overrides: str) -> subprocess.Popen:
-    return torchrun(cwd, "-m", "trainwire", "train", "data.batch_size=32", *JOB, *overrides)
+def train(cwd: Path, *overrides: str, processes: int = 2) -> subprocess.Popen:
+    """The job at 64 samples a step: 32 a process on 2, 64 on 1."""
+    return torchrun(cwd, "-m", "trainwire", "train", f"data.batch_size={64 // processes}", *JOB, *overrides,
+                    processes=processes)
+
+
+def whole(part):
+    """A checkpoint part as plain tensors: FSDP's shards read whole."""
+    from trainwire.sharding import ShardedState
+
+    return part.consolidate() if isinstance(part, ShardedState) else part
 
 
 def finish(process: subprocess.Popen) -> str:
@@ -85,11 +94,12 @@ def kill_rank_at_step(process: subprocess.Popen, run_dir: Path, rank: int, step:
 
 def assert_same_training(expected_dir: Path, run_dir: Path, *, exact: bool) -> None:
     expected, final = (read_checkpoint(d / "checkpoints" / "last.pt") for d in (expected_dir, run_dir))
-    for key, value in expected["model"].items():
+    weights = whole(final["model"])
+    for key, value in whole(expected["model"]).items():
         if exact:
-            assert torch.equal(final["model"][key], value), key
+            assert torch.equal(weights[key], value), key
         else:
-            torch.testing.assert_close(final["model"][key], value, rtol=0, atol=1e-6)
+            torch.testing.assert_close(weights[key], value, rtol=0, atol=1e-6)
     assert final["loop"]["step"] == expected["loop"]["step"] == STEPS
     losses = {r["step"]: r["train/loss"] for r in records(expected_dir) if "train/loss" in r}
     seen = {}
@@ -147,21 +157,51 @@ def test_kill_9_of_one_rank_then_resume_auto_continues_exactly(ddp_run, tmp_path
     assert_same_training(ddp_run, run_dir, exact=True)
 
 
+def shard_files(run_dir: Path, name: str = "last.pt") -> list[str]:
+    from trainwire.checkpoints import read_manifest
+
+    return sorted(file.split("/")[1] for file in read_manifest(run_dir / "checkpoints")["files"][name]["shards"])
+
+
 @pytest.mark.slow
-def test_fsdp_trains_checkpoints_and_resumes_after_a_kill(ddp_run, tmp_path):
+def test_fsdp_writes_shards_on_2_processes_and_resumes_on_1(ddp_run, tmp_path):
     run_dir = tmp_path / "run"
     process = train(tmp_path, "trainer.strategy=fsdp", f"hydra.run.dir={run_dir}")
     kill_rank_at_step(process, run_dir, rank=0, step=16)
-    finish(train(tmp_path, "trainer.strategy=fsdp", f"hydra.run.dir={run_dir}", "trainer.resume=auto"))
+    assert shard_files(run_dir) == [".metadata", "__0_0.distcp", "__1_0.distcp"]  # each rank its own shards
+    small = (run_dir / "checkpoints" / "last.pt").stat().st_size
+    finish(train(tmp_path, "trainer.strategy=fsdp", f"hydra.run.dir={run_dir}", "trainer.resume=auto", processes=1))
+    assert shard_files(run_dir) == [".metadata", "__0_0.distcp"]
     assert_same_training(ddp_run, run_dir, exact=False)  # sharded, the same arithmetic as DDP
-    # The checkpoint holds the full, unsharded state: a plain model in one process loads it.
-    from trainwire.checkpoints import load_weights
+    assert small < 64 * 1024  # the model and optimizer are in the shards, not in the .pt file
+    # Exported whole for inference, with no process group: a plain model loads it.
     from trainwire.models import MLP
 
+    out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "trainwire"), "export-weights", str(run_dir),
+                          "-o", str(tmp_path / "model.pt")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
     model = MLP(in_features=64, out_features=10, hidden=[32])
-    state = load_weights(run_dir / "checkpoints" / "best.pt", model)
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in state["model"].items())
-    assert set(state["optimizer"]["state"]) == set(state["model"])  # optimizer state keyed by parameter name
+    model.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    final = whole(read_checkpoint(run_dir / "checkpoints" / "last.pt")["model"])
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in final.items())
+
+
+@pytest.mark.slow
+def test_fsdp_on_1_process_stopped_by_sigterm_resumes_on_2(ddp_run, tmp_path):
+    run_dir = tmp_path / "run"
+    process = train(tmp_path, "trainer.strategy=fsdp", f"hydra.run.dir={run_dir}", processes=1)
+    deadline = time.monotonic() + 180
+    while not any(r.get("step", 0) >= 20 and "train/loss" in r for r in records(run_dir)):
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended or never reached step 20"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)  # torchrun hands it on: the worker saves its shards, then exits 143
+    process.communicate(timeout=120)
+    saved = read_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert 20 <= saved["loop"]["step"] < STEPS and saved["processes"] == 1
+    assert shard_files(run_dir) == [".metadata", "__0_0.distcp"]
+    finish(train(tmp_path, "trainer.strategy=fsdp", f"hydra.run.dir={run_dir}", "trainer.resume=auto"))
+    assert shard_files(run_dir) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    assert_same_training(ddp_run, run_dir, exact=False)
 
 
 @pytest.mark.slow

@@ -160,5 +160,8 @@ def test_a_gan_resume_refuses_a_checkpoint_of_another_loop_or_plan(tmp_path):
     with pytest.raises(CheckpointError, match=r"lacks generator_optimizer, critic_optimizer, generator_lr, critic_lr"):
         run(compose([*job, f"run_dir={tmp_path / 'a'}", f"trainer.resume={supervised / 'checkpoints' / 'last.pt'}"]))
     run(compose([*job, f"run_dir={tmp_path / 'b'}"]))
-    with pytest.raises(CheckpointError, match=r"planned with paradigm.critic_steps=2, this run has 3"):
+    with pytest.raises(ConfigError, match=r"another config \(paradigm\.critic_steps: 2 -> 3\)"):
         run(compose([*job, f"run_dir={tmp_path / 'b'}", "trainer.resume=auto", "paradigm.critic_steps=3"]))
+    with pytest.raises(CheckpointError, match=r"planned with paradigm.critic_steps=2, this run has 3"):
+        run(compose([*job, f"run_dir={tmp_path / 'c'}", f"trainer.resume={tmp_path / 'b/checkpoints/last.pt'}",
+                     "paradigm.critic_steps=3"]))

@@ -80,16 +80,19 @@ def test_gbdt_resumes_exactly_and_refuses_other_parameters(tmp_path):
     container.hooks.override(providers.List(providers.Object(_StopAt(token, 4))))
     with pytest.raises(TrainingInterrupted):
         run(container, stop=token)
-    with pytest.raises(CheckpointError, match=r"model\.num_leaves=31, this run has 15"):
+    with pytest.raises(ConfigError, match=r"trained with another config \(model\.num_leaves: 31 -> 15\)"):
         run(compose([*job, f"run_dir={tmp_path / 'cut'}", "trainer.resume=auto", "model.num_leaves=15"]))
+    with pytest.raises(CheckpointError, match=r"model\.num_leaves=31, this run has 15"):  # a path: the plan's check
+        run(compose([*job, f"run_dir={tmp_path / 'other'}", f"trainer.resume={tmp_path / 'cut/checkpoints/last.pt'}",
+                     "model.num_leaves=15"]))
     resumed = run(compose([*job, f"run_dir={tmp_path / 'cut'}", "trainer.resume=auto"]))
     assert resumed.epochs_completed == 12
     for a, b in zip(whole.history, resumed.history):
         assert a["val/rmse"] == pytest.approx(b["val/rmse"], rel=1e-9) and a["train/trees"] == b["train/trees"]
     # An MLP run refuses the GBDT checkpoint (and the GBDT run an MLP one) with one line.
     with pytest.raises(CheckpointError, match="lacks optimizer"):
-        run(compose(["data=diabetes", "objective=regression", "trainer.max_epochs=12", f"run_dir={tmp_path / 'cut'}",
-                     "trainer.resume=auto", "progress=never"]))
+        run(compose(["data=diabetes", "objective=regression", "trainer.max_epochs=12", f"run_dir={tmp_path / 'mlp'}",
+                     f"trainer.resume={tmp_path / 'cut/checkpoints/last.pt'}", "progress=never"]))
 
 
 @pytest.mark.parametrize("override, message", [

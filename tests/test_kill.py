@@ -318,3 +318,63 @@ def test_gan_kill_9_and_sigterm_then_resume_auto_is_exact(tmp_path, gan_referenc
     assert saved["plan"]["paradigm"] == "gan" and 0 < saved["loop"]["step"] < GAN_STEPS
     finish(run_dir, "trainer.resume=auto", job=GAN_JOB)
     assert_matches(gan_reference, run_dir, GAN_LOSSES)
+
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "background_saves.py")
+
+
+def test_kill_9_during_background_writes_leaves_the_newest_committed_checkpoint_loadable(tmp_path):
+    """The writer's thread dies mid-save (at a random step of the store's protocol) while the loop trains on;
+    what a restart loads is the newest committed checkpoint or the one being written, and it resumes to the end."""
+    directory, acks = tmp_path / "ck", tmp_path / "acks"
+    points = sorted(random.Random().sample(range(3, 60), 4))
+    for point in points:
+        done = subprocess.run([sys.executable, SCRIPT, "kill", str(directory), str(point), str(acks)],
+                              capture_output=True, text=True, timeout=300)
+        committed = [int(line) for line in acks.read_text().split()] if acks.exists() else []
+        assert done.returncode in (0, 9), done.stderr
+        store = LocalCheckpointStore(directory)
+        store.start()
+        name = store.latest()
+        if committed:
+            step = store.load(name)["loop"]["step"]
+            assert committed[-1] <= step <= committed[-1] + 2, (committed, step)
+        store.close()
+    done = subprocess.run([sys.executable, SCRIPT, "kill", str(directory), str(1 << 29), str(acks)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert read_checkpoint(directory / "last.pt")["loop"]["step"] == 60
+
+
+def test_enospc_during_a_background_save_is_a_checkpoint_error_and_the_last_checkpoint_is_untouched(tmp_path):
+    """A real full disk: a 4 MiB tmpfs (in a user and mount namespace), filled after the first checkpoint."""
+    folder = tmp_path / "fs"
+    folder.mkdir()
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=4m tmpfs {folder} && mkdir "
+                           f"{folder}/ck && exec {sys.executable} {SCRIPT} full {folder}/ck"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == (f"CheckpointError: could not write checkpoint {folder}/ck/last.pt: No space left on device "
+                        f"({folder}/ck/last.pt)")
+    assert lines[1:3] == ["last.pt unchanged: True", "manifest unchanged: True"]
+    assert lines[3].startswith("loads: last ")
+
+
+def test_sigterm_during_a_background_write_exits_143_with_that_save_committed(tmp_path):
+    run_dir = tmp_path / "run"
+    # About 13 MiB of state saved at every step: a background write is nearly always in flight.
+    process = start(run_dir, "model.hidden=[1024,1024]", "trainer.checkpoint_every_n_steps=1")
+    wait_for_step(process, run_dir, 3, after=0)
+    checkpoints = run_dir / "checkpoints"
+    deadline = time.monotonic() + 120
+    while not any(name.startswith(".last.pt.") for name in os.listdir(checkpoints)):
+        assert process.poll() is None and time.monotonic() < deadline, "no background write was seen"
+        time.sleep(0.001)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert err.strip().splitlines()[-1] == f"trainwire: interrupted by SIGTERM; checkpoint saved in {checkpoints}"
+    saved = read_checkpoint(checkpoints / "last.pt")
+    assert saved["loop"]["step"] == [r["step"] for r in records(run_dir) if "train/loss" in r][-1]
+    assert not [name for name in os.listdir(checkpoints) if name.endswith(".tmp")]

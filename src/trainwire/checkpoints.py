@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from trainwire import logs
+from trainwire import logs, sharding
 from trainwire.errors import CheckpointError, ConfigError
 from trainwire.folderlock import FolderLock
 
@@ -229,8 +229,23 @@ def _entries(path: Path) -> list[dict[str, Any]]:
 def _match(path: Path, entries: Sequence[Mapping[str, Any]], digest: str) -> dict[str, Any]:
     for entry in entries:
         if entry.get("sha256") == digest:
+            problem = _shards_problem(path.parent, entry)
+            if problem:
+                raise CheckpointError(f"checkpoint {path} is incomplete: {problem}")
             return dict(entry)
     raise CheckpointError(f"checkpoint {path} is corrupt or truncated: its sha256 does not match {MANIFEST}")
+
+
+def _shards_problem(directory: Path, entry: Mapping[str, Any]) -> str | None:
+    """Why the shard files ``entry`` lists do not verify (missing, or another sha256); None when they all do."""
+    for name, digest in (entry.get("shards") or {}).items():
+        path = directory / name
+        try:
+            if _sha256(path) != digest:
+                return f"its shard {path} does not match {MANIFEST}"
+        except OSError:
+            return f"its shard {path} is missing"
+    return None
 
 
 def verify(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -279,6 +294,10 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
                               f"{refusal_reason(failure)}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} does not hold a dict of state")
+    sharded = state.pop("sharded", None)
+    if isinstance(sharded, dict):  # FSDP's parts: their tensors are in the shard folder, verified above
+        for key in sharded["parts"]:
+            state[key] = sharding.ShardedState(path.parent / sharded["folder"], state[key])
     return state
 
 
@@ -311,10 +330,47 @@ def load_weights(path: str | os.PathLike[str], model: nn.Module, optimizer: Opti
     missing = [key for key in ("model", "optimizer") if key not in state and (key == "model" or optimizer)]
     if missing:
         raise CheckpointError(f"checkpoint {path} has no {' or '.join(missing)} state")
+    if isinstance(state["model"], sharding.ShardedState):  # FSDP's shards, read whole (or resharded) into model
+        state["model"].load_model(model)
+        if optimizer is not None:
+            state["optimizer"].load_optimizer(model, optimizer)
+        return state
     model.load_state_dict(state["model"])
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
     return state
+
+
+def export_weights(source: str | os.PathLike[str], out: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    """Writes the model's weights of a checkpoint to ``out`` as a plain state dict (``torch.save``), for inference.
+
+    ``source`` is a run folder (its newest valid checkpoint), a checkpoint folder, or a checkpoint
+    file; single-file and sharded (FSDP) checkpoints alike, read whole without a process group.
+    Returns the checkpoint's path and the weights. ``out`` is written atomically.
+    """
+    source = Path(source)
+    if source.is_dir():
+        folder = source / "checkpoints" if (source / "checkpoints").is_dir() else source
+        name = LocalCheckpointStore(folder).latest()
+        if name is None:
+            raise CheckpointError(f"{source} holds no checkpoint")
+        source = folder / f"{name}.pt"
+    state = read_checkpoint(source)
+    if "model" not in state:
+        raise CheckpointError(f"checkpoint {source} has no model state")
+    weights = state["model"]
+    if isinstance(weights, sharding.ShardedState):
+        weights = weights.consolidate()
+    out = Path(out)
+    staged = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        _write_file(staged, lambda handle: torch.save(weights, handle))
+        os.replace(staged, out)
+    except OSError as error:
+        raise CheckpointError(f"cannot write {out}: {error.strerror or error}") from None
+    finally:
+        staged.unlink(missing_ok=True)
+    return source, weights
 
 
 def _writes() -> bool:
@@ -377,18 +433,73 @@ class LocalCheckpointStore(CheckpointStore):
         self.lock.release()
 
     def save(self, state: Mapping[str, Any], names: Sequence[str], *, meta: Mapping[str, int]) -> None:
+        """See ``CheckpointStore.save``. Parts that hold DTensors (FSDP) are written as shards by every rank,
+        which must all call this; the rest, and the commit, by rank 0 (ADR 0014)."""
         bad = [name for name in names if not _NAME.match(name)]
         if bad or not names:
             raise ValueError(f"checkpoint names must be last, best or epoch-NNNN; got {list(names)}")
+        payload = {**state, "config_yaml": self.config_yaml}
+        sharded = [key for key, value in state.items() if sharding.holds_dtensors(value)]
+        if sharded:
+            self._save_sharded(payload, sharded, names, meta)
+        else:
+            self._commit(payload, names, meta)
+
+    def _save_sharded(self, payload: dict[str, Any], sharded: list[str], names: Sequence[str],
+                      meta: Mapping[str, int]) -> None:
+        """Every rank writes its shards and hashes them; rank 0 commits them with the small file, then tells all."""
+        import torch.distributed as dist
+
+        from trainwire.distributed import broadcast_object
+
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        folder = self.directory / broadcast_object(f"shards-{uuid.uuid4().hex[:12]}") if dist.is_initialized() \
+            else self.directory / f"shards-{uuid.uuid4().hex[:12]}"
+        tensors: dict[str, Any] = {}
+        for key in sharded:
+            payload[key], found = sharding.split(payload[key], key)
+            tensors.update(found)
+        payload["sharded"] = {"folder": folder.name, "parts": sharded}
+        hashed: dict[str, str] | str
+        try:
+            sharding.write(tensors, folder)
+            hashed = {f"{folder.name}/{path.name}": _sha256(path) for path in sorted(folder.glob(f"__{rank}_*.distcp"))}
+        except Exception as error:  # noqa: BLE001 - DCP wraps a rank's OSError in its CheckpointException
+            hashed = f"could not write checkpoint shards into {folder}: {error}".splitlines()[0]
+        everyone: list[Any] = [hashed]
+        if dist.is_initialized():
+            everyone = [None] * dist.get_world_size()
+            dist.all_gather_object(everyone, hashed)
+        verdict = None
+        if rank == 0:
+            failed = [item for item in everyone if isinstance(item, str)]
+            try:
+                if failed:
+                    raise CheckpointError(failed[0])
+                shards = {name: digest for item in everyone for name, digest in item.items()}
+                shards[f"{folder.name}/.metadata"] = _sha256(folder / ".metadata")
+                _fsync_dir(folder)
+                self._commit(payload, names, meta, shards=shards)
+            except OSError as error:
+                verdict = f"could not write checkpoint shards into {folder}: {error.strerror or error}"
+            except CheckpointError as error:
+                verdict = str(error)
+        if dist.is_initialized():
+            verdict = broadcast_object(verdict)  # every rank returns once rank 0 committed, or raises what it met
+        if verdict is not None:
+            raise CheckpointError(verdict)
+
+    def _commit(self, payload: Mapping[str, Any], names: Sequence[str], meta: Mapping[str, int], *,
+                shards: Mapping[str, str] | None = None) -> None:
+        """Writes the file of ``payload`` under ``names`` and commits it (with ``shards``' hashes) in the manifest."""
         target = self.path(names[0])
         token = uuid.uuid4().hex[:8]
         staged = [self.directory / f".{name}.pt.{token}.tmp" for name in names]
-        payload = {**state, "config_yaml": self.config_yaml}
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             manifest = read_manifest(self.directory) or {"format": FORMAT, "files": {}, "pending": {}}
             self._settle(manifest)
-            entry = {**self._write_data(staged[0], payload), **meta}
+            entry = {**self._write_data(staged[0], payload), **meta, **({"shards": dict(shards)} if shards else {})}
             for extra in staged[1:]:  # one write, several names: a hard link shares the fsynced bytes
                 try:
                     os.link(staged[0], extra)
@@ -427,9 +538,16 @@ class LocalCheckpointStore(CheckpointStore):
         # committed manifest does not list is never loaded, and only takes space.
         orphans = sorted(path.name for path in self.directory.glob("epoch-*.pt")
                          if _PERIODIC.match(path.name) and path.name not in manifest["files"])
+        # Shard folders no committed checkpoint names (pruned, replaced, or left by a save cut short).
+        kept = {name.split("/", 1)[0] for entry in manifest["files"].values() if isinstance(entry, dict)
+                for name in entry.get("shards", {})}
+        unused = sorted(path.name for path in self.directory.glob("shards-*") if path.name not in kept)
         try:
             for name in sorted({*doomed, *orphans}):
                 (self.directory / name).unlink(missing_ok=True)
+                self._reached(f"pruned {name}")
+            for name in unused:
+                shutil.rmtree(self.directory / name)
                 self._reached(f"pruned {name}")
         except OSError as error:  # the new checkpoint is committed; only the old ones are still there
             raise CheckpointError(f"saved {target}, but could not prune old checkpoints in {self.directory}: "
@@ -528,12 +646,16 @@ class LocalCheckpointStore(CheckpointStore):
                     digests[name] = _sha256(path) if path.is_file() else None
                 except OSError:
                     digests[name] = None
+            problem = None
             if digests[name] is not None and digests[name] == entry.get("sha256"):
-                self._check_sizes(manifest, candidates, found=name)
-                return name[: -len(".pt")]
+                problem = _shards_problem(self.directory, entry)
+                if problem is None:
+                    self._check_sizes(manifest, candidates, found=name)
+                    return name[: -len(".pt")]
             left[name] -= 1
             if not left[name]:
-                rejected[name] = self._reject(manifest, name, "missing" if digests[name] is None else
+                rejected[name] = self._reject(manifest, name, f"incomplete: {problem}" if problem else "missing"
+                                              if digests[name] is None else
                                               f"corrupt or truncated: its sha256 does not match {MANIFEST}")
         unlisted = [name for name in present if name not in left]
         reasons = [f"{name} {reason}" for name, reason in rejected.items()]

@@ -16,6 +16,7 @@ USAGE = """usage: trainwire train [hydra overrides ...]
        trainwire compare SWEEP_DIR | RUN_DIR [RUN_DIR ...] [--csv]
        trainwire lr-preview [hydra overrides ...] [-o lr.png]
        trainwire lr-find [hydra overrides ...] [--steps 100] [--start-lr 1e-7] [--end-lr 10] [-o lr_find.png]
+       trainwire export-weights RUN_DIR|CHECKPOINT [-o model.pt]
 
   trainwire train                               train the default job (MLP on the bundled digits)
   trainwire train lr=constant optimizer.lr=0.01 override any key of the config
@@ -27,6 +28,9 @@ USAGE = """usage: trainwire train [hydra overrides ...]
   trainwire lr-preview lr.warmup_epochs=5       the lr curve a config would produce, without training
   trainwire lr-find data=diabetes objective=regression
                                                 LR range test: suggests an optimizer.lr, plots loss vs lr
+  trainwire export-weights outputs/a -o model.pt
+                                                the newest checkpoint's weights as a plain state dict
+                                                (single-file or FSDP-sharded), for torch.load + load_state_dict
   torchrun --nproc_per_node=2 -m trainwire train
                                                 data-parallel over 2 processes (trainer.strategy=auto: ddp)
 """
@@ -229,9 +233,11 @@ def _train(overrides: list[str]) -> None:
     from trainwire.config import CONFIG_MODULE, check_choices, register_schemas
     from trainwire.errors import ConfigError
 
+    from trainwire.errors import CheckpointError
+
     try:
         overrides = check_choices(overrides)
-        _compose_first(overrides)
+        composed = _compose_first(overrides)
         overrides = _join_launch(overrides)
         register_schemas(overrides)
     except (ConfigError, _Usage) as error:
@@ -241,6 +247,12 @@ def _train(overrides: list[str]) -> None:
     if problem:
         print(f"trainwire: error: {problem}", file=sys.stderr)
         sys.exit(1)
+    try:
+        if _launch.rank == 0:
+            _claim(overrides, composed)
+    except (ConfigError, CheckpointError) as error:
+        print(f"trainwire: error: {error}", file=sys.stderr)
+        sys.exit(2 if isinstance(error, ConfigError) else 1)
     entry = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="train")(_train_task)
     # Hydra parses sys.argv itself; hand it only what follows the subcommand.
     sys.argv = ["trainwire-train", *overrides]
@@ -252,8 +264,27 @@ _OWN_MODES = ("-m", "--multirun", "-cp", "--config-path", "-cn", "--config-name"
               "--experimental-rerun", "-i", "--info", "--help", "--hydra-help", "--version", "-sc", "--shell-completion")
 
 
-def _compose_first(overrides: list[str]) -> None:
-    """Composes once before Hydra's run, so that a misspelt key or a wrong type is one ConfigError line.
+_claimed: list[object] = []  # the run folder's lock, held by the CLI until the process exits
+
+
+def _claim(overrides: list[str], composed) -> None:
+    """Takes the given run folder (``hydra.run.dir=``) before Hydra writes its ``.hydra/`` record into it (ADR 0023).
+
+    A second process on a live folder, or a fresh run into a folder that holds a run, is refused here,
+    so the refused run leaves no trace in the folder. Hydra's default folder is new each second: left to ``run``.
+    """
+    from trainwire.runfolder import claim
+
+    given = [arg.partition("=")[2] for arg in overrides if arg.startswith("hydra.run.dir=")]
+    printing = any(arg in ("-c", "--cfg", "-h", "--help", "--hydra-help") for arg in overrides)  # writes nothing
+    if given and composed is not None and not printing:
+        from omegaconf import OmegaConf
+
+        _claimed.append(claim(Path(given[-1]).absolute(), composed.trainer.resume, OmegaConf.to_yaml(composed, resolve=True)))
+
+
+def _compose_first(overrides: list[str]):
+    """Composes once before Hydra's run, so that a misspelt key or a wrong type is one ConfigError line; returns it.
 
     Hydra's own report of the same mistake is several lines and exits 1. Errors this cannot put
     in one line are left to Hydra, which meets them again and reports them its way.
@@ -262,15 +293,15 @@ def _compose_first(overrides: list[str]) -> None:
     from trainwire.errors import ConfigError
 
     if any(arg in _OWN_MODES or arg.startswith(tuple(f"{mode}=" for mode in _OWN_MODES)) for arg in overrides):
-        return
+        return None
     config = [arg for arg in overrides if "=" in arg and not arg.startswith("-")
               and (not arg.lstrip("+~").startswith(("hydra.", "hydra/")) or "hydra.searchpath" in arg)]
     try:
-        compose(config)
+        return compose(config)
     except ConfigError:
         raise
     except Exception:  # noqa: BLE001 - Hydra reports it on its own run
-        return
+        return None
 
 
 def _split_output(args: list[str], default: str) -> tuple[list[str], str]:
@@ -370,6 +401,21 @@ def _see_working_directory() -> None:
         sys.path.insert(0, cwd)
 
 
+def _export_weights(args: list[str]) -> None:
+    from trainwire.checkpoints import export_weights
+    from trainwire.errors import CheckpointError
+
+    sources, out = _split_output(args, "model.pt")
+    if len(sources) != 1:
+        raise ValueError("export-weights needs one run folder or checkpoint file")
+    try:
+        source, weights = export_weights(sources[0], out)
+    except CheckpointError as error:
+        print(f"trainwire: error: {error}", file=sys.stderr)
+        sys.exit(1)
+    print(out, f"({len(weights)} tensors from {source})")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     _see_working_directory()
@@ -388,7 +434,8 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             _signals.leaving()
         return
-    tools = {"plot": _plot, "lr-preview": _lr_preview, "lr-find": _lr_find, "compare": _compare}
+    tools = {"plot": _plot, "lr-preview": _lr_preview, "lr-find": _lr_find, "compare": _compare,
+             "export-weights": _export_weights}
     if command not in tools:
         print(f"trainwire: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         sys.exit(2)

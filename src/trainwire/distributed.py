@@ -54,6 +54,7 @@ class Strategy(ABC):
 
     rank: int = 0
     world_size: int = 1
+    sharded_checkpoints = False  # whether every process writes its own part of each checkpoint
 
     @property
     def is_rank0(self) -> bool:
@@ -85,8 +86,12 @@ class Strategy(ABC):
         """Puts back what ``model_state`` returned (every process passes the same whole state)."""
         model.load_state_dict(state)
 
+    def checkpoint_model_state(self, model: nn.Module) -> dict[str, Tensor]:
+        """The model's state for a checkpoint, as it is now: live tensors, no copy (the writer copies what it keeps)."""
+        return {key: value.detach() for key, value in model.state_dict().items()}
+
     def optimizer_state(self, model: nn.Module, optimizer: Optimizer) -> dict[str, Any]:
-        """The optimizer's whole state for a checkpoint."""
+        """The optimizer's state for a checkpoint (live tensors, as ``checkpoint_model_state``)."""
         return optimizer.state_dict()
 
     def load_optimizer_state(self, model: nn.Module, optimizer: Optimizer, state: Mapping[str, Any]) -> None:
@@ -287,10 +292,13 @@ class FSDP(_Distributed):
     """FSDP2 (``torch.distributed.fsdp.fully_shard``): parameters, gradients and optimizer state sharded.
 
     ``shard`` wraps each direct child that holds parameters, then the root; override it for a
-    finer plan. Checkpoints hold the full state, gathered on every process through
-    ``torch.distributed.checkpoint.state_dict`` (ADR 0014), so they are the same files as
-    single-process ones and load anywhere.
+    finer plan. Checkpoints hold the model and optimizer sharded: each rank's DTensors, written
+    by every rank through ``torch.distributed.checkpoint`` and committed by rank 0's manifest
+    (ADR 0014); they load onto any number of processes. ``model_state`` (the best weights kept
+    in memory) is the full state, gathered.
     """
+
+    sharded_checkpoints = True
 
     def shard(self, model: nn.Module) -> None:
         from torch.distributed.fsdp import fully_shard
@@ -322,26 +330,20 @@ class FSDP(_Distributed):
 
         set_model_state_dict(model, dict(state), options=self._options())
 
-    def optimizer_state(self, model: nn.Module, optimizer: Optimizer) -> dict[str, Any]:
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+    def checkpoint_model_state(self, model: nn.Module) -> dict[str, Tensor]:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        full = get_optimizer_state_dict(model, optimizer, options=self._options())
-        return _to_cpu(full)
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=False))
+
+    def optimizer_state(self, model: nn.Module, optimizer: Optimizer) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=False))
 
     def load_optimizer_state(self, model: nn.Module, optimizer: Optimizer, state: Mapping[str, Any]) -> None:
         from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
         set_optimizer_state_dict(model, optimizer, dict(state), options=self._options())
-
-
-def _to_cpu(value: Any) -> Any:
-    if isinstance(value, Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {key: _to_cpu(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_cpu(item) for item in value)
-    return value
 
 
 def resolve_strategy(name: str) -> str:

@@ -21,11 +21,13 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from trainwire import runfolder
 from trainwire.checkpoints import CheckpointStore, read_checkpoint
 from trainwire.errors import CheckpointError, ConfigError, NonFiniteError
+from trainwire.sharding import ShardedState
 
 FORMAT = 2  # 1: the fixed component list of the first build (refused: no release has shipped)
-RESERVED = ("format", "plan", "versions")
+RESERVED = ("format", "plan", "versions", "sharded", "processes")
 
 
 @runtime_checkable
@@ -41,29 +43,42 @@ def is_stateful(obj: Any) -> bool:
     return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
 
 
-def finite(weights: dict[str, Tensor]) -> dict[str, Tensor]:
-    """``weights``, once checked: never let a diverged model overwrite a good checkpoint (one sync per save)."""
-    checks = [value.isfinite().all() for value in weights.values() if value.is_floating_point()]
-    if checks and not bool(torch.stack(checks).all()):
+def finite(weights: dict[str, Tensor], strategy: Any = None) -> dict[str, Tensor]:
+    """``weights``, once checked: never let a diverged model overwrite a good checkpoint (one sync per save).
+
+    Sharded weights (DTensors) are checked shard by shard, and every process learns the verdict from ``strategy``.
+    """
+    local = [getattr(value, "to_local", lambda: value)() for value in weights.values()]
+    checks = [value.isfinite().all() for value in local if value.is_floating_point()]
+    diverged = bool(checks) and not bool(torch.stack(checks).all())
+    if strategy is not None:
+        diverged = strategy.any(diverged)
+    if diverged:
         raise NonFiniteError("the model has non-finite parameters; refusing to save them as a checkpoint")
     return weights
 
 
 class ModelPart:
-    """The whole model through the strategy (gathered when sharded), checked finite before it is saved."""
+    """The model's state for a checkpoint, through the strategy (its live tensors; each rank's shards under FSDP).
+
+    Checked finite before it is saved. The checkpoint writer copies what it keeps (ADR 0009).
+    """
 
     def __init__(self, strategy: Any, model: nn.Module) -> None:
         self.strategy, self.model = strategy, model
 
     def state_dict(self) -> dict[str, Tensor]:
-        return finite(self.strategy.model_state(self.model))
+        return finite(self.strategy.checkpoint_model_state(self.model), self.strategy)
 
     def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
-        self.strategy.load_model_state(self.model, state)
+        if isinstance(state, ShardedState):
+            state.load_model(self.model)
+        else:
+            self.strategy.load_model_state(self.model, state)
 
 
 class OptimizerPart:
-    """An optimizer's state through the strategy (FSDP keys it by parameter name)."""
+    """An optimizer's state through the strategy (FSDP: each rank's shards, keyed by parameter name)."""
 
     def __init__(self, strategy: Any, model: nn.Module, optimizer: Optimizer) -> None:
         self.strategy, self.model, self.optimizer = strategy, model, optimizer
@@ -72,7 +87,10 @@ class OptimizerPart:
         return self.strategy.optimizer_state(self.model, self.optimizer)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.strategy.load_optimizer_state(self.model, self.optimizer, state)
+        if isinstance(state, ShardedState):
+            state.load_optimizer(self.model, self.optimizer)
+        else:
+            self.strategy.load_optimizer_state(self.model, self.optimizer, state)
 
 
 class RNGPart:
@@ -153,10 +171,11 @@ def versions() -> dict[str, str]:
     return {"trainwire": trainwire, "torch": str(torch.__version__)}  # TorchVersion is not a plain str
 
 
-def capture(parts: Mapping[str, Any], plan: Mapping[str, Any]) -> dict[str, Any]:
-    """The whole training state: every part's ``state_dict``, with the plan and the versions that wrote it."""
+def capture(parts: Mapping[str, Any], plan: Mapping[str, Any], processes: int = 1) -> dict[str, Any]:
+    """The whole training state: every part's ``state_dict``, with the plan, the number of processes
+    that trained it and the versions that wrote it."""
     return {"format": FORMAT, "plan": dict(plan), **{name: part.state_dict() for name, part in parts.items()},
-            "versions": versions()}
+            "processes": processes, "versions": versions()}
 
 
 def check(checkpoint: Mapping[str, Any], parts: Mapping[str, Any], plan: Mapping[str, Any], name: str) -> None:
@@ -187,16 +206,23 @@ def restore(checkpoint: Mapping[str, Any], parts: Mapping[str, Any], plan: Mappi
         part.load_state_dict(checkpoint[key])
 
 
-def find(resume: str | None, store: CheckpointStore | None, log: Any) -> tuple[str | None, dict[str, Any] | None]:
+def find(resume: str | None, store: CheckpointStore | None, log: Any,
+         processes: int = 1) -> tuple[str | None, dict[str, Any] | None]:
     """Starts ``store``, then the checkpoint ``trainer.resume`` names, verified and loaded: (where, state),
     or (None, None) to start fresh.
 
     ``auto`` is the store's newest valid checkpoint, or a fresh start when there is none; any
-    other value is a checkpoint name of the store or a path.
+    other value is a checkpoint name of the store or a path. A fresh run (``resume`` None) into
+    a store that holds checkpoints is refused, and so is ``auto`` when the checkpoint's config
+    differs from the store's (the run's) in a key that changes the trajectory (ADR 0023).
     """
     if store is not None:
         store.start()  # cleans what a crash left, before anything is looked for
     if resume is None:
+        directory = getattr(store, "directory", None)
+        if directory is not None and runfolder.holds_checkpoints(directory):
+            raise ConfigError(f"{directory} already holds checkpoints of a run; continue it with trainer.resume=auto, "
+                              "or save into another folder")
         return None, None
     if resume == "auto":
         if store is None:
@@ -205,4 +231,12 @@ def find(resume: str | None, store: CheckpointStore | None, log: Any) -> tuple[s
         if resume is None:
             log.info("resume_fresh", reason="no valid checkpoint")
             return None, None
+        checkpoint = store.load(resume)
+        current = getattr(store, "config_yaml", None)
+        if current is not None and isinstance(checkpoint.get("config_yaml"), str):
+            changes = runfolder.config_changes(checkpoint["config_yaml"], current,
+                                               saved_processes=checkpoint.get("processes", 1), processes=processes)
+            if changes:
+                raise ConfigError(runfolder.refusal(f"checkpoint {resume} of {getattr(store, 'directory', '')}", changes))
+        return resume, checkpoint
     return resume, store.load(resume) if store is not None else read_checkpoint(resume)

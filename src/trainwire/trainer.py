@@ -15,6 +15,7 @@ from torch.optim import Optimizer
 from trainwire import logs
 from trainwire import state as parts_codec
 from trainwire.cadence import Cadence, CheckpointPolicy
+from trainwire.checkpoint_writer import CheckpointWriter
 from trainwire.checkpoints import CheckpointStore
 from trainwire.compiling import Compiler
 from trainwire.data import epoch_batches, not_resumable, resumable_sampler
@@ -64,6 +65,8 @@ class TrainerSettings:
     grad_vanishing_norm: float = 1e-7  # vanishing: the norm below this ...
     grad_vanishing_steps: int = 20  # ... for this many optimizer steps in a row
     grad_exploding_factor: float = 10.0  # exploding: the norm above this times the median of the last 100
+    # Write checkpoints in the background: the loop waits only for a copy of the state (ADR 0009).
+    async_checkpoint: bool = True
 
     def __post_init__(self) -> None:
         for key in ("max_epochs", "accumulate_steps", "log_every_n_steps", "checkpoint_every", "keep_last",
@@ -75,6 +78,8 @@ class TrainerSettings:
             raise ConfigError(f"trainer.nonfinite={self.nonfinite!r} is not one of {', '.join(NONFINITE)}")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"trainer.strategy={self.strategy!r} is not one of {', '.join(STRATEGIES)}")
+        if not isinstance(self.async_checkpoint, bool):
+            raise ConfigError(f"trainer.async_checkpoint={self.async_checkpoint!r} must be true or false")
         if self.resume is not None and (not isinstance(self.resume, str) or not self.resume.strip()):
             raise ConfigError(f"trainer.resume={self.resume!r} must be null, 'auto' or a checkpoint path")
         for key in ("compile", "grad_monitor"):
@@ -119,6 +124,8 @@ class FitResult:
     avg_epoch_time_s: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)  # flagged gradient steps, recompilations
     notes: list[str] = field(default_factory=list)  # what the user should know about the run (data not resumable)
+    checkpoint_wait_s: float = 0.0  # time the loop waited for a checkpoint still being written (ADR 0009)
+    checkpoint_waits: int = 0  # saves that had to wait for the one before
 
     @property
     def best_metrics(self) -> dict[str, float]:
@@ -140,6 +147,8 @@ class FitResult:
             "steps": self.steps,
             **self.counts,
             **({"notes": list(self.notes)} if self.notes else {}),
+            "checkpoint/wait_s": self.checkpoint_wait_s,
+            "checkpoint/waits": self.checkpoint_waits,
             **best_val,
         }
 
@@ -198,6 +207,7 @@ class Trainer:
                               "are sharded (set it to null)")
         self.sink = self.strategy.rank0_only(sink or NullSink())  # only rank 0 writes
         self.checkpoints = checkpoints
+        self._writer: CheckpointWriter | None = None  # one per fit: saves through ``checkpoints``
         self.hooks = list(hooks)
         self.log = logger or logs.get_logger()
 
@@ -258,13 +268,17 @@ class Trainer:
         plan = {"trainer.max_epochs": settings.max_epochs, "trainer.accumulate_steps": settings.accumulate_steps,
                 "batches per epoch (data.batch_size)": n_batches, **self.step.plan()}
         # Before the sinks start: a checkpoint that fails verification changes nothing.
-        where, checkpoint = parts_codec.find(settings.resume, self.checkpoints, self.log)
+        where, checkpoint = parts_codec.find(settings.resume, self.checkpoints, self.log, strategy.world_size)
         if checkpoint is not None:
             parts_codec.restore(checkpoint, parts, plan, name=f"checkpoint {where}")
             self.log.info("resumed", checkpoint=where, epoch=position.epoch, batch=position.batch, step=position.step)
         state = TrainState(model=model, optimizer=self.step.optimizer, module=module, epoch=position.epoch,
                            step=position.step)
         self.health.start(model, position, self.sink, self.log)
+        if self.checkpoints is not None:
+            # Sharded saves are collectives of every process: written in the loop's thread (ADR 0014).
+            self._writer = CheckpointWriter(self.checkpoints, asynchronous=settings.async_checkpoint
+                                            and not strategy.sharded_checkpoints)
         with stop_requests(token):
             self.sink.start()
             if self._compiler is not None:
@@ -274,7 +288,13 @@ class Trainer:
                 result = self._run(state, position, parts, plan, train_data, val_data, token)
                 if unrestorable:
                     result.notes.append(f"data order not resumable: {unrestorable}")
+                if self._writer is not None:
+                    self._writer.wait()  # the last save is committed (or its failure raised) before fit returns
+                    result.checkpoint_wait_s, result.checkpoint_waits = self._writer.waited_s, self._writer.waits
             except BaseException as error:
+                failure = self._writer.settle() if self._writer is not None else None
+                if failure is not None and failure is not error:  # the run is failing already: say, don't replace
+                    self.log.error("checkpoint_failed", error=str(failure))
                 if isinstance(error, TrainingInterrupted) and not error.saved and self.checkpoints is not None:
                     error.saved = self.checkpoints.latest() is not None  # stopped inside a step's own work
                 self._emit("on_exception", state, error)
@@ -300,17 +320,28 @@ class Trainer:
         return {name: part for name, part in parts.items() if is_stateful(part)} | {"rng": RNGPart()}
 
     def _boundary(self, names: list[str], token: StopToken, parts, plan) -> None:
-        """Writes the checkpoints ``names`` (and ``last`` when a stop was asked for), then stops if asked."""
+        """Writes the checkpoints ``names`` (and ``last`` when a stop was asked for), then stops if asked.
+
+        A save that failed in the background is raised here, at the next step after it failed.
+        A stop waits for the save in flight to commit before it raises.
+        """
+        writer = self._writer
+        if writer is not None:
+            writer.check()
         stopping = self.strategy.any(token.stopped)  # every process stops at the same step
         if stopping and "last" not in names:
             names = ["last", *names]
-        if names and self.checkpoints is not None:
-            saved = parts_codec.capture(parts, plan)  # every process captures (FSDP gathers), one writes
-            if self.strategy.is_rank0:
+        if names and writer is not None:
+            saved = parts_codec.capture(parts, plan, self.strategy.world_size)  # every process (FSDP: its shards)
+            if self.strategy.is_rank0 or self.strategy.sharded_checkpoints:  # one writes, or each its shards
                 loop = parts["loop"]
-                self.checkpoints.save(saved, names, meta={"epoch": loop.epoch, "batch": loop.batch, "step": loop.step})
+                waited = writer.save(saved, names, meta={"epoch": loop.epoch, "batch": loop.batch, "step": loop.step})
+                if waited > 0:  # the save before this one was still being written; the total goes to the summary
+                    self.log.info("checkpoint_wait", step=loop.step, wait_s=waited, waits=writer.waits)
         if stopping:
-            raise TrainingInterrupted(token.signum, saved=self.checkpoints is not None)
+            if writer is not None:
+                writer.wait()
+            raise TrainingInterrupted(token.signum, saved=writer is not None)
 
     def _not_taken(self, state: TrainState) -> None:
         self.sink.log({"train/skipped_steps": self.nonfinite.skipped + 1}, step=state.step, epoch=state.epoch)

@@ -1,0 +1,78 @@
+"""A training run whose background checkpoint writes are cut short or fail, run as its own process by test_kill.
+
+    python background_saves.py kill DIR POINT ACKS   # os._exit(9) at the POINT-th step of the store's protocol
+    python background_saves.py full DIR              # DIR is a small tmpfs: a later save meets ENOSPC
+
+The hook runs in the writer's thread, so the process dies (or the disk fills) while the loop
+trains on in the main thread. ``kill`` appends each committed step to ACKS first.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from trainwire import Classification, Trainer, TrainerSettings
+from trainwire.checkpoints import LocalCheckpointStore
+from trainwire.errors import CheckpointError
+
+
+def job(directory: Path, hook, hooks=()) -> None:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randn(16, 256, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(30)]
+    model = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
+    settings = TrainerSettings(max_epochs=2, device="cpu", checkpoint_every_n_steps=2, resume="auto")
+    Trainer(objective=Classification(), optimizer=functools.partial(torch.optim.AdamW, lr=1e-3), settings=settings,
+            checkpoints=LocalCheckpointStore(directory, hook=hook), hooks=hooks).fit(model, data)
+
+
+def killed(directory: Path, point: int, acks: Path) -> None:
+    reached = iter(range(1 << 30))
+
+    def hook(name: str) -> None:
+        if name == "committed":
+            with open(acks, "a") as handle:
+                handle.write(f"{torch.load(directory / 'last.pt', weights_only=True)['loop']['step']}\n")
+        if next(reached) == point:
+            os._exit(9)
+
+    job(directory, hook)
+
+
+def full(directory: Path) -> None:
+    kept: dict[str, bytes] = {}
+
+    class FillAfterFirstSave:
+        def on_batch_end(self, state, loss) -> None:
+            if "last" not in kept and (directory / "manifest.json").exists() and state.step >= 3:
+                kept["last"] = (directory / "last.pt").read_bytes()
+                kept["manifest"] = (directory / "manifest.json").read_bytes()
+                free = os.statvfs(directory).f_bavail * os.statvfs(directory).f_frsize
+                with open(directory / "filler", "wb") as handle:  # room for half a checkpoint: the next one fails
+                    handle.write(bytes(max(free - len(kept["last"]) // 2, 0)))
+
+    try:
+        job(directory, None, hooks=[FillAfterFirstSave()])
+    except CheckpointError as error:
+        print(f"CheckpointError: {error}")
+    else:
+        print("no error")
+    print("last.pt unchanged:", (directory / "last.pt").read_bytes() == kept["last"])
+    print("manifest unchanged:", (directory / "manifest.json").read_bytes() == kept["manifest"])
+    store = LocalCheckpointStore(directory)
+    name = store.latest()
+    print("loads:", name, hashlib.sha256(kept["last"]).hexdigest()[:8], store.load(name)["loop"]["step"])
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "kill":
+        killed(Path(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))
+    else:
+        full(Path(sys.argv[2]))
