@@ -20,7 +20,7 @@ Two measurements:
    end to end by the wall clock: setup, every step, teardown (trainwire's ``fit`` also writes and
    fsyncs ``summary.json``). Their steps/s, and the median of the per-round ratios, give the
    verdict against the targets: >= 0.95 (tiny), >= 0.99 (compute-bound).
-2. Lockstep: the two loops run on two threads that hand a baton over after every backward, so
+2. Lockstep: the two loops run on two threads that hand a baton over after every step, so
    step k of one and step k of the other run back to back and meet the same machine. Each
    loop's active time per step is recorded (trainwire through an ``on_batch_end`` hook, the
    hand-written loop by the same call). Per step phase (step mod 10, so logged steps count in
@@ -187,13 +187,13 @@ def run_handwritten(model: nn.Module, data: Any, work: Workload, run_dir: Path, 
                 loss = F.cross_entropy(model(inputs), targets)
                 loss.backward()
                 losses.append(loss.detach())
-                if baton is not None:
-                    baton.on_batch_end(None, losses[-1])
                 norm = torch.nn.utils.clip_grad_norm_(params, MAX_NORM, foreach=True)
                 lr = optimizer.param_groups[0]["lr"]
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
+                if baton is not None:  # where trainwire's on_batch_end runs: after the step's work, before its log
+                    baton.on_batch_end(None, losses[-1])
                 step += 1
                 if step % LOG_EVERY == 0:
                     record = {"step": step, "epoch": epoch, "train/loss": loss.item(), "train/lr": lr,
@@ -298,10 +298,12 @@ def whole_runs(work: Workload, data: Any, rounds: int, tmp: Path, extra: dict[st
 
 
 class Baton:
-    """Hands control to the partner loop after every backward; records this loop's active time.
+    """Hands control to the partner loop after every step's work; records this loop's active time.
 
-    ``active[k]`` is the time from resuming after batch k-1 to the end of batch k's backward:
-    optimizer step k-1 (with its logging, on logged steps) plus batch k's forward and backward.
+    ``active[k]`` is the time from resuming after batch k-1 to the end of batch k's optimizer
+    step: step k-1's logging (on logged steps) plus batch k's forward, backward, clipping,
+    optimizer and schedule step. (trainwire's ``on_batch_end`` runs there since the step port,
+    ADR 0015; it used to run after the backward, and so did this hand-over.)
     """
 
     def __init__(self) -> None:
@@ -559,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
           "non-finite steps, when its version does that); the hand-written loop does not.")
     print("steps/s and ratio: whole runs by the wall clock, setup and teardown included; median (min–max) over the "
           "rounds; ratio = median of the per-round trainwire/hand-written steps/s (the verdict). lockstep: the two "
-          "loops on two threads taking turns after every backward; per step phase (step mod 10, so logged steps "
+          "loops on two threads taking turns after every step; per step phase (step mod 10, so logged steps "
           "count in their share) each loop's 10th-percentile active time (for runs under 300 steps: the median "
           "paired difference); step = the hand-written loop's, overhead = trainwire's extra (mean (min–max) over "
           "the rounds, which balance who starts), ratio = step / (step + overhead). Per-epoch and per-run work are "
