@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -51,12 +52,18 @@ def full(directory: Path) -> None:
 
     class FillAfterFirstSave:
         def on_batch_end(self, state, loss) -> None:
-            if "last" not in kept and (directory / "manifest.json").exists() and state.step >= 3:
-                kept["last"] = (directory / "last.pt").read_bytes()
-                kept["manifest"] = (directory / "manifest.json").read_bytes()
-                free = os.statvfs(directory).f_bavail * os.statvfs(directory).f_frsize
-                with open(directory / "filler", "wb") as handle:  # room for half a checkpoint: the next one fails
-                    handle.write(bytes(max(free - len(kept["last"]) // 2, 0)))
+            if "last" in kept or state.step < 3 or not (directory / "manifest.json").exists():
+                return
+            # Only once a save is committed and none is in flight (the writer is a thread of its own).
+            manifest = (directory / "manifest.json").read_bytes()
+            committed = json.loads(manifest)
+            entry, last = committed["files"].get("last.pt"), (directory / "last.pt").read_bytes()
+            if committed.get("pending") or entry is None or hashlib.sha256(last).hexdigest() != entry.get("sha256"):
+                return
+            kept["last"], kept["manifest"] = last, manifest
+            free = os.statvfs(directory).f_bavail * os.statvfs(directory).f_frsize
+            with open(directory / "filler", "wb") as handle:  # room for half a checkpoint: the next one fails
+                handle.write(bytes(max(free - len(kept["last"]) // 2, 0)))
 
     try:
         job(directory, None, hooks=[FillAfterFirstSave()])
@@ -65,7 +72,9 @@ def full(directory: Path) -> None:
     else:
         print("no error")
     print("last.pt unchanged:", (directory / "last.pt").read_bytes() == kept["last"])
-    print("manifest unchanged:", (directory / "manifest.json").read_bytes() == kept["manifest"])
+    # What the manifest commits is unchanged (a failed save may rewrite the file to drop its own pending entry).
+    committed = json.loads((directory / "manifest.json").read_bytes())["files"]
+    print("manifest unchanged:", committed == json.loads(kept["manifest"])["files"])
     store = LocalCheckpointStore(directory)
     name = store.latest()
     print("loads:", name, hashlib.sha256(kept["last"]).hexdigest()[:8], store.load(name)["loop"]["step"])

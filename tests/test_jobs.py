@@ -124,7 +124,10 @@ def test_the_example_service_starts_watches_and_cancels_runs_over_http(service):
     status, created = request(base, "POST", "/runs", {"overrides": ["trainer.max_epochs=3", *SMALL]})
     assert status == 201
     events = list(stream(base, f"/runs/{created['id']}/events"))
-    assert [e["kind"] for e in events] == ["started", *["epoch_end", "checkpoint"] * 3, "finished"]
+    kinds = [e["kind"] for e in events]
+    # A checkpoint's event comes when its background write commits: after its epoch's end, maybe after the next.
+    assert kinds[0] == "started" and kinds[-1] == "finished"
+    assert kinds.count("epoch_end") == 3 and kinds.count("checkpoint") == 3 and kinds.index("epoch_end") < kinds.index("checkpoint")
     assert [e["epoch"] for e in events if e["kind"] == "epoch_end"] == [0, 1, 2]
     assert all(0 < e["metrics"]["val/loss"] < 10 for e in events if e["kind"] == "epoch_end")
     status, done = request(base, "GET", f"/runs/{created['id']}")
