@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -50,17 +51,25 @@ def killed(directory: Path, point: int, acks: Path) -> None:
 def full(directory: Path) -> None:
     kept: dict[str, bytes] = {}
 
+    def committed_and_idle() -> tuple[bytes, bytes] | None:
+        """(last.pt, manifest) once a save is committed and none is in flight; else None."""
+        if not (directory / "manifest.json").exists():
+            return None
+        manifest = (directory / "manifest.json").read_bytes()
+        entry, last = json.loads(manifest)["files"].get("last.pt"), (directory / "last.pt").read_bytes()
+        if json.loads(manifest).get("pending") or entry is None or hashlib.sha256(last).hexdigest() != entry["sha256"]:
+            return None
+        return last, manifest
+
     class FillAfterFirstSave:
         def on_batch_end(self, state, loss) -> None:
-            if "last" in kept or state.step < 3 or not (directory / "manifest.json").exists():
+            if "last" in kept or state.step < 3:
                 return
-            # Only once a save is committed and none is in flight (the writer is a thread of its own).
-            manifest = (directory / "manifest.json").read_bytes()
-            committed = json.loads(manifest)
-            entry, last = committed["files"].get("last.pt"), (directory / "last.pt").read_bytes()
-            if committed.get("pending") or entry is None or hashlib.sha256(last).hexdigest() != entry.get("sha256"):
-                return
-            kept["last"], kept["manifest"] = last, manifest
+            # The loop's thread waits here for the writer's thread to commit what it has in flight.
+            deadline = time.monotonic() + 120
+            while (found := committed_and_idle()) is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            kept["last"], kept["manifest"] = found
             free = os.statvfs(directory).f_bavail * os.statvfs(directory).f_frsize
             with open(directory / "filler", "wb") as handle:  # room for half a checkpoint: the next one fails
                 handle.write(bytes(max(free - len(kept["last"]) // 2, 0)))
