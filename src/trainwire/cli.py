@@ -101,8 +101,6 @@ def _leave() -> None:
 
 def _agreed_config(cfg):
     """The resolved config, validated once: rank 0's, on every rank (with its verdict, so that all exit alike)."""
-    from omegaconf import OmegaConf
-
     from trainwire.containers import build_container
     from trainwire.errors import ConfigError
 

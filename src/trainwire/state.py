@@ -27,7 +27,6 @@ from trainwire.errors import CheckpointError, ConfigError, NonFiniteError
 from trainwire.sharding import ShardedState
 
 FORMAT = 2  # 1: the fixed component list of the first build (refused: no release has shipped)
-RESERVED = ("format", "plan", "versions", "sharded", "processes")
 
 
 @runtime_checkable
