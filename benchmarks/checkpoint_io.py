@@ -41,10 +41,9 @@ import time
 from pathlib import Path
 
 import torch
-
 from _common import machine, median_spread, table
 
-from trainwire.checkpoints import LocalCheckpointStore
+from trainwire.checkpointing.store import LocalCheckpointStore
 
 
 def make_state(mib: int) -> dict:
@@ -99,7 +98,7 @@ def stall(rounds: int, folder: Path) -> None:
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    from trainwire.checkpoint_writer import snapshot
+    from trainwire.checkpointing.writer import snapshot
 
     kinds = ("none", "async", "sync")
     times: dict[str, list[float]] = {kind: [] for kind in (*kinds, "bare torch.save", "snapshot")}

@@ -29,7 +29,7 @@ Rows:
    asynchronous when ``TrainerSettings`` has an ``async_checkpoint`` field) against a bare
    ``torch.save`` of the model and optimizer state from GPU memory.
 6. MFU as trainwire reports it (``time/mfu`` of the second epoch of row 1's runs), its TFLOP/s
-   against the A100 and H100/H200 peaks of ``trainwire.throughput``, and its FLOP count against
+   against the A100 and H100/H200 peaks of ``trainwire.runtime.throughput``, and its FLOP count against
    the analytic ``6N + 12·L·T·C`` per token.
 
 steps/s is timed from the end of batch ``warmup`` to the end of the last batch, with a
@@ -294,7 +294,7 @@ def hand_written(work: Work, precision: str, *, compile: bool = False, batches: 
 
 
 def _next_token():
-    from trainwire.objectives import Objective
+    from trainwire.policies.objectives import Objective
 
     class NextToken(Objective):
         """Cross-entropy of a model that returns logits [B, T, vocab] for (ids, next ids) batches."""
@@ -327,7 +327,13 @@ def trainwire_run(work: Work, precision: str, *, nonfinite: str = "skip", compil
                   batches: int | None = None, epochs: int | None = None, checkpoint_every: int | None = None,
                   data: Any = None, timed: bool = True, settings: dict[str, Any] | None = None) -> Run:
     """``trainwire.Trainer.fit`` on the same work; a ``LocalCheckpointStore`` when ``checkpoint_every`` is given."""
-    from trainwire import JsonlSink, LocalCheckpointStore, NormClipper, Trainer, TrainerSettings
+    from trainwire import (
+        JsonlSink,
+        LocalCheckpointStore,
+        NormClipper,
+        Trainer,
+        TrainerSettings,
+    )
 
     s = work.sizes
     items = work.batches[:batches or s.batches]
@@ -706,7 +712,7 @@ def row_checkpoint(work: Work, report: Report) -> Row:
 
 
 def row_mfu(work: Work, report: Report) -> Row:
-    from trainwire.throughput import peak_of, peak_tflops
+    from trainwire.runtime.throughput import peak_of, peak_tflops
 
     runs = report.data.get("bf16")
     if not runs:

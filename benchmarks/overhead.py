@@ -65,7 +65,15 @@ from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
 import trainwire
-from trainwire import Classification, JsonlSink, NeverStop, NormClipper, Trainer, TrainerSettings, WarmupCosine
+from trainwire import (
+    Classification,
+    JsonlSink,
+    NeverStop,
+    NormClipper,
+    Trainer,
+    TrainerSettings,
+    WarmupCosine,
+)
 
 LOG_EVERY = 10  # trainwire's default log_every_n_steps
 LR = 1e-3
@@ -143,7 +151,7 @@ def _sink(run_dir: Path, work: Workload) -> Any:
     if not PROGRESS:
         return JsonlSink(run_dir)
     from trainwire import FanOut, GuardedFanOut
-    from trainwire.progress import ProgressBar
+    from trainwire.sinks.progress import ProgressBar
 
     return GuardedFanOut(FanOut(JsonlSink(run_dir), ProgressBar(work.epochs, file=DEVNULL)))
 

@@ -158,8 +158,8 @@ def run_trainwire(model, train, val, epochs: int, out: Path, compile: bool, cloc
     import torch
 
     from trainwire import JsonlSink, Trainer, TrainerSettings
-    from trainwire.checkpoints import LocalCheckpointStore
-    from trainwire.objectives import Objective
+    from trainwire.checkpointing.store import LocalCheckpointStore
+    from trainwire.policies.objectives import Objective
 
     class ModelLoss(Objective):
         """The model computes its own loss from the batch (``forward(**batch)``), as Hugging Face models do."""

@@ -5,7 +5,7 @@ Three programs train the same model (the default MLP 64→128→10, AdamW) on th
 * baseline — a script that only imports torch, builds the model and the optimizer, and steps
   once on a batch of the same shape;
 * Python API — ``run(compose([...]))`` from ``trainwire.containers``;
-* CLI — ``trainwire train`` (through ``trainwire.cli.main``, as the console script does).
+* CLI — ``trainwire train`` (through ``trainwire.cli.main.main``, as the console script does).
 
 Each is a fresh ``python`` process; a global optimizer step hook (``torch.optim.optimizer.
 register_optimizer_step_post_hook``) prints ``time.time()`` after the first step and exits, so
@@ -52,7 +52,7 @@ run(compose([f"run_dir={sys.argv[1]}"]))
 """
 
 CLI = HOOK + """
-from trainwire.cli import main
+from trainwire.cli.main import main
 sys.argv = ["trainwire", "train", f"hydra.run.dir={sys.argv[1]}", "log.format=json"]
 main()
 """

@@ -11,12 +11,13 @@ from dependency_injector.containers import Container
 from omegaconf import DictConfig
 from structlog.contextvars import bound_contextvars
 
-from trainwire import registry, runfolder
+from trainwire import registry
+from trainwire.checkpointing import runfolder
 from trainwire.config import GROUPS, MULTI_SELECT, PROGRESS, LogConfig, resolved
 from trainwire.errors import ConfigError
-from trainwire.signals import StopToken
-from trainwire.process import SEEDING, run_scope
-from trainwire.trainer import FitResult, TrainerSettings
+from trainwire.loop.signals import StopToken
+from trainwire.loop.trainer import FitResult, TrainerSettings
+from trainwire.runtime.process import SEEDING, run_scope
 
 from .container import TrainerContainer
 
@@ -47,7 +48,7 @@ def _monitors(plain: dict[str, Any], objective: Any) -> None:
     """A monitored ``val/`` metric must be one the objective reports (when it says which), else no epoch would tell."""
     import difflib
 
-    from trainwire.metric_schedule import ScheduledMetrics, stated_metrics
+    from trainwire.policies.metric_schedule import ScheduledMetrics, stated_metrics
 
     names = stated_metrics(objective.objective if isinstance(objective, ScheduledMetrics) else objective)
     for group in ("stopping", "lr"):
@@ -123,7 +124,7 @@ def run(cfg: DictConfig | dict[str, Any] | Container, *, stop: StopToken | None 
 
     The model is built from ``seed``; the caller's random states (torch's, python's, NumPy's),
     environment and warnings filters are as they were when it returns, also when several runs go
-    on at once in threads (``trainwire.process.run_scope``). Two runs started together in two
+    on at once in threads (``trainwire.runtime.process.run_scope``). Two runs started together in two
     threads produce what each produces alone, for models whose training draws no numbers from
     the global generator (dropout does: for exactness with dropout, one process per run) and with
     one intra-op thread (``torch.set_num_threads(1)``: two runs at once may otherwise get OpenMP
@@ -139,7 +140,7 @@ def run(cfg: DictConfig | dict[str, Any] | Container, *, stop: StopToken | None 
     lock = runfolder.claim(container.run_dir(), container.config.trainer.resume()) if strategy.is_rank0 else None
     try:
         with run_scope(), bound_contextvars(run_id=container.run_dir().name):
-            paradigm = container.paradigm()  # the one loop's Trainer with the paradigm's step (trainwire.paradigms)
+            paradigm = container.paradigm()  # the one loop's Trainer with the paradigm's step (trainwire.paradigms.base)
             loaders = container.data()  # the bundled loaders draw from generators of their own
             with SEEDING:  # the initial weights, drawn from the global generator by this run alone
                 torch.manual_seed(container.config.seed())
@@ -159,7 +160,7 @@ def lr_preview(cfg: DictConfig | dict[str, Any] | Container) -> tuple[list[float
 
     The data are loaded only to count batches (the bundled sets load in milliseconds).
     """
-    from trainwire.lr import preview, steps_per_epoch
+    from trainwire.policies.lr import preview, steps_per_epoch
 
     container = cfg if isinstance(cfg, Container) else build_container(cfg)
     settings = container.settings()

@@ -16,21 +16,21 @@ from typing import Any
 
 from dependency_injector import containers, providers
 
-from trainwire import distributed, registry
-from trainwire.cadence import Cadence
-from trainwire.checkpoints import LocalCheckpointStore
+from trainwire import registry
+from trainwire.checkpointing.rundirs import new_run_dir
+from trainwire.checkpointing.store import LocalCheckpointStore
 from trainwire.data import as_loaders
 from trainwire.errors import ConfigError
-from trainwire.metric_schedule import ScheduledMetrics
-from trainwire.nonfinite import make_nonfinite
-from trainwire.progress import ProgressBar, progress_enabled
-from trainwire.runs import new_run_dir
+from trainwire.loop.steps import SupervisedStep
+from trainwire.loop.trainer import Trainer, TrainerSettings
+from trainwire.policies.cadence import Cadence
+from trainwire.policies.metric_schedule import ScheduledMetrics
+from trainwire.policies.nonfinite import make_nonfinite
+from trainwire.runtime import distributed
 from trainwire.sinks import FanOut, JsonlSink, NullSink
 from trainwire.sinks.isolation import GuardedFanOut, IsolatedSink, UnavailableSink
+from trainwire.sinks.progress import ProgressBar, progress_enabled
 from trainwire.sinks.stages import PrefixedSink
-from trainwire.steps import SupervisedStep
-from trainwire.trainer import Trainer, TrainerSettings
-
 
 # Keys a custom (``_target_``) node of a group always has, for trainwire's own use; the target gets them
 # only if it names them (a data target returning Datasets gets loaders built with these).

@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 
 from trainwire.data import digits
-from trainwire.frechet import FEATURES_FILE, DigitsFeatures
-from trainwire.lr import WarmupCosine
-from trainwire.objectives import Classification
-from trainwire.optim import optimizer_factory
-from trainwire.trainer import Trainer, TrainerSettings
+from trainwire.loop.trainer import Trainer, TrainerSettings
+from trainwire.paradigms.frechet import FEATURES_FILE, DigitsFeatures
+from trainwire.policies.lr import WarmupCosine
+from trainwire.policies.objectives import Classification
+from trainwire.policies.optim import optimizer_factory
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "trainwire" / "datasets" / FEATURES_FILE
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from trainwire import Classification, Trainer, TrainerSettings
-from trainwire.checkpoints import LocalCheckpointStore
+from trainwire.checkpointing.store import LocalCheckpointStore
 from trainwire.errors import CheckpointError
 
 

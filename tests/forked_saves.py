@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from trainwire.checkpoints import LocalCheckpointStore
+from trainwire.checkpointing.store import LocalCheckpointStore
 
 
 def save_in_killed_child(directory, save: Callable[[LocalCheckpointStore], None],

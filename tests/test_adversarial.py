@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from trainwire import Classification, ConfigError, Trainer, TrainerSettings
-from trainwire.adversarial import FGSM, PGD, AdversarialObjective
 from trainwire.config import compose
 from trainwire.containers import build_container, run
 from trainwire.data import digits
 from trainwire.models import MLP
+from trainwire.paradigms.adversarial import FGSM, PGD, AdversarialObjective
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

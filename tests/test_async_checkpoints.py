@@ -8,11 +8,15 @@ import time
 
 import pytest
 import torch
+from conftest import batches, blobs, make_model, make_trainer
 
-from conftest import blobs, batches, make_model, make_trainer
 from trainwire import StopToken, TrainerSettings, TrainingInterrupted
-from trainwire.checkpoint_writer import CheckpointWriter, snapshot
-from trainwire.checkpoints import LocalCheckpointStore, read_checkpoint, read_manifest
+from trainwire.checkpointing.store import (
+    LocalCheckpointStore,
+    read_checkpoint,
+    read_manifest,
+)
+from trainwire.checkpointing.writer import CheckpointWriter, snapshot
 from trainwire.errors import CheckpointError
 from trainwire.testing import RecordingSink, capture_logs
 

@@ -9,9 +9,14 @@ import tempfile
 
 import pytest
 import torch
-
 from forked_saves import save_in_killed_child
-from trainwire.checkpoints import LocalCheckpointStore, load_weights, read_checkpoint, verify
+
+from trainwire.checkpointing.store import (
+    LocalCheckpointStore,
+    load_weights,
+    read_checkpoint,
+    verify,
+)
 from trainwire.errors import CheckpointError, ConfigError
 
 
@@ -373,7 +378,7 @@ def test_a_raw_pickle_refusal_keeps_its_reason(tmp_path):
 
 LOCK_HOLDER = """
 import os, sys, time
-from trainwire.checkpoints import LocalCheckpointStore
+from trainwire.checkpointing.store import LocalCheckpointStore
 store = LocalCheckpointStore(sys.argv[1])
 store.start()
 if sys.argv[2] == "workers":  # a DataLoader's workers, forked while the lock is held, outlive their parent

@@ -107,7 +107,7 @@ def test_usage_errors(tmp_path):
 
 
 def _checkpoint_step(run_dir):
-    from trainwire.checkpoints import read_checkpoint
+    from trainwire.checkpointing.store import read_checkpoint
 
     return read_checkpoint(run_dir / "checkpoints" / "last.pt")["loop"]["step"]
 
@@ -160,7 +160,7 @@ def test_resume_auto_on_a_folder_whose_checkpoints_all_fail_refuses_and_changes_
     """Before: exit 0, a fresh start from epoch 0 over the folder."""
     import torch
 
-    from trainwire.checkpoints import LocalCheckpointStore
+    from trainwire.checkpointing.store import LocalCheckpointStore
 
     run_dir = tmp_path / "run"
     store = LocalCheckpointStore(run_dir / "checkpoints")  # what a run left, before its manifest was lost

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from trainwire.compare import compare, labels, table
+from trainwire.cli.compare import compare, labels, table
 
 
 def _trainwire(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -64,7 +64,7 @@ def test_compare_as_csv_and_of_run_folders_given_one_by_one(sweep):
 def test_plot_labels_runs_by_the_overrides_that_differ_with_the_legend_beside_the_curves(sweep):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from trainwire.plots import figure_of, run_curves
+    from trainwire.cli.plots import figure_of, run_curves
 
     runs = [sweep / name for name in ("0", "3")]
     assert labels(runs) == ["optimizer.lr=0.03 model.hidden=[16]", "optimizer.lr=0.0003 model.hidden=[64]"]
@@ -88,7 +88,7 @@ def test_compare_refuses_a_folder_without_runs(tmp_path):
 
 
 def test_table_text_is_aligned():
-    from trainwire.compare import RunRow
+    from trainwire.cli.compare import RunRow
 
     text = table(["lr"], [RunRow(Path("a"), {"lr": "0.1"}, 0.5, "val/loss", "min", "max_epochs", 3)])
     assert text.splitlines()[1].split() == ["a", "0.1", "0.5", "val/loss", "max_epochs", "3"]

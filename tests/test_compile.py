@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import make_trainer
+
 from trainwire import ConfigError, TrainerSettings
+from trainwire.checkpointing.store import LocalCheckpointStore, read_checkpoint
 from trainwire.errors import TrainingInterrupted
-from trainwire.checkpoints import LocalCheckpointStore, read_checkpoint
+from trainwire.loop.signals import StopToken
 from trainwire.models import MLP
-from trainwire.signals import StopToken
 from trainwire.testing import RecordingHook
 
 pytestmark = pytest.mark.slow
@@ -44,7 +44,7 @@ class StopAt:
 
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory):
-    from conftest import blobs, batches
+    from conftest import batches, blobs
 
     x, y = blobs()
     train, val = batches(x[:192], y[:192], 16), batches(x[192:], y[192:], 32)

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from trainwire.config import compose
 from trainwire.containers import build_container, run
 from trainwire.errors import ConfigError, TrainingInterrupted
-from trainwire.signals import StopToken
+from trainwire.loop.signals import StopToken
 
 # Keys whose any value is valid (names and labels), or that the fuzz cannot judge in-process.
 FREE = {"run_dir", "stage", "log.format", "log.level", "trainer.resume", "encoder"}

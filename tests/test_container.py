@@ -9,17 +9,34 @@ import torch
 from dependency_injector import containers, providers
 
 from trainwire import (
-    Classification, ConfigError, Constant, CosineWarmRestarts, FanOut, IsolatedSink, NeverStop, NoClip, NormClipper,
-    NullSink, PatienceStopper,
-    Regression, ReduceOnPlateau, Trainer, ValueClipper, WarmupCosine,
+    Classification,
+    ConfigError,
+    Constant,
+    CosineWarmRestarts,
+    FanOut,
+    IsolatedSink,
+    NeverStop,
+    NoClip,
+    NormClipper,
+    NullSink,
+    PatienceStopper,
+    ReduceOnPlateau,
+    Regression,
+    Trainer,
+    ValueClipper,
+    WarmupCosine,
 )
 from trainwire.config import GROUPS, SUBGROUPS, compose, options
 from trainwire.containers import TrainerContainer, build_container, run
-from trainwire.gan import GAN, GANEvaluation
-from trainwire.generative import GaussianDensity, NegativeLogLikelihood
 from trainwire.models import MLP
-from trainwire.paradigms import Paradigm, Pretrain, Supervised
-from trainwire.pretraining import MaskedAutoencoder, MaskedReconstruction, Predictor
+from trainwire.paradigms.base import Paradigm, Pretrain, Supervised
+from trainwire.paradigms.gan import GAN, GANEvaluation
+from trainwire.paradigms.generative import GaussianDensity, NegativeLogLikelihood
+from trainwire.paradigms.pretraining import (
+    MaskedAutoencoder,
+    MaskedReconstruction,
+    Predictor,
+)
 from trainwire.testing import RecordingHook, RecordingSink, ScriptedStopper
 
 EXPECTED = {
@@ -119,7 +136,7 @@ def test_overriding_slots_with_fakes(tmp_path):
 
 def test_a_users_own_policy_by_target_in_config(tmp_path):
     cfg = compose([f"run_dir={tmp_path}"])
-    cfg.lr = {"_target_": "trainwire.lr.CosineWarmRestarts", "T0": 4, "T_mult": 1}
+    cfg.lr = {"_target_": "trainwire.policies.lr.CosineWarmRestarts", "T0": 4, "T_mult": 1}
     container = build_container(cfg)
     policy = container.lr_policy()
     assert isinstance(policy, CosineWarmRestarts) and policy.T0 == 4

@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 
 from trainwire import registry
 from trainwire.config import LogConfig, TrainConfig, compose, options
-from trainwire.losses import available_losses
-from trainwire.trainer import TrainerSettings
+from trainwire.loop.trainer import TrainerSettings
+from trainwire.policies.losses import available_losses
 
 # What the packaged YAML sets on purpose (ADR 0017): presets, not defaults. Anything else a YAML
 # file under configs/<group>/ writes must be an interpolation (wiring between groups).
@@ -98,8 +98,8 @@ def test_the_defaults_the_issue_found_in_three_places_agree_with_the_cli():
     assert compose(["model=masked_autoencoder"]).model.embedding == 64
     assert compose(["model=predictor"]).model.embedding == 64
     assert compose([]).trainer.max_epochs == 60
-    from trainwire.lr import ReduceOnPlateau
-    from trainwire.pretraining import MaskedAutoencoder, MaskedReconstruction
+    from trainwire.paradigms.pretraining import MaskedAutoencoder, MaskedReconstruction
+    from trainwire.policies.lr import ReduceOnPlateau
 
     assert (ReduceOnPlateau().patience, MaskedReconstruction().mask_ratio, TrainerSettings().max_epochs) == (5, 0.5, 60)
     assert MaskedAutoencoder(8).encoder.arch["embedding"] == 64

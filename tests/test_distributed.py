@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainwire.checkpoints import read_checkpoint
+from trainwire.checkpointing.store import read_checkpoint
 
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
 # digits: 1,437 training samples; 32 per process and 2 processes is 64 a step, 23 steps an epoch.
@@ -43,7 +43,7 @@ def train(cwd: Path, *overrides: str, processes: int = 2) -> subprocess.Popen:
 
 def whole(part):
     """A checkpoint part as plain tensors: FSDP's shards read whole."""
-    from trainwire.sharding import ShardedState
+    from trainwire.checkpointing.sharding import ShardedState
 
     return part.consolidate() if isinstance(part, ShardedState) else part
 
@@ -158,7 +158,7 @@ def test_kill_9_of_one_rank_then_resume_auto_continues_exactly(ddp_run, tmp_path
 
 
 def shard_files(run_dir: Path, name: str = "last.pt") -> list[str]:
-    from trainwire.checkpoints import read_manifest
+    from trainwire.checkpointing.store import read_manifest
 
     return sorted(file.split("/")[1] for file in read_manifest(run_dir / "checkpoints")["files"][name]["shards"])
 
@@ -230,7 +230,12 @@ def test_an_explicit_single_strategy_under_torchrun_is_refused_on_every_rank(tmp
 
 
 def test_auto_is_ddp_only_inside_a_process_group():
-    from trainwire.distributed import DDP, SingleProcess, make_strategy, resolve_strategy
+    from trainwire.runtime.distributed import (
+        DDP,
+        SingleProcess,
+        make_strategy,
+        resolve_strategy,
+    )
 
     assert resolve_strategy("auto") == "single" and isinstance(make_strategy("auto"), SingleProcess)
     assert resolve_strategy("fsdp") == "fsdp"
@@ -293,8 +298,8 @@ def test_validation_shards_cover_the_set_once_in_equal_batch_counts(size, batch,
 def test_one_process_strategy_is_the_identity_and_starts_no_group():
     import torch.distributed as dist
 
-    from trainwire.distributed import SingleProcess, make_strategy
     from trainwire.errors import ConfigError
+    from trainwire.runtime.distributed import SingleProcess, make_strategy
 
     strategy = make_strategy("single")
     model = torch.nn.Linear(2, 2)

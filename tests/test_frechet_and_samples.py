@@ -13,8 +13,13 @@ import torch
 from trainwire.config import compose
 from trainwire.containers import run
 from trainwire.data import digits
-from trainwire.frechet import Moments, digits_features, frechet_distance, sqrtm_psd
-from trainwire.images import encode_png, grid
+from trainwire.paradigms.frechet import (
+    Moments,
+    digits_features,
+    frechet_distance,
+    sqrtm_psd,
+)
+from trainwire.sinks.images import encode_png, grid
 
 
 def _random_spd(dims: int, seed: int) -> torch.Tensor:

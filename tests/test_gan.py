@@ -10,13 +10,19 @@ import torch
 from dependency_injector import providers
 
 from trainwire import CheckpointError, ConfigError, NoClip, TrainingInterrupted
-from trainwire.checkpoints import LocalCheckpointStore, read_checkpoint
+from trainwire.checkpointing.store import LocalCheckpointStore, read_checkpoint
 from trainwire.config import compose
 from trainwire.containers import build_container, run
 from trainwire.data import digits
-from trainwire.gan import GAN, AccuracyTrigger, GANEvaluation, GANStep, mean_cov_distance
-from trainwire.lr import Constant
-from trainwire.trainer import Trainer, TrainerSettings
+from trainwire.loop.trainer import Trainer, TrainerSettings
+from trainwire.paradigms.gan import (
+    GAN,
+    AccuracyTrigger,
+    GANEvaluation,
+    GANStep,
+    mean_cov_distance,
+)
+from trainwire.policies.lr import Constant
 from trainwire.testing import RecordingHook, RecordingSink
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,12 +9,12 @@ import pytest
 import torch
 from dependency_injector import providers
 
-from trainwire.checkpoints import read_checkpoint
+from trainwire.checkpointing.store import read_checkpoint
 from trainwire.config import compose
 from trainwire.containers import build_container, run
 from trainwire.errors import CheckpointError, ConfigError, TrainingInterrupted
-from trainwire.objectives import Regression
-from trainwire.signals import StopToken
+from trainwire.loop.signals import StopToken
+from trainwire.policies.objectives import Regression
 
 # Quick to boost: a larger step per round, so the validation loss turns within a few dozen rounds.
 GBDT = ["experiment=gbdt", "model.learning_rate=0.2", "model.num_threads=1", "stopping.patience=8", "progress=never"]
@@ -126,7 +126,7 @@ def test_gbdt_refuses_another_model_or_objective(tmp_path):
 
 def test_without_lightgbm_the_error_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "lightgbm", None)  # what `import lightgbm` meets when it is not installed
-    from trainwire.boosting import LightGBMModel
+    from trainwire.paradigms.boosting import LightGBMModel
 
     with pytest.raises(ConfigError, match=r"pip install 'trainwire\[gbdt\]'"):
         LightGBMModel()
@@ -134,7 +134,7 @@ def test_without_lightgbm_the_error_names_the_extra(monkeypatch):
 
 def test_the_models_state_dict_round_trips_the_booster():
     lgb = pytest.importorskip("lightgbm")
-    from trainwire.boosting import LightGBMModel
+    from trainwire.paradigms.boosting import LightGBMModel
 
     model = LightGBMModel(num_threads=1, min_data_in_leaf=2)
     x = torch.randn(64, 3, dtype=torch.float64)

@@ -8,7 +8,7 @@ import torch
 from trainwire.config import compose
 from trainwire.containers import build_container, run
 from trainwire.data import digits
-from trainwire.generative import GaussianDensity, NegativeLogLikelihood, nll
+from trainwire.paradigms.generative import GaussianDensity, NegativeLogLikelihood, nll
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

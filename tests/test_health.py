@@ -7,15 +7,14 @@ import json
 
 import pytest
 import torch
-
 from conftest import make_model, make_trainer
-from trainwire.testing import capture_logs
+
 from trainwire import Classification, ConfigError, NormClipper, TrainerSettings
-from trainwire.checkpoints import LocalCheckpointStore, read_checkpoint
+from trainwire.checkpointing.store import LocalCheckpointStore, read_checkpoint
 from trainwire.config import compose
 from trainwire.containers import build_container, run
-from trainwire.gradients import NoClip
-from trainwire.testing import RecordingSink
+from trainwire.policies.gradients import NoClip
+from trainwire.testing import RecordingSink, capture_logs
 
 
 class Scaled(Classification):

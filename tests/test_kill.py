@@ -16,9 +16,14 @@ import time
 
 import pytest
 import torch
-
 from forked_saves import save_in_killed_child
-from trainwire.checkpoints import LocalCheckpointStore, read_checkpoint, read_manifest, verify
+
+from trainwire.checkpointing.store import (
+    LocalCheckpointStore,
+    read_checkpoint,
+    read_manifest,
+    verify,
+)
 from trainwire.errors import CheckpointError
 
 pytestmark = pytest.mark.slow

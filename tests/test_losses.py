@@ -10,7 +10,7 @@ import torch
 from trainwire import ConfigError, Regression
 from trainwire.config import compose
 from trainwire.containers import build_container
-from trainwire.losses import Loss, available_losses, build_loss, register_loss
+from trainwire.policies.losses import Loss, available_losses, build_loss, register_loss
 
 P = torch.tensor([[1.0, 2.0, 4.0], [0.0, -1.0, 0.5]])
 T = torch.tensor([[1.5, 2.0, 1.0], [0.5, 1.0, 0.5]])

@@ -6,10 +6,15 @@ import math
 
 import pytest
 import torch
-from torch.optim.lr_scheduler import CosineAnnealingLR, CosineAnnealingWarmRestarts, LinearLR, SequentialLR
+from torch.optim.lr_scheduler import (
+    CosineAnnealingLR,
+    CosineAnnealingWarmRestarts,
+    LinearLR,
+    SequentialLR,
+)
 
 from trainwire import ConfigError, Constant, CosineWarmRestarts, WarmupCosine
-from trainwire.lr import preview
+from trainwire.policies.lr import preview
 
 LR, MIN_LR, START = 0.1, 1e-4, 1e-3
 

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
+from trainwire.cli.lr_find import ExponentialRamp, lr_find
 from trainwire.config import compose
 from trainwire.containers import run
 from trainwire.errors import ConfigError
-from trainwire.lr_find import ExponentialRamp, lr_find
 
 TRAINWIRE = os.path.join(os.path.dirname(sys.executable), "trainwire")
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import blobs, make_trainer
 from dependency_injector import providers
 
-from conftest import blobs, make_trainer
 from trainwire import NonFiniteError, StopToken, TrainingInterrupted
-from trainwire.checkpoints import LocalCheckpointStore, read_checkpoint
+from trainwire.checkpointing.store import LocalCheckpointStore, read_checkpoint
 from trainwire.config import compose
 from trainwire.containers import build_container, run
 from trainwire.errors import CheckpointError

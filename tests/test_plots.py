@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
+from trainwire.cli.plots import figure_of, plot_lr, plot_runs, run_curves
 from trainwire.config import compose
 from trainwire.containers import lr_preview, run
-from trainwire.plots import figure_of, plot_lr, plot_runs, run_curves
 
 
 def png_size(path):
@@ -90,6 +90,7 @@ def test_plot_and_lr_preview_on_the_command_line(two_runs, tmp_path):
 
 def test_plot_a_staged_run(tmp_path, task):
     from conftest import make_model, make_trainer
+
     from trainwire import GuardedFanOut, JsonlSink, PatienceStopper, TrainerSettings
     from trainwire.sinks.stages import Stages
 

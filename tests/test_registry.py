@@ -18,7 +18,7 @@ from trainwire.containers import build_container
 
 STEP_DECAY = '''
 from trainwire.errors import ConfigError
-from trainwire.lr import LRPolicy
+from trainwire.policies.lr import LRPolicy
 
 
 class StepDecay(LRPolicy):
@@ -114,7 +114,7 @@ def test_an_entry_point_that_fails_to_load_is_one_line_naming_it(plugin, tmp_pat
 
 
 def test_an_option_of_the_wrong_port_is_refused(plugin, tmp_path):
-    with pytest.raises(ConfigError, match=r"^lr=wrong_port built a NotAPolicy, which is not a trainwire.lr.LRPolicy$"):
+    with pytest.raises(ConfigError, match=r"^lr=wrong_port built a NotAPolicy, which is not a trainwire.policies.lr.LRPolicy$"):
         build_container(compose(["lr=wrong_port", f"run_dir={tmp_path}"]))
 
 
@@ -123,7 +123,7 @@ def test_a_name_registered_twice_is_refused(tmp_path, monkeypatch):
     folder.mkdir()
     install(folder, "clash_pkg", "[trainwire.stopping]\npatience = clash_pkg:Mine\n", code="class Mine: pass\n")
     monkeypatch.syspath_prepend(str(folder))
-    with pytest.raises(ConfigError, match="stopping=patience is registered twice: by trainwire 'trainwire.stopping"):
+    with pytest.raises(ConfigError, match="stopping=patience is registered twice: by trainwire 'trainwire.policies.stopping"):
         registry.options("stopping")
 
 

@@ -9,14 +9,19 @@ import signal
 
 import pytest
 import torch
+from conftest import blobs, make_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import blobs, make_trainer
 from trainwire import Classification, PatienceStopper, TrainerSettings, WarmupCosine
-from trainwire.checkpoints import LocalCheckpointStore, read_checkpoint
+from trainwire.checkpointing.store import LocalCheckpointStore, read_checkpoint
 from trainwire.data import ResumableSampler
-from trainwire.lr import preview
-from trainwire.errors import CheckpointError, ConfigError, NonFiniteError, TrainingInterrupted
+from trainwire.errors import (
+    CheckpointError,
+    ConfigError,
+    NonFiniteError,
+    TrainingInterrupted,
+)
+from trainwire.policies.lr import preview
 from trainwire.testing import RecordingSink, ScriptedStopper
 
 EPOCHS = 3
@@ -364,7 +369,7 @@ def test_every_rng_survives_a_weights_only_round_trip(tmp_path):
     import importlib.util
     import random
 
-    from trainwire.state import RNGPart
+    from trainwire.checkpointing.parts import RNGPart
 
     def draw():
         values = [random.random(), torch.rand(3).tolist()]

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
+from trainwire.checkpointing.runfolder import config_changes
 from trainwire.config import compose
 from trainwire.containers import run
 from trainwire.errors import ConfigError
-from trainwire.runfolder import config_changes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -16,7 +16,13 @@ from dependency_injector import providers
 from trainwire import IsolatedSink, NullSink
 from trainwire.config import compose
 from trainwire.containers import build_container, run
-from trainwire.testing import BlockingSink, FailingSink, RecordingSink, SlowSink, capture_logs
+from trainwire.testing import (
+    BlockingSink,
+    FailingSink,
+    RecordingSink,
+    SlowSink,
+    capture_logs,
+)
 
 # 2 epochs of 6 steps (data.batch_size=256 over 1,437 digits), a record every step: 12 step
 # records and 2 epoch records, then the summary and finish.

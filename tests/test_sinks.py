@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import make_model, make_trainer
+
 from trainwire import GuardedFanOut, JsonlSink
 from trainwire.config import compose
 from trainwire.containers import build_container, run

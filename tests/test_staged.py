@@ -9,7 +9,11 @@ from dependency_injector import providers
 from trainwire import ConfigError
 from trainwire.config import compose
 from trainwire.containers import build_container, run
-from trainwire.pretraining import ENCODER_FORMAT, MaskedAutoencoder, MaskedReconstruction
+from trainwire.paradigms.pretraining import (
+    ENCODER_FORMAT,
+    MaskedAutoencoder,
+    MaskedReconstruction,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,13 +8,20 @@ import os
 
 import pytest
 import torch
-
 from conftest import make_model, make_trainer
-from trainwire import Classification, ConfigError, FanOut, GuardedFanOut, JsonlSink, TrainerSettings
+
+from trainwire import (
+    Classification,
+    ConfigError,
+    FanOut,
+    GuardedFanOut,
+    JsonlSink,
+    TrainerSettings,
+)
 from trainwire.config import compose
 from trainwire.containers import build_container, run
-from trainwire.metric_schedule import ScheduledMetrics
-from trainwire.progress import ProgressBar, progress_enabled
+from trainwire.policies.metric_schedule import ScheduledMetrics
+from trainwire.sinks.progress import ProgressBar, progress_enabled
 from trainwire.sinks.stages import PrefixedSink, Stages
 from trainwire.testing import RecordingSink
 

@@ -7,16 +7,16 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_model, make_trainer
 from torch import nn
 
-from conftest import make_model, make_trainer
 from trainwire import Classification, TrainerSettings
-from trainwire.checkpoints import LocalCheckpointStore, read_checkpoint
+from trainwire.checkpointing.store import LocalCheckpointStore, read_checkpoint
 from trainwire.config import compose
 from trainwire.containers import run
-from trainwire.objectives import Objective
+from trainwire.policies.objectives import Objective
+from trainwire.runtime.throughput import peak_of
 from trainwire.testing import RecordingSink
-from trainwire.throughput import peak_of
 
 THROUGHPUT = ("time/samples_per_s", "time/steps_per_s", "time/tflops", "time/train_s")
 

@@ -8,9 +8,16 @@ import warnings
 
 import pytest
 import torch
+from conftest import batches, blobs, make_model, make_trainer
 
-from conftest import blobs, batches, make_model, make_trainer
-from trainwire import Classification, ConfigError, NormClipper, PatienceStopper, Regression, TrainerSettings
+from trainwire import (
+    Classification,
+    ConfigError,
+    NormClipper,
+    PatienceStopper,
+    Regression,
+    TrainerSettings,
+)
 from trainwire.testing import RecordingHook, RecordingSink, ScriptedStopper
 
 

@@ -17,10 +17,10 @@ from trainwire.config import compose
 from trainwire.containers import build_container, run
 from trainwire.data import Loaders, ResumableSampler, ShardBatches, as_loaders
 from trainwire.errors import ConfigError
-from trainwire.losses import build_loss
-from trainwire.objectives import ModelLoss, Regression
+from trainwire.loop.trainer import Trainer, TrainerSettings
+from trainwire.policies.losses import build_loss
+from trainwire.policies.objectives import ModelLoss, Regression
 from trainwire.testing import capture_logs
-from trainwire.trainer import Trainer, TrainerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -128,10 +128,10 @@ def test_datasets_get_trainwires_resumable_sharded_loaders(user_module, tmp_path
 
 
 @pytest.mark.parametrize("slot,target,kind", [
-    ("lr", "trainwire.lr.Constant", "Constant"),
-    ("stopping", "trainwire.stopping.NeverStop", "NeverStop"),
-    ("gradient", "trainwire.gradients.NoClip", "NoClip"),
-    ("objective", "trainwire.objectives.Classification", "Classification"),
+    ("lr", "trainwire.policies.lr.Constant", "Constant"),
+    ("stopping", "trainwire.policies.stopping.NeverStop", "NeverStop"),
+    ("gradient", "trainwire.policies.gradients.NoClip", "NoClip"),
+    ("objective", "trainwire.policies.objectives.Classification", "Classification"),
 ])
 def test_every_slot_takes_a_target(slot, target, kind, tmp_path):
     container = build_container(compose([f"run_dir={tmp_path}", f"{slot}._target_={target}"]))
@@ -152,8 +152,8 @@ def test_an_optimizer_target_is_built_partially_with_its_arguments(tmp_path):
     (["model._target_=torch.nn.NoSuchLayer"], "model._target_='torch.nn.NoSuchLayer': torch.nn has no NoSuchLayer"),
     (["model=custom"], "model._target_='???': name a class or function"),
     (["lr._target_=torch.nn.Linear", "+lr.in_features=1", "+lr.out_features=1"],
-     "built a Linear, which is not a trainwire.lr.LRPolicy"),
-    (["lr._target_=trainwire.lr.Constant", "+lr.bogus=1"], "lr._target_='trainwire.lr.Constant' failed: TypeError"),
+     "built a Linear, which is not a trainwire.policies.lr.LRPolicy"),
+    (["lr._target_=trainwire.policies.lr.Constant", "+lr.bogus=1"], "lr._target_='trainwire.policies.lr.Constant' failed: TypeError"),
 ])
 def test_a_bad_target_is_one_line_naming_the_key(overrides, message, tmp_path):
     with pytest.raises(ConfigError) as error:
@@ -273,7 +273,7 @@ def test_explicit_warmup_still_refused_when_both_or_as_long_as_the_run(tmp_path)
 
 
 def test_the_packaged_warmup_is_a_fraction_of_the_run():
-    from trainwire.lr import WarmupCosine, preview
+    from trainwire.policies.lr import WarmupCosine, preview
 
     lrs = preview(WarmupCosine(warmup_ratio=0.1), lr=1.0, steps_per_epoch=10, max_epochs=2)
     assert lrs.index(max(lrs)) == 2  # 10 % of 20 steps warm up; the peak is at step 2

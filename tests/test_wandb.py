@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from wandb_records import read_run
 
 pytestmark = pytest.mark.slow

@@ -4,20 +4,54 @@ Importing trainwire imports torch and nothing heavy beyond it: wandb, tensorboar
 imported only when their sink is built; Hydra and dependency-injector only by the config and container.
 """
 
-from trainwire.checkpoints import CheckpointStore, LocalCheckpointStore
-from trainwire.errors import CheckpointError, ConfigError, NonFiniteError, TrainingInterrupted
-from trainwire.gradients import GradientPolicy, GradStats, NoClip, NormClipper, ValueClipper
-from trainwire.cadence import Cadence, CheckpointPolicy
-from trainwire.hooks import Hook
-from trainwire.lr import Constant, CosineWarmRestarts, LRPolicy, ReduceOnPlateau, WarmupCosine
-from trainwire.nonfinite import IgnoreNonFinite, NonFinitePolicy, RaiseOnNonFinite, SkipNonFinite
-from trainwire.objectives import Classification, Objective, Regression
-from trainwire.signals import StopToken
-from trainwire.state import Stateful
-from trainwire.steps import Step, StepContext, StepResult, SupervisedStep
-from trainwire.sinks import FanOut, GuardedFanOut, IsolatedSink, JsonlSink, MetricsSink, NullSink
-from trainwire.stopping import NeverStop, PatienceStopper, StoppingPolicy, Verdict
-from trainwire.trainer import FitResult, Trainer, TrainerSettings, TrainState
+from trainwire.checkpointing.parts import Stateful
+from trainwire.checkpointing.store import CheckpointStore, LocalCheckpointStore
+from trainwire.errors import (
+    CheckpointError,
+    ConfigError,
+    NonFiniteError,
+    TrainingInterrupted,
+)
+from trainwire.loop.hooks import Hook
+from trainwire.loop.signals import StopToken
+from trainwire.loop.steps import Step, StepContext, StepResult, SupervisedStep
+from trainwire.loop.trainer import FitResult, Trainer, TrainerSettings, TrainState
+from trainwire.policies.cadence import Cadence, CheckpointPolicy
+from trainwire.policies.gradients import (
+    GradientPolicy,
+    GradStats,
+    NoClip,
+    NormClipper,
+    ValueClipper,
+)
+from trainwire.policies.lr import (
+    Constant,
+    CosineWarmRestarts,
+    LRPolicy,
+    ReduceOnPlateau,
+    WarmupCosine,
+)
+from trainwire.policies.nonfinite import (
+    IgnoreNonFinite,
+    NonFinitePolicy,
+    RaiseOnNonFinite,
+    SkipNonFinite,
+)
+from trainwire.policies.objectives import Classification, Objective, Regression
+from trainwire.policies.stopping import (
+    NeverStop,
+    PatienceStopper,
+    StoppingPolicy,
+    Verdict,
+)
+from trainwire.sinks import (
+    FanOut,
+    GuardedFanOut,
+    IsolatedSink,
+    JsonlSink,
+    MetricsSink,
+    NullSink,
+)
 
 __version__ = "0.1.0"
 

@@ -1,3 +1,3 @@
-from trainwire.cli import main
+from trainwire.cli.main import main
 
 main()

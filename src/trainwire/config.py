@@ -27,7 +27,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from trainwire import registry
 from trainwire.errors import ConfigError
-from trainwire.trainer import TrainerSettings
+from trainwire.loop.trainer import TrainerSettings
 
 CONFIG_MODULE = "trainwire.configs"
 GROUPS = tuple(registry.GROUPS)
@@ -136,7 +136,7 @@ def schema(group: str, name: str, target: Callable[..., Any]) -> type:
 
 def loss_schema(name: str) -> type:
     """The schema of a regression loss (``objective/loss``): ``name``, its parameters, ``reduction``."""
-    from trainwire.losses import available_losses
+    from trainwire.policies.losses import available_losses
 
     fields: list[tuple[str, Any, Any]] = [("name", str, field(default=name))]
     for key, value in available_losses()[name].items():
@@ -174,7 +174,7 @@ def register_schemas(overrides: Iterable[str] = ()) -> None:
     """
     from hydra.core.config_store import ConfigStore
 
-    from trainwire.losses import available_losses
+    from trainwire.policies.losses import available_losses
 
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
@@ -233,7 +233,7 @@ def options(group: str) -> list[str]:
     if group in registry.GROUPS:
         names = set(registry.options(group)) | _packaged(group) | (set() if registry.GROUPS[group].multi else {CUSTOM})
     elif group == "objective/loss":
-        from trainwire.losses import available_losses
+        from trainwire.policies.losses import available_losses
 
         names = set(available_losses()) | _packaged(group)
     else:
@@ -243,7 +243,12 @@ def options(group: str) -> list[str]:
 
 def explain(error: BaseException) -> ConfigError | None:
     """One ConfigError line for a Hydra composition error about a key or a value; None for any other."""
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+    from omegaconf.errors import (
+        ConfigAttributeError,
+        ConfigKeyError,
+        OmegaConfBaseException,
+        ValidationError,
+    )
 
     cause = error
     while cause is not None and not isinstance(cause, OmegaConfBaseException):
@@ -333,7 +338,6 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
-
     from hydra.errors import ConfigCompositionException
 
     overrides = check_choices(list(overrides or []))

@@ -20,9 +20,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainwire.checkpoints import CheckpointStore
+from trainwire.checkpointing.store import CheckpointStore
 from trainwire.errors import TrainingInterrupted
-from trainwire.signals import StopToken
+from trainwire.loop.signals import StopToken
 
 TERMINAL = ("finished", "failed", "cancelled")
 

@@ -46,36 +46,36 @@ class Group:
 
 
 GROUPS: dict[str, Group] = {
-    "lr": Group("trainwire.lr:LRPolicy", {
-        "warmup_cosine": "trainwire.lr:WarmupCosine", "constant": "trainwire.lr:Constant",
-        "cosine_restarts": "trainwire.lr:CosineWarmRestarts", "plateau": "trainwire.lr:ReduceOnPlateau"}),
-    "stopping": Group("trainwire.stopping:StoppingPolicy", {
-        "patience": "trainwire.stopping:PatienceStopper", "none": "trainwire.stopping:NeverStop"}),
-    "gradient": Group("trainwire.gradients:GradientPolicy", {
-        "norm_clip": "trainwire.gradients:NormClipper", "value_clip": "trainwire.gradients:ValueClipper",
-        "none": "trainwire.gradients:NoClip"}),
+    "lr": Group("trainwire.policies.lr:LRPolicy", {
+        "warmup_cosine": "trainwire.policies.lr:WarmupCosine", "constant": "trainwire.policies.lr:Constant",
+        "cosine_restarts": "trainwire.policies.lr:CosineWarmRestarts", "plateau": "trainwire.policies.lr:ReduceOnPlateau"}),
+    "stopping": Group("trainwire.policies.stopping:StoppingPolicy", {
+        "patience": "trainwire.policies.stopping:PatienceStopper", "none": "trainwire.policies.stopping:NeverStop"}),
+    "gradient": Group("trainwire.policies.gradients:GradientPolicy", {
+        "norm_clip": "trainwire.policies.gradients:NormClipper", "value_clip": "trainwire.policies.gradients:ValueClipper",
+        "none": "trainwire.policies.gradients:NoClip"}),
     "sink": Group("trainwire.sinks.base:MetricsSink", {
         "wandb": "trainwire.sinks.wandb:WandbSink", "tensorboard": "trainwire.sinks.tensorboard:TensorBoardSink",
         "mlflow": "trainwire.sinks.mlflow:MLflowSink"}, context=("run_dir", "config", "config_yaml"), multi=True),
     # An optimizer option builds a factory, parameters -> Optimizer: the parameters are known only inside fit.
     "optimizer": Group(None, {
-        "adamw": "trainwire.optim:adamw", "adam": "trainwire.optim:adam", "sgd": "trainwire.optim:sgd"}),
-    "objective": Group("trainwire.objectives:Objective", {
-        "classification": "trainwire.objectives:Classification", "regression": "trainwire.objectives:Regression",
-        "masked_reconstruction": "trainwire.pretraining:MaskedReconstruction",
-        "nll": "trainwire.generative:NegativeLogLikelihood",
-        "adversarial": "trainwire.adversarial:adversarial_classification", "gan": "trainwire.gan:GANEvaluation",
-        "model_loss": "trainwire.objectives:ModelLoss"}),
+        "adamw": "trainwire.policies.optim:adamw", "adam": "trainwire.policies.optim:adam", "sgd": "trainwire.policies.optim:sgd"}),
+    "objective": Group("trainwire.policies.objectives:Objective", {
+        "classification": "trainwire.policies.objectives:Classification", "regression": "trainwire.policies.objectives:Regression",
+        "masked_reconstruction": "trainwire.paradigms.pretraining:MaskedReconstruction",
+        "nll": "trainwire.paradigms.generative:NegativeLogLikelihood",
+        "adversarial": "trainwire.paradigms.adversarial:adversarial_classification", "gan": "trainwire.paradigms.gan:GANEvaluation",
+        "model_loss": "trainwire.policies.objectives:ModelLoss"}),
     "model": Group("torch.nn:Module", {
-        "mlp": "trainwire.models:MLP", "masked_autoencoder": "trainwire.pretraining:MaskedAutoencoder",
-        "predictor": "trainwire.pretraining:Predictor.build", "gaussian_density": "trainwire.generative:GaussianDensity",
-        "gan": "trainwire.gan:GAN", "lightgbm": "trainwire.boosting:LightGBMModel"}),
+        "mlp": "trainwire.models:MLP", "masked_autoencoder": "trainwire.paradigms.pretraining:MaskedAutoencoder",
+        "predictor": "trainwire.paradigms.pretraining:Predictor.build", "gaussian_density": "trainwire.paradigms.generative:GaussianDensity",
+        "gan": "trainwire.paradigms.gan:GAN", "lightgbm": "trainwire.paradigms.boosting:LightGBMModel"}),
     # A data option returns trainwire.data.Loaders (train, val), sharded by rank.
     "data": Group(None, {"digits": "trainwire.data:digits", "diabetes": "trainwire.data:diabetes"},
                   context=("seed", "rank", "world_size")),
-    "paradigm": Group("trainwire.paradigms:Paradigm", {
-        "supervised": "trainwire.paradigms:Supervised", "pretrain": "trainwire.paradigms:Pretrain",
-        "gan": "trainwire.gan:gan_paradigm", "gbdt": "trainwire.boosting:gbdt_paradigm"},
+    "paradigm": Group("trainwire.paradigms.base:Paradigm", {
+        "supervised": "trainwire.paradigms.base:Supervised", "pretrain": "trainwire.paradigms.base:Pretrain",
+        "gan": "trainwire.paradigms.gan:gan_paradigm", "gbdt": "trainwire.paradigms.boosting:gbdt_paradigm"},
         context=("trainer", "trainer_factory", "run_dir", "settings", "optimizer", "generator_lr_policy",
                  "critic_lr_policy", "gradient_policy")),
 }

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainwire.policies.stopping import StoppingPolicy, Verdict
 from trainwire.sinks.base import MetricsSink
-from trainwire.stopping import StoppingPolicy, Verdict
 
 
 @dataclass
@@ -91,7 +91,7 @@ class RecordingHook:
         self.events: list[tuple[str, int, int]] = []
 
     def __getattr__(self, name: str):
-        from trainwire.hooks import HOOK_EVENTS
+        from trainwire.loop.hooks import HOOK_EVENTS
 
         if name not in HOOK_EVENTS:
             raise AttributeError(name)
@@ -225,7 +225,7 @@ def capture_logs(level: int = logging.DEBUG) -> Iterator[list[dict[str, Any]]]:
     Works on the stdlib ``trainwire`` logger (where every record goes), lowering its level to
     ``level`` for the block; like ``structlog.testing.capture_logs``, for code that logs through stdlib.
     """
-    from trainwire.logs import LOGGER_NAME
+    from trainwire.runtime.logs import LOGGER_NAME
 
     logger, handler = logging.getLogger(LOGGER_NAME), _Capture()
     previous = logger.level

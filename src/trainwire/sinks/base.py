@@ -22,7 +22,7 @@ class MetricsSink(ABC):
     def log_image(self, key: str, image: Any, *, step: int, epoch: int) -> None:
         """Called after a validation pass that made an image (generated samples); a no-op unless the sink shows images.
 
-        ``image`` is a ``numpy.uint8`` array, ``[H, W]`` (grey) or ``[H, W, 3]`` (RGB); see ``trainwire.images``.
+        ``image`` is a ``numpy.uint8`` array, ``[H, W]`` (grey) or ``[H, W, 3]`` (RGB); see ``trainwire.sinks.images``.
         """
 
     def log_histograms(self, values: Mapping[str, Any], *, step: int, epoch: int) -> None:

@@ -85,7 +85,7 @@ class JsonlSink(MetricsSink):
 
     def log_image(self, key: str, image: Any, *, step: int, epoch: int) -> None:
         """Writes ``images/<key>_epochNNNN.png`` in the run directory (atomically: a reader never sees half)."""
-        from trainwire.images import encode_png, image_file_name
+        from trainwire.sinks.images import encode_png, image_file_name
 
         folder = self.run_dir / "images"
         folder.mkdir(exist_ok=True)

@@ -62,7 +62,11 @@ class MLflowSink(MetricsSink):
         run_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         with warnings.catch_warnings():  # what its dependencies' imports add to the filters is not the caller's
-            from mlflow.entities import Metric, Param, RunTag  # heavy (~2 s): only runs that log to MLflow pay
+            from mlflow.entities import (  # heavy (~2 s): only runs that log to MLflow pay
+                Metric,
+                Param,
+                RunTag,
+            )
             from mlflow.tracking import MlflowClient
 
         self._client_class, self._entities = MlflowClient, (Metric, Param, RunTag)
@@ -108,7 +112,7 @@ class MLflowSink(MetricsSink):
         """Uploads the image as the artifact ``images/<key>_epochNNNN.png`` (PNG encoded here: no Pillow needed)."""
         import tempfile
 
-        from trainwire.images import encode_png, image_file_name
+        from trainwire.sinks.images import encode_png, image_file_name
 
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / image_file_name(key, epoch)

@@ -32,7 +32,9 @@ class TensorBoardSink(MetricsSink):
         run_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         with warnings.catch_warnings():  # what its dependencies' imports add to the filters is not the caller's
-            from torch.utils.tensorboard import SummaryWriter  # imports tensorboard (~1 s)
+            from torch.utils.tensorboard import (
+                SummaryWriter,  # imports tensorboard (~1 s)
+            )
 
         if log_dir is None and run_dir is None:
             raise TypeError("TensorBoardSink needs log_dir or run_dir")

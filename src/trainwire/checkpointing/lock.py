@@ -1,0 +1,145 @@
+"""One run at a time in a folder: an advisory lock (``flock``) on ``<folder>/.lock``, held while a store is open.
+
+The operating system drops the lock when the last descriptor of it closes, so ``kill -9`` of
+the holder frees the folder with nothing to clean up. Processes forked from the holder
+(DataLoader workers) share its descriptor, so the folder stays locked until they have gone too:
+a run resumed in the folder cannot race the leftover workers of one that was killed. The lock
+file holds the pid of the process that took the lock, for the message that refuses a second one.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from trainwire.errors import CheckpointError
+from trainwire.runtime import logs
+
+LOCK_FILE = ".lock"
+LEFTOVER_WAIT_S = 60.0  # how long a folder locked only by what a dead process left behind is waited for
+_POLL_S = 0.1
+
+# (st_dev, st_ino) of a locked folder -> [descriptor, users]. The lock belongs to the process
+# (an open file description), not to one store: a second store on the same folder in this process,
+# or in a child forked from it, shares it instead of refusing itself.
+_held: dict[tuple[int, int], list[int]] = {}
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _holder(fd: int) -> int | None:
+    try:
+        return int(os.pread(fd, 32, 0).decode().strip())
+    except (OSError, ValueError):
+        return None
+
+
+class FolderLock:
+    """Holds ``<directory>/.lock`` exclusively from ``acquire`` to ``release`` (or the process's end).
+
+    ``acquire`` raises CheckpointError naming the folder and the process that holds it. When
+    that process has ended but the lock is still held (by children it left, such as DataLoader
+    workers, which end on their own within seconds of their parent), it waits up to
+    ``leftover_wait_s`` first.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], *, leftover_wait_s: float = LEFTOVER_WAIT_S,
+                 logger: Any = None) -> None:
+        self.directory = Path(directory)
+        self.leftover_wait_s = leftover_wait_s
+        self.log = logger or logs.get_logger()
+        self._key: tuple[int, int] | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.directory / LOCK_FILE
+
+    def acquire(self) -> None:
+        """Takes the lock (creating the folder if need be); a no-op when this object holds it already."""
+        if self._key is not None:
+            return
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            info = os.stat(self.directory)
+            key = (info.st_dev, info.st_ino)
+            if key in _held:
+                _held[key][1] += 1
+                self._key = key
+                return
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as error:
+            raise CheckpointError(f"cannot lock {error.filename or self.path}: {error.strerror or error}") from None
+        try:
+            if not self._lock(fd):
+                os.close(fd)
+                return
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        _held[key] = [fd, 1]
+        self._key = key
+
+    def _lock(self, fd: int) -> bool:
+        """Blocks out every other process; False where the file system has no locks (then nothing is held)."""
+        deadline = None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                pass
+            except OSError as error:
+                if error.errno in (errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+                    self.log.warning("folder_lock_unavailable", path=str(self.path), error=error.strerror,
+                                     consequence="two runs in this folder would not be kept apart")
+                    return False
+                raise CheckpointError(f"cannot lock {self.path}: {error.strerror or error}") from None
+            holder = _holder(fd)
+            if holder is None or _alive(holder):
+                raise CheckpointError(f"{self.directory} is in use by {f'process {holder}' if holder else 'another process'}"
+                                      f" (it holds {self.path}); wait for it to end, or train in another run folder")
+            if deadline is None:  # its holder is dead: what holds the lock now is what it left (forked workers)
+                deadline = time.monotonic() + self.leftover_wait_s
+                self.log.info("folder_lock_wait", path=str(self.path), ended_holder=holder)
+            elif time.monotonic() > deadline:
+                raise CheckpointError(f"{self.directory} is still locked by processes that process {holder} left "
+                                      f"behind (DataLoader workers?) {self.leftover_wait_s:g} s after it ended; "
+                                      f"end them, or train in another run folder")
+            time.sleep(_POLL_S)
+
+    def release(self) -> None:
+        """Lets the lock go once every user of it in this process has released it."""
+        key, self._key = self._key, None
+        if key is None or key not in _held:
+            return
+        entry = _held[key]
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del _held[key]
+            os.close(entry[0])  # closing the last descriptor drops the flock
+
+    def __enter__(self) -> FolderLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

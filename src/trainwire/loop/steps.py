@@ -1,0 +1,153 @@
+"""Steps: what one batch does to the weights. The loop calls a step and never touches an optimizer.
+
+A ``Step`` builds its optimizers (from the trainable parameters, once the model is on its
+device), applies objective → backward → gradient policy → optimizer → LR policy, and tells
+the loop at each counted optimizer step whether the update was applied. Precision, the
+strategy and the non-finite check come in the ``StepContext``, so every step gets them
+the same way; a step that cannot honour a setting refuses it in ``check`` with one line.
+``SupervisedStep`` is the default; ``trainwire.paradigms.gan.GANStep`` is the adversarial one.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from trainwire.checkpointing.parts import Losses, OptimizerPart
+from trainwire.policies.gradients import GradientPolicy, GradStats, NoClip
+from trainwire.policies.lr import Constant, LRPolicy, steps_per_epoch
+from trainwire.policies.objectives import Objective
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
+
+
+@dataclass
+class StepContext:
+    """What a step is told once per fit, after the model is on its device and before any checkpoint is restored."""
+
+    strategy: Any  # trainwire.runtime.distributed.Strategy
+    precision: Any  # trainwire.runtime.precision.Precision: autocast, backward, unscale, the guarded optimizer step
+    check_finite: bool  # whether to read the gradients' finiteness before stepping (the non-finite policy's call)
+    batches_per_epoch: int
+    max_epochs: int
+    accumulate_steps: int
+    objective: Objective  # the run's objective (evaluation is the loop's; training may use it)
+    train_data: Any = None
+    val_data: Any = None
+    stop: Any = None  # the run's StopToken, for work a step runs itself (a nested fit)
+    log: Any = None
+    health: Any = None  # trainwire.runtime.health.GradientHealth: told each counted step's gradients (None: nobody listens)
+
+
+class StepResult(NamedTuple):
+    """One micro-batch's result: its detached loss, whether it ended a counted optimizer step, and whether it was applied."""
+
+    loss: Tensor
+    counted: bool = False
+    taken: bool = True
+
+
+class Step(ABC):
+    """Port: turns one batch into an update of the weights."""
+
+    optimizer: Optimizer  # the main optimizer, what hooks see as ``state.optimizer``
+
+    def check(self, settings: Any) -> None:
+        """Called when the Trainer is built: raises ConfigError (one line, naming the key) for a setting it cannot honour."""
+
+    @abstractmethod
+    def setup(self, model: nn.Module, context: StepContext) -> dict[str, Any]:
+        """Once per fit, before a checkpoint is restored: builds optimizers and attaches LR policies.
+
+        Returns the step's stateful parts by name (each has ``state_dict``/``load_state_dict``);
+        they are checkpointed and restored with the loop's.
+        """
+
+    def compile(self, module: nn.Module, compile: Callable[[nn.Module], nn.Module]) -> nn.Module:
+        """With ``trainer.compile``: once per fit, before ``setup`` builds the optimizers; returns what runs forward.
+
+        ``compile`` wraps a module in ``torch.compile`` and shares its parameters. A step whose
+        work calls submodules rather than the module's forward compiles those instead.
+        """
+        return compile(module)
+
+    def plan(self) -> dict[str, Any]:
+        """What a checkpoint must have been planned with to resume under this step (config key -> value)."""
+        return {}
+
+    def start(self, model: nn.Module, resumed: bool) -> None:
+        """After a checkpoint was restored (``resumed``) or not, before the first batch."""
+
+    @abstractmethod
+    def train_step(self, module: nn.Module, batch: Any, index: int) -> StepResult:
+        """Runs batch ``index`` of the epoch (already on the device) in train mode."""
+
+    @abstractmethod
+    def log_values(self) -> dict[str, float]:
+        """What the last counted step logs (read only on logged steps: reading tensors syncs the device)."""
+
+    @abstractmethod
+    def end_epoch(self, model: nn.Module, metrics: dict[str, float]) -> None:
+        """After validation, before the stopping verdict: adds the epoch's ``train/`` metrics to ``metrics``,
+        clears them for the next epoch, and lets LR policies see the epoch's metrics."""
+
+
+class SupervisedStep(Step):
+    """Objective → backward (scaled by 1/N over an accumulation window of N) → at the window's end: unscale,
+    gradient policy, optimizer step unless non-finite, LR policy."""
+
+    def __init__(self, objective: Objective, optimizer: OptimizerFactory, lr_policy: LRPolicy | None = None,
+                 gradient_policy: GradientPolicy | None = None) -> None:
+        self.objective, self.optimizer_factory = objective, optimizer
+        self.lr_policy = lr_policy or Constant()
+        self.gradients = gradient_policy or NoClip()
+
+    def setup(self, model: nn.Module, context: StepContext) -> dict[str, Any]:
+        self.context, self.accumulate = context, context.accumulate_steps
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = self.optimizer_factory(self.params)
+        self.lr_policy.attach(self.optimizer, steps_per_epoch=steps_per_epoch(context.batches_per_epoch, self.accumulate),
+                              max_epochs=context.max_epochs)
+        self.losses = Losses(context.precision.device)
+        self._last: tuple[list[Tensor], float, GradStats] | None = None
+        return {"optimizer": OptimizerPart(context.strategy, model, self.optimizer), "lr_policy": self.lr_policy,
+                "gradients": self.gradients, "epoch_losses": self.losses}
+
+    def train_step(self, module: nn.Module, batch: Any, index: int) -> StepResult:
+        precision, accumulate, n_batches = self.context.precision, self.accumulate, self.context.batches_per_epoch
+        window = min(accumulate, n_batches - index // accumulate * accumulate)
+        with precision.autocast():
+            loss = self.objective.training_loss(module, batch)
+        precision.backward(loss if window == 1 else loss / window)
+        detached = loss.detach()
+        self.losses.append(detached)
+        if (index + 1) % accumulate and index + 1 != n_batches:
+            return StepResult(detached)
+        precision.unscale(self.optimizer)
+        grads = self.gradients.apply(self.params)
+        lr = self.optimizer.param_groups[0]["lr"]
+        taken = precision.step(self.optimizer, grads if self.context.check_finite else None)
+        if self.context.health is not None:
+            self.context.health.gradients(grads)
+        self.optimizer.zero_grad(set_to_none=True)
+        if taken:
+            self.lr_policy.after_step()
+        self._last = (self.losses[-window:], lr, grads)
+        return StepResult(detached, True, taken)
+
+    def log_values(self) -> dict[str, float]:
+        losses, lr, grads = self._last
+        return {"train/loss": self.context.strategy.mean(torch.stack(losses).mean()), "train/lr": lr,
+                "train/grad_norm": grads.norm.item(), "train/grad_norm_clipped": grads.clipped_norm.item()}
+
+    def end_epoch(self, model: nn.Module, metrics: dict[str, float]) -> None:
+        metrics["train/epoch_loss"] = self.context.strategy.mean(torch.stack(self.losses).mean())
+        self.losses.clear()
+        self.lr_policy.after_epoch(metrics)
+

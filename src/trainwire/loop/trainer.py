@@ -1,0 +1,368 @@
+"""The Trainer: runs the one loop, owns the order of events and the counters, and no policy."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from trainwire.checkpointing import parts as parts_codec
+from trainwire.checkpointing.parts import ModelPart, Position, RNGPart, is_stateful
+from trainwire.checkpointing.store import CheckpointStore
+from trainwire.checkpointing.writer import CheckpointWriter
+from trainwire.data import epoch_batches, not_resumable, resumable_sampler
+from trainwire.errors import ConfigError, TrainingInterrupted
+from trainwire.loop.hooks import emit
+from trainwire.loop.settings import TrainerSettings, gradient_health
+from trainwire.loop.signals import StopToken, stop_requests
+from trainwire.loop.steps import OptimizerFactory, Step, StepContext, SupervisedStep
+from trainwire.policies.cadence import Cadence, CheckpointPolicy
+from trainwire.policies.gradients import GradientPolicy
+from trainwire.policies.lr import LRPolicy
+from trainwire.policies.nonfinite import NonFinitePolicy, make_nonfinite
+from trainwire.policies.objectives import Objective
+from trainwire.policies.stopping import NeverStop, StoppingPolicy
+from trainwire.runtime import logs
+from trainwire.runtime.compiling import Compiler
+from trainwire.runtime.distributed import Strategy, make_strategy
+from trainwire.runtime.health import GradientHealth
+from trainwire.runtime.precision import Precision
+from trainwire.runtime.throughput import Throughput
+from trainwire.sinks.base import MetricsSink, NullSink
+
+__all__ = ["FitResult", "OptimizerFactory", "TrainState", "Trainer", "TrainerSettings"]
+
+
+@dataclass
+class TrainState:
+    """What hooks may look at. ``step`` counts optimizer steps taken so far; ``batch`` is the batch just run."""
+
+    model: nn.Module
+    optimizer: Optimizer
+    module: nn.Module | None = None  # what runs forward: the model, or its DDP/FSDP form
+    epoch: int = 0
+    step: int = 0
+    batch: int = 0
+
+
+@dataclass
+class FitResult:
+    """What a run did: per-epoch metrics and the verdict on them."""
+
+    epochs_completed: int
+    best_epoch: int | None
+    best_value: float | None
+    monitor: str | None
+    stop_reason: str
+    history: list[dict[str, float]] = field(default_factory=list)
+    steps: int = 0
+    avg_epoch_time_s: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)  # flagged gradient steps, recompilations
+    notes: list[str] = field(default_factory=list)  # what the user should know about the run (data not resumable)
+    checkpoint_wait_s: float = 0.0  # time the loop waited for a checkpoint still being written (ADR 0009)
+    checkpoint_waits: int = 0  # saves that had to wait for the one before
+
+    @property
+    def best_metrics(self) -> dict[str, float]:
+        """The metrics of the best epoch (the last epoch when nothing was monitored)."""
+        if not self.history:
+            return {}
+        return self.history[self.best_epoch if self.best_epoch is not None else -1]
+
+    def summary(self) -> dict[str, Any]:
+        """What ``summary.json`` and the sinks' summaries hold."""
+        best_val = {key: value for key, value in self.best_metrics.items() if key.startswith("val/")}
+        return {
+            "epochs_completed": self.epochs_completed,
+            "best_epoch": self.best_epoch,
+            "best_value": self.best_value,
+            "monitor": self.monitor,
+            "stop_reason": self.stop_reason,
+            "avg_epoch_time_s": self.avg_epoch_time_s,
+            "steps": self.steps,
+            **self.counts,
+            **({"notes": list(self.notes)} if self.notes else {}),
+            "checkpoint/wait_s": self.checkpoint_wait_s,
+            "checkpoint/waits": self.checkpoint_waits,
+            **best_val,
+        }
+
+
+def _batch_count(data: Any, name: str) -> int:
+    try:
+        count = len(data)
+    except TypeError:
+        raise ConfigError(f"{name} must know its length (a DataLoader over a map-style dataset, or a list)") from None
+    if count == 0:
+        raise ConfigError(f"{name} is empty (0 batches)")
+    return count
+
+
+class Trainer:
+    """Runs ``fit``; every decision inside it is delegated to the injected step and policies.
+
+    ``step`` is what one batch does to the weights; without one, ``objective``, ``optimizer``,
+    ``lr_policy`` and ``gradient_policy`` make the ``SupervisedStep``. ``nonfinite``,
+    ``checkpoint_policy`` and ``health`` (the gradient monitor and watch) default to what
+    ``settings`` names.
+    """
+
+    def __init__(
+        self,
+        *,
+        objective: Objective,
+        optimizer: OptimizerFactory | None = None,
+        settings: TrainerSettings | None = None,
+        step: Step | None = None,
+        lr_policy: LRPolicy | None = None,
+        stopping_policy: StoppingPolicy | None = None,
+        gradient_policy: GradientPolicy | None = None,
+        nonfinite: NonFinitePolicy | None = None,
+        checkpoint_policy: CheckpointPolicy | None = None,
+        health: GradientHealth | None = None,
+        sink: MetricsSink | None = None,
+        checkpoints: CheckpointStore | None = None,
+        strategy: Strategy | None = None,
+        hooks: Sequence[Any] = (),
+        logger: Any = None,
+    ) -> None:
+        if (step is None) == (optimizer is None):
+            raise ConfigError("Trainer takes either step= or optimizer= (which makes the supervised step), not both")
+        self.objective = objective
+        self.settings = settings = settings or TrainerSettings()
+        self.step = step or SupervisedStep(objective, optimizer, lr_policy, gradient_policy)
+        self.step.check(settings)
+        self.stopping = stopping_policy or NeverStop()
+        self.nonfinite = nonfinite or make_nonfinite(settings.nonfinite, settings.max_nonfinite)
+        self.cadence = checkpoint_policy or Cadence(settings.checkpoint_every, settings.checkpoint_every_n_steps)
+        self.strategy = strategy or make_strategy(settings.strategy)
+        self.health = health or gradient_health(settings)
+        if self.health.every is not None and settings.strategy == "fsdp":
+            raise ConfigError("trainer.watch_every_n_steps needs whole parameters; under trainer.strategy=fsdp they "
+                              "are sharded (set it to null)")
+        self.sink = self.strategy.rank0_only(sink or NullSink())  # only rank 0 writes
+        self.checkpoints = checkpoints
+        self._writer: CheckpointWriter | None = None  # one per fit: saves through ``checkpoints``
+        self.hooks = list(hooks)
+        self.log = logger or logs.get_logger()
+
+    def _emit(self, event: str, *args: Any) -> None:
+        emit(self.hooks, event, *args)
+
+    def fit(self, model: nn.Module, train_data: Iterable[Any], val_data: Iterable[Any] | None = None, *,
+            stop: StopToken | None = None) -> FitResult:
+        """Trains ``model`` on ``train_data`` and returns what happened. The loop, in short::
+
+            compile what runs forward if trainer.compile says so (before the step builds its optimizers)
+            restore every stateful part from a checkpoint if trainer.resume says so
+            for epoch in range(max_epochs):
+                for batch in train_data (from the resumed batch on):
+                    result = step.train_step(module, batch)   # objective, backward, gradients (told to the
+                                                              # gradient health), optimizer, lr; FLOPs counted once
+                    at each counted optimizer step: non-finite policy; log every n steps;
+                    checkpoint as the cadence says, or now and stop if a stop was asked for
+                metrics = throughput of the epoch's training
+                metrics += objective.evaluate(model, val_data)       # eval mode, no_grad
+                step.end_epoch(metrics)                              # train metrics, lr policies
+                verdict = stopping_policy.update(epoch, metrics)     # keep best weights
+                log; checkpoint as the cadence says; stop if asked or if verdict.stop
+            restore the best weights; sink.summary(...); sink.finish()
+
+        ``stop`` is a ``StopToken``: ``stop.stop()`` from any thread ends the run at its next
+        optimizer step, with ``last.pt`` written there; SIGTERM/SIGINT in the main thread set it.
+        """
+        settings, strategy = self.settings, self.strategy
+        n_batches = _batch_count(train_data, "train_data")
+        if settings.accumulate_steps > n_batches:
+            raise ConfigError(f"trainer.accumulate_steps={settings.accumulate_steps} is more than the "
+                              f"{n_batches} batches of an epoch (data.batch_size): no window would fill")
+        unrestorable = not_resumable(train_data)
+        if unrestorable:  # said once, at the start and in the summary, rather than resumed inexactly in silence
+            self.log.warning("data_order_not_resumable", reason=unrestorable)
+        if val_data is not None:
+            _batch_count(val_data, "val_data")
+        elif self.stopping.monitor is not None and self.stopping.monitor.startswith("val/"):
+            raise ConfigError(
+                f"stopping.monitor={self.stopping.monitor!r} needs validation data, and none was given "
+                "(monitor a train/ metric or use stopping=none)"
+            )
+        precision = Precision(settings.precision, strategy.device(settings.device))
+        model.to(precision.device)
+        module = strategy.setup(model)  # before the optimizers: FSDP replaces the parameters
+        self._compiler = Compiler(settings.compile_mode) if settings.compile else None
+        if self._compiler is not None:  # also before the optimizers; the checkpoint keeps the plain model's keys
+            module = self.step.compile(module, self._compiler)
+        token = stop if stop is not None else StopToken()
+        context = StepContext(strategy, precision, self.nonfinite.checks, n_batches, settings.max_epochs,
+                              settings.accumulate_steps, self.objective, train_data, val_data, token, self.log,
+                              self.health)
+        position = Position()
+        self._meter = Throughput(settings.peak_tflops)
+        self._meter.start(precision.device, strategy.world_size)
+        parts = self._parts(model, precision, position, train_data, self.step.setup(model, context))
+        plan = {"trainer.max_epochs": settings.max_epochs, "trainer.accumulate_steps": settings.accumulate_steps,
+                "batches per epoch (data.batch_size)": n_batches, **self.step.plan()}
+        # Before the sinks start: a checkpoint that fails verification changes nothing.
+        where, checkpoint = parts_codec.find(settings.resume, self.checkpoints, self.log, strategy.world_size)
+        if checkpoint is not None:
+            parts_codec.restore(checkpoint, parts, plan, name=f"checkpoint {where}")
+            self.log.info("resumed", checkpoint=where, epoch=position.epoch, batch=position.batch, step=position.step)
+        state = TrainState(model=model, optimizer=self.step.optimizer, module=module, epoch=position.epoch,
+                           step=position.step)
+        self.health.start(model, position, self.sink, self.log)
+        if self.checkpoints is not None:
+            # Sharded saves are collectives of every process: written in the loop's thread (ADR 0014).
+            self._writer = CheckpointWriter(self.checkpoints, asynchronous=settings.async_checkpoint
+                                            and not strategy.sharded_checkpoints)
+        with stop_requests(token):
+            self.sink.start()
+            if self._compiler is not None:
+                self._compiler.listen()
+            try:
+                self.step.start(model, resumed=checkpoint is not None)
+                result = self._run(state, position, parts, plan, train_data, val_data, token)
+                if unrestorable:
+                    result.notes.append(f"data order not resumable: {unrestorable}")
+                if self._writer is not None:
+                    self._writer.wait()  # the last save is committed (or its failure raised) before fit returns
+                    result.checkpoint_wait_s, result.checkpoint_waits = self._writer.waited_s, self._writer.waits
+            except BaseException as error:
+                failure = self._writer.settle() if self._writer is not None else None
+                if failure is not None and failure is not error:  # the run is failing already: say, don't replace
+                    self.log.error("checkpoint_failed", error=str(failure))
+                if isinstance(error, TrainingInterrupted) and not error.saved and self.checkpoints is not None:
+                    error.saved = self.checkpoints.latest() is not None  # stopped inside a step's own work
+                self._emit("on_exception", state, error)
+                self.sink.finish("killed" if isinstance(error, (KeyboardInterrupt, TrainingInterrupted)) else "failed")
+                raise
+            finally:
+                if self._compiler is not None:
+                    self._compiler.stop()
+        self.sink.summary(result.summary())
+        self.sink.finish("finished")
+        self.log.info("train_end", **result.summary())
+        self._emit("on_train_end", state, result)
+        return result
+
+    def _parts(self, model, precision, position, train_data, step_parts) -> dict[str, Any]:
+        """Everything a checkpoint holds, by name, in the order it is restored (the RNGs last)."""
+        sampler = resumable_sampler(train_data)
+        parts = {"model": ModelPart(self.strategy, model), **step_parts, "precision": precision,
+                 "stopping": self.stopping, "nonfinite": self.nonfinite, "objective": self.objective,
+                 "throughput": self._meter, "gradient_health": self.health,
+                 **({"sampler": sampler} if sampler is not None else {}), "loop": position}
+        parts.update((f"hook{index}.{type(hook).__name__}", hook) for index, hook in enumerate(self.hooks))
+        return {name: part for name, part in parts.items() if is_stateful(part)} | {"rng": RNGPart()}
+
+    def _boundary(self, names: list[str], token: StopToken, parts, plan) -> None:
+        """Writes the checkpoints ``names`` (and ``last`` when a stop was asked for), then stops if asked.
+
+        A save that failed in the background is raised here, at the next step after it failed.
+        A stop waits for the save in flight to commit before it raises.
+        """
+        writer = self._writer
+        if writer is not None:
+            writer.check()
+        stopping = self.strategy.any(token.stopped)  # every process stops at the same step
+        if stopping and "last" not in names:
+            names = ["last", *names]
+        if names and writer is not None:
+            saved = parts_codec.capture(parts, plan, self.strategy.world_size)  # every process (FSDP: its shards)
+            if self.strategy.is_rank0 or self.strategy.sharded_checkpoints:  # one writes, or each its shards
+                loop = parts["loop"]
+                waited = writer.save(saved, names, meta={"epoch": loop.epoch, "batch": loop.batch, "step": loop.step})
+                if waited > 0:  # the save before this one was still being written; the total goes to the summary
+                    self.log.info("checkpoint_wait", step=loop.step, wait_s=waited, waits=writer.waits)
+        if stopping:
+            if writer is not None:
+                writer.wait()
+            raise TrainingInterrupted(token.signum, saved=writer is not None)
+
+    def _not_taken(self, state: TrainState) -> None:
+        self.sink.log({"train/skipped_steps": self.nonfinite.skipped + 1}, step=state.step, epoch=state.epoch)
+        self.log.warning("nonfinite_step_skipped", epoch=state.epoch, step=state.step,
+                         in_a_row=self.nonfinite.in_a_row + 1)
+        self.nonfinite.not_taken(state.step)  # the policy counts it, and may stop the run
+
+    def _validate(self, state: TrainState, val_data, move, precision: Precision) -> dict[str, float]:
+        """The objective's metrics over the validation data (eval mode, no_grad), as ``val/<name>``."""
+        state.model.eval()
+        with torch.no_grad(), precision.autocast():
+            measured = self.objective.evaluate(state.module, map(move, val_data), reduce=self.strategy.reduce)
+        state.model.train()
+        metrics = {f"val/{key}": value for key, value in measured.items()}
+        for key, image in self.objective.images().items():  # generated samples, for image-capable sinks
+            self.sink.log_image(f"val/{key}", image, step=state.step, epoch=state.epoch)
+        self._emit("on_validation_end", state, dict(metrics))
+        return metrics
+
+    def _run(self, state, position, parts, plan, train_data, val_data, token) -> FitResult:
+        settings, strategy, step, model, module = self.settings, self.strategy, self.step, state.model, state.module
+        log_every, move = settings.log_every_n_steps, strategy.mover(parts["precision"].device)
+        meter, health = self._meter, self.health
+        self._emit("on_train_start", state)
+        self._boundary([], token, parts, plan)  # a token stopped before the run stops it before the first step
+        model.train()
+        for epoch in range(position.epoch, settings.max_epochs if position.stop_reason is None else 0):
+            state.epoch, started, skip, first_step = epoch, time.perf_counter(), position.batch, state.step
+            self._emit("on_epoch_start", state)
+            meter.start_epoch()
+            for index, batch in enumerate(epoch_batches(train_data, epoch, skip), start=skip):
+                state.batch, batch = index, move(batch)
+                if meter.counted:
+                    result = step.train_step(module, batch, index)
+                else:  # a fresh run's first optimizer step: its FLOPs are counted once
+                    result = meter.count(step.train_step, module, batch, index)
+                meter.batch(batch)
+                self._emit("on_batch_end", state, result.loss)
+                if not result.counted:
+                    continue
+                position.batch = index + 1
+                if result.taken:
+                    self.nonfinite.taken()
+                    position.step = state.step = state.step + 1
+                    if state.step % log_every == 0:  # the only per-step host reads besides the finite check
+                        self.sink.log(step.log_values(), step=state.step, epoch=epoch)
+                        health.judge()
+                else:  # non-finite, or fp16 overflow (the scaler has lowered its scale): the schedule waits
+                    self._not_taken(state)
+                self._boundary(self.cadence.at_step(state.step) if result.taken else [], token, parts, plan)
+            metrics = meter.end_epoch(state.step - first_step)  # training alone: before validation
+            health.judge()
+            if val_data is not None:
+                metrics.update(self._validate(state, val_data, move, parts["precision"]))
+            step.end_epoch(model, metrics)
+            verdict = strategy.broadcast(self.stopping.update(epoch, metrics))  # rank 0 decides for every process
+            if verdict.improved:
+                position.best_model = strategy.model_state(model)
+            metrics["time/epoch_s"] = time.perf_counter() - started
+            metrics["train/skipped_steps"] = self.nonfinite.skipped
+            if self._compiler is not None:
+                self._compiler.report(metrics, self.log, epoch)
+            position.history.append(metrics)
+            self.sink.log(metrics, step=state.step, epoch=epoch)
+            self.log.info("epoch", epoch=epoch, step=state.step, **metrics)
+            self._emit("on_epoch_end", state, metrics)
+            position.epoch, position.batch = epoch + 1, 0
+            position.stop_reason = (verdict.reason or "stopped") if verdict.stop else None
+            self._boundary(self.cadence.at_epoch(epoch, verdict.improved), token, parts, plan)
+            if verdict.stop:
+                self.log.info("early_stop", epoch=epoch, reason=position.stop_reason, monitor=self.stopping.monitor,
+                              best_value=self.stopping.best_value, best_epoch=self.stopping.best_epoch)
+                break
+        if position.best_model is not None:
+            strategy.load_model_state(model, position.best_model)
+        history = position.history
+        return FitResult(
+            epochs_completed=len(history), best_epoch=self.stopping.best_epoch, best_value=self.stopping.best_value,
+            monitor=self.stopping.monitor, stop_reason=position.stop_reason or "max_epochs", history=history,
+            steps=state.step, avg_epoch_time_s=math.fsum(h["time/epoch_s"] for h in history) / max(len(history), 1),
+            counts={**health.counts(),
+                    **({"compile/recompiles": self._compiler.recompiles} if self._compiler is not None else {})},
+        )

@@ -1,0 +1,197 @@
+"""Gradient health: a monitor that flags vanishing and exploding gradients, and a per-module watch.
+
+A step reports each counted optimizer step's ``GradStats`` to the run's ``GradientHealth``
+(after the gradient policy and the optimizer, before the gradients are cleared). Two policies
+live behind it:
+
+* ``GradientMonitor`` judges the total gradient norm. *Vanishing*: below ``vanishing_norm``
+  for ``vanishing_steps`` steps in a row. *Exploding*: above ``exploding_factor`` times the
+  median of the last ``window`` norms (once ``warmup`` norms have been seen). Each kind is
+  warned about once (a structured ``gradient_vanishing`` / ``gradient_exploding`` record) and
+  every flagged step is counted (``gradients/vanishing_steps``, ``gradients/exploding_steps``
+  in the summary). It reads no tensor of its own on an unlogged step: when the non-finite
+  guard has already read the norm (``GradStats.read``) it uses that float; otherwise it keeps
+  the norm tensors and reads them together, once, on the next logged step or epoch end.
+* The watch (``watch_every_n_steps``, off by default) logs ``grad_norm/<module path>`` and
+  ``param_norm/<module path>`` for every module that holds parameters directly, and sends
+  histograms of the gradients and weights to sinks that take them (``log_histograms``).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from trainwire.errors import ConfigError
+from trainwire.policies.gradients import GradStats
+
+
+def _float(norm: Tensor) -> Tensor:
+    full = getattr(norm, "full_tensor", None)  # a DTensor (FSDP): its global value
+    return (full() if full is not None else norm).detach().float().reshape(())
+
+
+class GradientMonitor:
+    """Flags vanishing and exploding total gradient norms; its state is checkpointed, so a resume judges on."""
+
+    def __init__(self, vanishing_norm: float = 1e-7, vanishing_steps: int = 20, exploding_factor: float = 10.0,
+                 window: int = 100, warmup: int = 20) -> None:
+        if not vanishing_norm >= 0:
+            raise ConfigError(f"trainer.grad_vanishing_norm={vanishing_norm!r} must be >= 0")
+        if type(vanishing_steps) is not int or vanishing_steps < 1:
+            raise ConfigError(f"trainer.grad_vanishing_steps={vanishing_steps!r} must be an integer >= 1")
+        if not exploding_factor > 1:
+            raise ConfigError(f"trainer.grad_exploding_factor={exploding_factor!r} must be > 1")
+        self.vanishing_norm, self.vanishing_steps, self.exploding_factor = vanishing_norm, vanishing_steps, exploding_factor
+        self.warmup = warmup
+        self.recent: deque[float] = deque(maxlen=window)
+        self._ordered: list[float] = []  # ``recent`` sorted, kept by bisection: a median in O(1), not a sort a step
+        self.small_in_a_row = self.vanishing = self.exploding = 0
+        self.warned: set[str] = set()
+        self._pending: list[tuple[int, Any]] = []  # (step, float or 0-dim tensor) not judged yet
+
+    def observe(self, step: int, grads: GradStats) -> None:
+        """Called once per counted optimizer step; keeps the norm (a float when already read, else the tensor)."""
+        self._pending.append((step, grads.read if grads.read is not None else grads.norm))
+
+    def judge(self, log: Any) -> None:
+        """Judges the norms kept so far (one host read for those still tensors); called on logged steps and epoch ends."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        tensors = [value for _, value in pending if isinstance(value, Tensor)]
+        if tensors:
+            values = iter(torch.stack([_float(t) for t in tensors]).tolist())
+            pending = [(step, next(values) if isinstance(value, Tensor) else value) for step, value in pending]
+        for step, norm in pending:
+            self._judge_one(step, norm, log)
+
+    def _judge_one(self, step: int, norm: float, log: Any) -> None:
+        if norm != norm or norm in (float("inf"), float("-inf")):
+            return  # non-finite steps are the non-finite policy's
+        self.small_in_a_row = self.small_in_a_row + 1 if norm < self.vanishing_norm else 0
+        if self.small_in_a_row >= self.vanishing_steps:
+            self.vanishing += 1
+            self._warn_once(log, "gradient_vanishing", step=step, grad_norm=norm, below=self.vanishing_norm,
+                            steps_in_a_row=self.small_in_a_row)
+        if len(self.recent) >= self.warmup:
+            median = self.median()
+            if median > 0 and norm > self.exploding_factor * median:
+                self.exploding += 1
+                self._warn_once(log, "gradient_exploding", step=step, grad_norm=norm, running_median=median,
+                                factor=self.exploding_factor)
+        self._remember(norm)
+
+    def _remember(self, norm: float) -> None:
+        if len(self.recent) == self.recent.maxlen:
+            del self._ordered[bisect.bisect_left(self._ordered, self.recent[0])]
+        self.recent.append(norm)
+        bisect.insort(self._ordered, norm)
+
+    def median(self) -> float:
+        """The median of the last ``window`` norms."""
+        ordered, half = self._ordered, len(self._ordered) // 2
+        return ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) / 2
+
+    def _warn_once(self, log: Any, event: str, **fields: Any) -> None:
+        if event not in self.warned:
+            self.warned.add(event)
+            log.warning(event, **fields, note="warned once per run; every flagged step is counted in summary.json")
+
+    def counts(self) -> dict[str, int]:
+        return {"gradients/vanishing_steps": self.vanishing, "gradients/exploding_steps": self.exploding}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"recent": list(self.recent), "small_in_a_row": self.small_in_a_row, "vanishing": self.vanishing,
+                "exploding": self.exploding, "warned": sorted(self.warned)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.recent.clear()
+        self._ordered = []
+        for norm in state["recent"]:
+            self._remember(norm)
+        self.small_in_a_row, self.vanishing, self.exploding = state["small_in_a_row"], state["vanishing"], state["exploding"]
+        self.warned, self._pending = set(state["warned"]), []
+
+
+def module_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Trainable parameters grouped by the module that holds them directly, keyed by its path (the root is ``model``)."""
+    groups: dict[str, list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            path = name.rpartition(".")[0] or "model"
+            groups.setdefault(path, []).append(param)
+    return groups
+
+
+class GradientHealth:
+    """What steps report gradients to; holds the run's monitor (or none) and the per-module watch (or none).
+
+    ``start`` is called by the Trainer once per fit with the plain model, the loop's position
+    (so that the watch counts the loop's optimizer steps) and the run's sink.
+    """
+
+    def __init__(self, monitor: GradientMonitor | None = None, watch_every_n_steps: int | None = None,
+                 histograms: bool = True) -> None:
+        if watch_every_n_steps is not None and (type(watch_every_n_steps) is not int or watch_every_n_steps < 1):
+            raise ConfigError(f"trainer.watch_every_n_steps={watch_every_n_steps!r} must be null or an integer >= 1")
+        self.monitor, self.every, self.histograms = monitor, watch_every_n_steps, histograms
+        self._groups: dict[str, list[nn.Parameter]] = {}
+        self._position: Any = None
+        self._sink: Any = None
+        self._log: Any = None
+
+    def start(self, model: nn.Module, position: Any, sink: Any, log: Any) -> None:
+        self._groups = module_groups(model) if self.every else {}
+        self._position, self._sink, self._log = position, sink, log
+
+    def gradients(self, grads: GradStats) -> None:
+        """Called by a step once per counted optimizer step, after the optimizer, before the gradients are cleared."""
+        step = self._position.step + 1  # the step this update is counted as (if it was taken)
+        if self.monitor is not None:
+            self.monitor.observe(step, grads)
+        if self.every is not None and step % self.every == 0:
+            self._watch(step)
+
+    def judge(self) -> None:
+        """On logged steps and epoch ends: lets the monitor read and judge what it kept."""
+        if self.monitor is not None:
+            self.monitor.judge(self._log)
+
+    def _watch(self, step: int) -> None:
+        paths = list(self._groups)
+        grads = [[p.grad for p in self._groups[path] if p.grad is not None] for path in paths]
+        params = [self._groups[path] for path in paths]
+        # One norm per module (foreach: one kernel per list), stacked so the host reads them once.
+        norms = [torch.linalg.vector_norm(torch.stack(torch._foreach_norm(g))) if g else torch.zeros(())
+                 for g in grads]
+        weights = [torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.detach() for p in ps])))
+                   for ps in params]
+        values = torch.stack([_float(n) for n in norms + weights]).tolist()
+        metrics = {f"grad_norm/{path}": value for path, value in zip(paths, values)}
+        metrics.update((f"param_norm/{path}", value) for path, value in zip(paths, values[len(paths):]))
+        epoch = self._position.epoch
+        self._sink.log(metrics, step=step, epoch=epoch)
+        log_histograms = getattr(self._sink, "log_histograms", None)  # optional on the port
+        if self.histograms and log_histograms is not None:
+            hist = {f"grad/{path}": torch.cat([x.detach().reshape(-1) for x in g]).float().cpu()
+                    for path, g in zip(paths, grads) if g}
+            hist.update((f"param/{path}", torch.cat([p.detach().reshape(-1) for p in ps]).float().cpu())
+                        for path, ps in zip(paths, params))
+            log_histograms(hist, step=step, epoch=epoch)
+
+    def counts(self) -> dict[str, int]:
+        """What the summary holds: the monitor's flagged steps (nothing without a monitor)."""
+        return self.monitor.counts() if self.monitor is not None else {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"monitor": self.monitor.state_dict()} if self.monitor is not None else {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if self.monitor is not None and "monitor" in state:
+            self.monitor.load_state_dict(state["monitor"])
