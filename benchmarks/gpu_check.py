@@ -538,7 +538,9 @@ def trainwire_frame(frames: list[traceback.FrameSummary]) -> str:
     """The innermost trainwire frame of a stack (and the innermost frame, when that is torch's)."""
     def where(frame: traceback.FrameSummary) -> str:
         parts = Path(frame.filename).parts
-        short = "/".join(parts[-2:]) if len(parts) > 1 else frame.filename
+        # From the package's folder on (trainwire/policies/gradients.py), else the file and its folder.
+        start = len(parts) - 1 - parts[::-1].index("trainwire") if "trainwire" in parts else len(parts) - 2
+        short = "/".join(parts[max(start, 0):]) if len(parts) > 1 else frame.filename
         return f"{short}:{frame.lineno} {frame.name}" + (f" `{frame.line.strip()}`" if frame.line else "")
 
     # The warning machinery, this script's stand-in and torch's dispatch-mode plumbing are how a sync is seen, not where.

@@ -38,7 +38,7 @@ def test_the_dry_run_prints_the_six_rows_and_exits_0(tmp_path):
     assert "no CUDA: both ran fp32" in rows["2"][4]
     assert rows["3"][5].startswith("skipped: no CUDA") and "PASS with the stand-in" in rows["3"][5]
     # The default non-finite guard reads the grad norm on every step, and the harness names where.
-    assert "nonfinite=skip: 6 on 6 non-logging steps (6× trainwire/gradients.py" in rows["3"][4]
+    assert "nonfinite=skip: 6 on 6 non-logging steps (6× trainwire/policies/gradients.py" in rows["3"][4]
     assert "eager backend" in rows["4"][1] and "ratio" in rows["4"][4]
     assert "mode: " in rows["5"][3] and "torch.save from CPU" in rows["5"][2]
     assert "counted FLOPs / analytic" in rows["6"][4]
