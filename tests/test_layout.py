@@ -10,9 +10,15 @@ check that has stopped catching anything fails too.
 from __future__ import annotations
 
 import ast
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pytest itself depends on tomli before 3.11
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "trainwire"
@@ -190,6 +196,14 @@ def test_every_subpackage_says_what_it_holds():
     assert len(inits) >= 9  # the root, containers and the seven subpackages at least: the glob found them
     silent = [str(path.relative_to(ROOT)) for path in inits if not ast.get_docstring(ast.parse(path.read_text()))]
     assert not silent, f"subpackages without a docstring in __init__.py: {silent}"
+
+
+def test_every_subpackage_ships_in_the_wheel():
+    """``pyproject.toml`` lists its packages one by one (ADR 0005): a subpackage left out works in an
+    editable install and is missing from a built wheel."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    packages = {_module_name(path) for path in SRC.rglob("__init__.py")} | {"trainwire.containers"}
+    assert not packages - listed, f"not in [tool.setuptools] packages: {sorted(packages - listed)}"
 
 
 def test_every_subpackage_and_top_level_module_has_a_row_in_the_layers():
