@@ -1,1 +1,2 @@
-"""The loop: the Trainer, the Step it calls for each batch, the hooks around it, and the stop token."""
+"""The loop: the Trainer, the Step it calls for each batch, the hooks around it, the settings it reads
+and the stop token."""

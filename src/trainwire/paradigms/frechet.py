@@ -11,7 +11,7 @@ is the sum of the square roots of ``Σ₁^½ Σ₂ Σ₁^½``'s eigenvalues.
 
 The features are the last hidden layer (64 wide) of ``DigitsFeatures``, an MLP trained once on
 the bundled 8×8 digits by ``scripts/train_digits_features.py`` and shipped as
-``trainwire/datasets/digits_features.pt`` (nothing is downloaded).
+``trainwire/data/datasets/digits_features.pt`` (nothing is downloaded).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from trainwire.policies.objectives import Reduce, local
 from trainwire.sinks.images import grid
 
 FEATURES_FILE = "digits_features.pt"
-DIGITS_SHAPE = (8, 8)
 
 
 def sqrtm_psd(matrix: Tensor) -> Tensor:

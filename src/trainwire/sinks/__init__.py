@@ -1,4 +1,5 @@
-"""Metrics sinks: the MetricsSink port and where metrics can go."""
+"""Metrics sinks: the MetricsSink port, where metrics can go (the run record, trackers, a progress bar,
+sample images), the isolation that keeps a failing tracker from ending a run, and stages."""
 
 from trainwire.sinks.base import FanOut, MetricsSink, NullSink
 from trainwire.sinks.isolation import GuardedFanOut, IsolatedSink

@@ -6,8 +6,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any
 
-STATUSES = ("finished", "failed", "killed")
-
 
 class MetricsSink(ABC):
     """Port: where metrics go. Values are plain Python numbers (the Trainer has already synced)."""
