@@ -13,7 +13,7 @@ from structlog.contextvars import bound_contextvars
 
 from trainwire import registry
 from trainwire.checkpointing import runfolder
-from trainwire.config import GROUPS, MULTI_SELECT, PROGRESS, LogConfig, resolved
+from trainwire.config import GROUPS, MULTI_SELECT, PROGRESS, LogConfig, given_keys_only, resolved
 from trainwire.errors import ConfigError
 from trainwire.loop.signals import StopToken
 from trainwire.loop.trainer import FitResult, TrainerSettings
@@ -73,7 +73,7 @@ def build_container(
     ``container_class`` may be a subclass of ``TrainerContainer`` that replaces some providers.
     Raises ConfigError (one line, naming the key and the value) before any work starts.
     """
-    plain = resolved(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
+    plain = given_keys_only(resolved(cfg) if isinstance(cfg, DictConfig) else dict(cfg))  # a _target_ replaces its slot
     plain.setdefault("sink", {})  # sink=[] removes the node
     for group in GROUPS:
         node = plain.get(group)

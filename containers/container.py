@@ -19,6 +19,7 @@ from dependency_injector import containers, providers
 from trainwire import registry
 from trainwire.checkpointing.rundirs import new_run_dir
 from trainwire.checkpointing.store import LocalCheckpointStore
+from trainwire.config import OWN_KEYS
 from trainwire.data import as_loaders
 from trainwire.errors import ConfigError
 from trainwire.loop.steps import SupervisedStep
@@ -32,9 +33,6 @@ from trainwire.sinks.isolation import GuardedFanOut, IsolatedSink, UnavailableSi
 from trainwire.sinks.progress import ProgressBar, progress_enabled
 from trainwire.sinks.stages import PrefixedSink
 
-# Keys a custom (``_target_``) node of a group always has, for trainwire's own use; the target gets them
-# only if it names them (a data target returning Datasets gets loaders built with these).
-OWN_KEYS = {"data": ("batch_size", "num_workers")}
 
 
 def _custom(group: str, node: dict[str, Any], key: str, context: dict[str, Callable[[], Any]]) -> Any:

@@ -209,13 +209,29 @@ def custom_nodes() -> dict[str, dict[str, Any]]:
     """
     nodes: dict[str, dict[str, Any]] = {group: {"_target_": MISSING} for group, spec in registry.GROUPS.items()
                                         if not spec.multi}
-    nodes["data"].update(batch_size=64, num_workers=0)
+    for group, keys in OWN_KEYS.items():
+        nodes[group].update(keys)
     return nodes
 
 
+# Keys a custom (``_target_``) node of a group always has, for trainwire's own use; the target gets them
+# only if it names them (a data target returning Datasets gets loaders built with these).
+OWN_KEYS = {"data": {"batch_size": 64, "num_workers": 0}}
+# In a custom node: the keys the user gave on the command line. Only these reach the target (ADR 0025).
+GIVEN = "_given_"
+
+
 def _custom_targets(overrides: list[str]) -> list[str]:
-    """``group._target_=X`` selects the group's ``custom`` option first, unless the overrides pick an option."""
+    """``group._target_=X`` selects the group's ``custom`` option first, unless the overrides pick an option.
+
+    A ``_target_`` replaces its slot's keys entirely: a preset (``experiment=gan``) merges its
+    keys for the default option (``optimizer.betas``) into whatever option fills the slot, so the
+    node also records, under ``_given_``, the keys the command line gave the target; the container
+    passes it those alone.
+    """
     picked = {override.lstrip("+~").partition("=")[0] for override in overrides if "=" in override}
+    targeted = [key[: -len("._target_")] for key, sep, _ in (o.lstrip("+").partition("=") for o in overrides)
+                if sep and key.endswith("._target_")]
     result = []
     for override in overrides:
         key, sep, value = override.lstrip("+").partition("=")
@@ -224,8 +240,27 @@ def _custom_targets(overrides: list[str]) -> list[str]:
             result.append(f"{group}={CUSTOM}")
             picked.add(group)
             override = f"{key}={value}"
+        elif sep and key.partition(".")[0] in targeted and override.startswith("+") and not override.startswith("++"):
+            override = "+" + override  # +optimizer.lr=0.1 adds the key, or sets the one a preset merged in
         result.append(override)
+    for group in targeted:
+        if group in registry.GROUPS and not registry.GROUPS[group].multi:
+            given = sorted({key.partition(".")[2].partition(".")[0] for key, sep, _ in
+                            (o.lstrip("+~").partition("=") for o in overrides)
+                            if sep and key.startswith(f"{group}.") and key != f"{group}._target_"})
+            result.append(f"+{group}.{GIVEN}=[{','.join(given)}]")
     return result
+
+
+def given_keys_only(plain: dict[str, Any]) -> dict[str, Any]:
+    """``plain`` with each custom node cut down to its ``_target_``, the keys the command line gave it, and
+    trainwire's own keys (``data.batch_size``): no key of the default option or of a preset reaches the target."""
+    for group in registry.GROUPS:
+        node = plain.get(group)
+        if isinstance(node, dict) and GIVEN in node:
+            keep = {"_target_", *node[GIVEN], *OWN_KEYS.get(group, ())}
+            plain[group] = {key: value for key, value in node.items() if key in keep}
+    return plain
 
 
 def options(group: str) -> list[str]:
