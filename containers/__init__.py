@@ -107,10 +107,11 @@ def build_container(
     # Build each cheap policy once now, so a bad value fails here rather than mid-run.
     for slot in (container.lr_policy, container.stopping_policy, container.gradient_policy,
                  container.optimizer, container.objective, container.settings, container.nonfinite,
-                 container.checkpoint_policy):
+                 container.checkpoint_policy, container.health):
         slot()
     _monitors(plain, container.objective())
-    # The paradigm too (a setting its step cannot honour is refused now), with neither a trainer nor a run folder built.
+    container.step().check(container.settings(), container.strategy())  # a setting the step cannot honour
+    # The paradigm too, with neither a trainer nor a run folder built.
     with container.trainer.override(providers.Callable(_nothing)), container.run_dir.override(providers.Object(None)):
         container.paradigm()
     return container
