@@ -130,7 +130,7 @@ class GradientHealth:
     (so that the watch counts the loop's optimizer steps) and the run's sink.
     """
 
-    def __init__(self, monitor: GradientMonitor | None = None, watch_every_n_steps: int | None = None,
+    def __init__(self, monitor: GradientMonitor | None, watch_every_n_steps: int | None,
                  histograms: bool = True) -> None:
         self.monitor, self.every, self.histograms = monitor, watch_every_n_steps, histograms
         self._groups: dict[str, list[nn.Parameter]] = {}
