@@ -68,7 +68,7 @@ def stall(rounds: int, folder: Path) -> None:
     """The loop's stall per checkpoint, async on and off, against a bare torch.save of the same state."""
     import functools
 
-    from trainwire import Classification, Trainer, TrainerSettings
+    from trainwire import Cadence, Classification, IgnoreNonFinite, Trainer, TrainerSettings
     
     torch.manual_seed(0)
     batches = [(torch.randn(8, 2048), torch.randint(0, 2048, (8,))) for _ in range(42)]
@@ -84,10 +84,10 @@ def stall(rounds: int, folder: Path) -> None:
             directory = folder / f"stall-{kind}"
             shutil.rmtree(directory, ignore_errors=True)
             store = LocalCheckpointStore(directory)
-        settings = TrainerSettings(max_epochs=1, device="cpu", log_every_n_steps=1000, checkpoint_every=1000,
-                                   checkpoint_every_n_steps=5, async_checkpoint=kind == "async", nonfinite="off")
+        settings = TrainerSettings(max_epochs=1, device="cpu", log_every_n_steps=1000, async_checkpoint=kind == "async")
         trainer = Trainer(objective=Classification(), optimizer=functools.partial(torch.optim.AdamW, lr=1e-4),
-                          settings=settings, checkpoints=store)
+                          settings=settings, checkpoints=store, nonfinite=IgnoreNonFinite(),
+                          checkpoint_policy=Cadence(every_n_epochs=1000, every_n_steps=5))
         started = time.perf_counter()
         trainer.fit(model, batches)
         elapsed = time.perf_counter() - started

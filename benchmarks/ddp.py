@@ -4,7 +4,7 @@ The same job through the CLI — the bundled digits, an MLP 64→H→H→10, Ada
 clipping, validation each epoch — at the same global batch:
 
 * one process, batch 2B, 1 thread and 2 threads (all the cores);
-* ``torchrun --nproc_per_node=2 ... trainer.strategy=ddp`` at batch B per process, 1 thread each.
+* ``torchrun --nproc_per_node=2 ... strategy=ddp`` at batch B per process, 1 thread each.
 
 Throughput is training samples per second from each epoch's ``time/epoch_s`` in ``metrics.jsonl``
 (validation included, the first epoch and process start-up left out), median over epochs. On a
@@ -48,7 +48,7 @@ def main() -> None:
         "1 process, 1 thread": ([python(), "-m", "trainwire", "train", f"data.batch_size={args.batch}"], "1"),
         "1 process, 2 threads": ([python(), "-m", "trainwire", "train", f"data.batch_size={args.batch}"], "2"),
         "DDP, 2 processes × 1 thread (gloo)": ([torchrun, "--standalone", "--nproc_per_node=2", "-m", "trainwire",
-                                                 "train", "trainer.strategy=ddp", f"data.batch_size={args.batch // 2}"],
+                                                 "train", "strategy=ddp", f"data.batch_size={args.batch // 2}"],
                                                 "1"),
     }
     rows, base = [], None

@@ -12,7 +12,7 @@ with ``non_blocking=True``) by a hand-written loop and by ``trainwire.Trainer``:
 norm read every 50 steps and written to ``metrics.jsonl``, the epoch's mean loss read once an
 epoch. trainwire runs as a user would build it (``NormClipper(1.0)``, a ``JsonlSink``, its
 defaults otherwise: the non-finite guard, the gradient monitor); where the guard's per-step
-read matters, the row also shows ``trainer.nonfinite=off``.
+read matters, the row also shows ``nonfinite=off``.
 
 Rows:
 
@@ -23,7 +23,7 @@ Rows:
 3. Host syncs: ``torch.cuda.set_sync_debug_mode("error")`` armed on every step that logs
    nothing (``trainer.log_every_n_steps=50``); a sync raises, and the trainwire frame that
    caused it is named. Then a pass in ``"warn"`` mode names every sync of the run (logging
-   steps and epoch ends included), for ``trainer.nonfinite=off`` and for the default guard.
+   steps and epoch ends included), for ``nonfinite=off`` and for the default guard.
 4. ``trainer.compile=true`` against the hand-written loop with ``torch.compile(model)``.
 5. The loop stall of a checkpoint (``LocalCheckpointStore`` through ``checkpoint_every_n_steps``;
    asynchronous when ``TrainerSettings`` has an ``async_checkpoint`` field) against a bare
@@ -328,11 +328,13 @@ def trainwire_run(work: Work, precision: str, *, nonfinite: str = "skip", compil
                   data: Any = None, timed: bool = True, settings: dict[str, Any] | None = None) -> Run:
     """``trainwire.Trainer.fit`` on the same work; a ``LocalCheckpointStore`` when ``checkpoint_every`` is given."""
     from trainwire import (
+        Cadence,
         JsonlSink,
         LocalCheckpointStore,
         NormClipper,
         Trainer,
         TrainerSettings,
+        registry,
     )
 
     s = work.sizes
@@ -345,8 +347,8 @@ def trainwire_run(work: Work, precision: str, *, nonfinite: str = "skip", compil
         trainer = Trainer(
             objective=_next_token(), optimizer=optimizer_factory(), gradient_policy=NormClipper(1.0),
             settings=TrainerSettings(max_epochs=epochs, precision=precision, log_every_n_steps=s.log_every,
-                                     device=work.device.type, nonfinite=nonfinite, compile=compile,
-                                     checkpoint_every_n_steps=checkpoint_every, **(settings or {})),
+                                     device=work.device.type, compile=compile, **(settings or {})),
+            nonfinite=registry.build("nonfinite", {"type": nonfinite}), checkpoint_policy=Cadence(every_n_steps=checkpoint_every),
             sink=JsonlSink(folder), checkpoints=store, hooks=[clock])
         try:
             result = trainer.fit(model, data if data is not None else items)

@@ -13,7 +13,7 @@ from structlog.contextvars import bound_contextvars
 
 from trainwire import registry
 from trainwire.checkpointing import runfolder
-from trainwire.config import GROUPS, MULTI_SELECT, PROGRESS, LogConfig, resolved
+from trainwire.config import GROUPS, MULTI_SELECT, PROGRESS, LogConfig, given_keys_only, resolved
 from trainwire.errors import ConfigError
 from trainwire.loop.signals import StopToken
 from trainwire.loop.trainer import FitResult, TrainerSettings
@@ -73,7 +73,7 @@ def build_container(
     ``container_class`` may be a subclass of ``TrainerContainer`` that replaces some providers.
     Raises ConfigError (one line, naming the key and the value) before any work starts.
     """
-    plain = resolved(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
+    plain = given_keys_only(resolved(cfg) if isinstance(cfg, DictConfig) else dict(cfg))  # a _target_ replaces its slot
     plain.setdefault("sink", {})  # sink=[] removes the node
     for group in GROUPS:
         node = plain.get(group)
@@ -107,10 +107,11 @@ def build_container(
     # Build each cheap policy once now, so a bad value fails here rather than mid-run.
     for slot in (container.lr_policy, container.stopping_policy, container.gradient_policy,
                  container.optimizer, container.objective, container.settings, container.nonfinite,
-                 container.checkpoint_policy):
+                 container.checkpoint_policy, container.health):
         slot()
     _monitors(plain, container.objective())
-    # The paradigm too (a setting its step cannot honour is refused now), with neither a trainer nor a run folder built.
+    container.step().check(container.settings(), container.strategy())  # a setting the step cannot honour
+    # The paradigm too, with neither a trainer nor a run folder built.
     with container.trainer.override(providers.Callable(_nothing)), container.run_dir.override(providers.Object(None)):
         container.paradigm()
     return container

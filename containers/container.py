@@ -10,6 +10,7 @@ takes from the slot's context, by parameter name. Tests and users swap any slot 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,22 +20,18 @@ from dependency_injector import containers, providers
 from trainwire import registry
 from trainwire.checkpointing.rundirs import new_run_dir
 from trainwire.checkpointing.store import LocalCheckpointStore
+from trainwire.config import OWN_KEYS
 from trainwire.data import as_loaders
 from trainwire.errors import ConfigError
-from trainwire.loop.steps import SupervisedStep
+from trainwire.loop.settings import gradient_health
 from trainwire.loop.trainer import Trainer, TrainerSettings
-from trainwire.policies.cadence import Cadence
 from trainwire.policies.metric_schedule import ScheduledMetrics
-from trainwire.policies.nonfinite import make_nonfinite
 from trainwire.runtime import distributed
 from trainwire.sinks import FanOut, JsonlSink, NullSink
 from trainwire.sinks.isolation import GuardedFanOut, IsolatedSink, UnavailableSink
 from trainwire.sinks.progress import ProgressBar, progress_enabled
 from trainwire.sinks.stages import PrefixedSink
 
-# Keys a custom (``_target_``) node of a group always has, for trainwire's own use; the target gets them
-# only if it names them (a data target returning Datasets gets loaders built with these).
-OWN_KEYS = {"data": ("batch_size", "num_workers")}
 
 
 def _custom(group: str, node: dict[str, Any], key: str, context: dict[str, Callable[[], Any]]) -> Any:
@@ -87,11 +84,18 @@ def _option(group: str, node: providers.Provider, **context: providers.Provider)
 
 
 def _itself(provider: Any) -> Any:
-    return provider  # a provider handed over as it is, for an option that builds with it (trainer_factory)
+    return provider  # a provider handed over as it is, for an option that builds with it (stage_trainer)
 
 
 def _settings(node: dict[str, Any]) -> TrainerSettings:
     return TrainerSettings(**node)
+
+
+def _stage_trainer(objective: Any, *, max_epochs: int, settings: TrainerSettings, sink: Any, **parts: Any) -> Trainer:
+    """A Trainer for a step's nested fit (the GAN's classification stage): every ``trainer.*`` setting of the
+    run but its length, the run's strategy, hooks and sinks (its metrics under ``stage/``), no checkpoints."""
+    return Trainer(objective=objective, settings=dataclasses.replace(settings, max_epochs=max_epochs, resume=None),
+                   sink=PrefixedSink("stage/", sink, lifecycle=False), **parts)
 
 
 def _run_dir(configured: str | None, strategy: distributed.Strategy) -> Path:
@@ -144,7 +148,7 @@ def _scheduled(objective: Any, every: dict[str, int] | None) -> Any:
 class TrainerContainer(containers.DeclarativeContainer):
     config = providers.Configuration(strict=True)
 
-    strategy = providers.Singleton(distributed.make_strategy, config.trainer.strategy)
+    strategy = providers.Singleton(_build, "strategy", config.strategy)
     run_dir = providers.Singleton(_run_dir, config.run_dir, strategy)
 
     lr_policy = _option("lr", config.lr)
@@ -170,7 +174,8 @@ class TrainerContainer(containers.DeclarativeContainer):
     settings = providers.Factory(_settings, config.trainer)
 
     # Everything the loop reports to: the local record (and progress bar) plus the isolated external sinks.
-    sink = providers.Factory(
+    # One per run: a step's nested stage reports to it too.
+    sink = providers.Singleton(
         _staged,
         providers.Factory(
             GuardedFanOut,
@@ -181,10 +186,21 @@ class TrainerContainer(containers.DeclarativeContainer):
         config.stage,
     )
 
-    # What one batch does to the weights (ADR 0015); a paradigm may build the trainer with its own (the GAN's).
-    step = providers.Factory(SupervisedStep, objective, optimizer, lr_policy, gradient_policy)
-    nonfinite = providers.Factory(make_nonfinite, config.trainer.nonfinite, config.trainer.max_nonfinite)
-    checkpoint_policy = providers.Factory(Cadence, config.trainer.checkpoint_every, config.trainer.checkpoint_every_n_steps)
+    nonfinite = _option("nonfinite", config.nonfinite)
+    checkpoint_policy = _option("checkpoint", config.checkpoint)
+    health = providers.Factory(gradient_health, settings)
+
+    # A Trainer for a step's nested fit, built when the step first runs it (ADR 0025).
+    stage_trainer = providers.Factory(
+        _stage_trainer, settings=settings, sink=sink, optimizer=optimizer, gradient_policy=gradient_policy,
+        nonfinite=nonfinite, health=health, strategy=strategy, hooks=hooks,
+    )
+    # What one batch does to the weights (ADR 0015): a step takes what it names of these.
+    step = _option(
+        "step", config.step, objective=objective, optimizer=optimizer, lr_policy=lr_policy,
+        lr_policy_factory=providers.Callable(_itself, lr_policy.provider), gradient_policy=gradient_policy,
+        stage_trainer=providers.Callable(_itself, stage_trainer.provider),
+    )
 
     trainer = providers.Factory(
         Trainer,
@@ -194,14 +210,11 @@ class TrainerContainer(containers.DeclarativeContainer):
         stopping_policy=stopping_policy,
         nonfinite=nonfinite,
         checkpoint_policy=checkpoint_policy,
+        health=health,
         sink=sink,
         checkpoints=checkpoint_store,
         strategy=strategy,
         hooks=hooks,
     )
-    # A paradigm takes what it names of these: Supervised the trainer; the GAN a trainer built with its step.
-    paradigm = _option(
-        "paradigm", config.paradigm, trainer=trainer, trainer_factory=providers.Callable(_itself, trainer.provider),
-        run_dir=run_dir, settings=settings, optimizer=optimizer, generator_lr_policy=lr_policy,
-        critic_lr_policy=lr_policy, gradient_policy=gradient_policy,
-    )
+    # What happens around the loop: Supervised fits; Pretrain also saves the encoder under run_dir.
+    paradigm = _option("paradigm", config.paradigm, trainer=trainer, run_dir=run_dir)

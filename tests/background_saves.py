@@ -22,6 +22,7 @@ import torch
 from trainwire import Classification, Trainer, TrainerSettings
 from trainwire.checkpointing.store import LocalCheckpointStore
 from trainwire.errors import CheckpointError
+from trainwire.policies.cadence import Cadence
 
 
 def job(directory: Path, hook, hooks=()) -> None:
@@ -30,9 +31,10 @@ def job(directory: Path, hook, hooks=()) -> None:
     g = torch.Generator().manual_seed(1)
     data = [(torch.randn(16, 256, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(30)]
     model = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
-    settings = TrainerSettings(max_epochs=2, device="cpu", checkpoint_every_n_steps=2, resume="auto")
+    settings = TrainerSettings(max_epochs=2, device="cpu", resume="auto")
     Trainer(objective=Classification(), optimizer=functools.partial(torch.optim.AdamW, lr=1e-3), settings=settings,
-            checkpoints=LocalCheckpointStore(directory, hook=hook), hooks=hooks).fit(model, data)
+            checkpoints=LocalCheckpointStore(directory, hook=hook), hooks=hooks,
+            checkpoint_policy=Cadence(every_n_steps=2)).fit(model, data)
 
 
 def killed(directory: Path, point: int, acks: Path) -> None:

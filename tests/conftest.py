@@ -33,6 +33,13 @@ def make_model(seed: int = 0, features: int = 8, classes: int = 3) -> nn.Module:
     return nn.Sequential(nn.Linear(features, 16), nn.ReLU(), nn.Linear(16, classes))
 
 
+def nonfinite_policy(name: str):
+    """The ``nonfinite=<name>`` option, built with its defaults (as the container builds it)."""
+    from trainwire import registry
+
+    return registry.build("nonfinite", {"type": name})
+
+
 def make_trainer(**overrides) -> Trainer:
     settings = overrides.pop("settings", None) or TrainerSettings(max_epochs=3, device="cpu", log_every_n_steps=1)
     return Trainer(

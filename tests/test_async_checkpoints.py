@@ -18,6 +18,7 @@ from trainwire.checkpointing.store import (
 )
 from trainwire.checkpointing.writer import CheckpointWriter, snapshot
 from trainwire.errors import CheckpointError
+from trainwire.policies.cadence import Cadence
 from trainwire.testing import RecordingSink, capture_logs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -77,10 +78,11 @@ def test_a_second_save_waits_for_the_first_and_the_wait_is_logged(tmp_path):
                 time.sleep(0.5)  # the first save is slow: the next checkpoint (5 steps on) has to wait
 
     sink = RecordingSink()
-    settings = TrainerSettings(max_epochs=1, device="cpu", log_every_n_steps=100, checkpoint_every_n_steps=2)
+    settings = TrainerSettings(max_epochs=1, device="cpu", log_every_n_steps=100)
     store = LocalCheckpointStore(tmp_path, hook=slow)
     with capture_logs() as logs:
-        make_trainer(settings=settings, sink=sink, checkpoints=store).fit(make_model(), data())
+        make_trainer(settings=settings, sink=sink, checkpoints=store,
+                     checkpoint_policy=Cadence(every_n_steps=2)).fit(make_model(), data())
     waits = [entry for entry in logs if entry["event"] == "checkpoint_wait"]
     assert waits and waits[0]["step"] == 4 and waits[0]["wait_s"] > 0.1  # the save at step 4 waited for step 2's
     assert sink.summary_values["checkpoint/wait_s"] >= waits[0]["wait_s"]
@@ -92,8 +94,8 @@ def test_a_second_save_waits_for_the_first_and_the_wait_is_logged(tmp_path):
 def test_async_checkpoint_false_writes_in_the_loop_s_own_thread(tmp_path):
     threads = []
     store = LocalCheckpointStore(tmp_path, hook=lambda point: threads.append(threading.current_thread()))
-    settings = TrainerSettings(max_epochs=1, device="cpu", checkpoint_every_n_steps=4, async_checkpoint=False)
-    make_trainer(settings=settings, checkpoints=store).fit(make_model(), data())
+    settings = TrainerSettings(max_epochs=1, device="cpu", async_checkpoint=False)
+    make_trainer(settings=settings, checkpoints=store, checkpoint_policy=Cadence(every_n_steps=4)).fit(make_model(), data())
     assert threads and set(threads) == {threading.main_thread()}
 
 
@@ -109,7 +111,7 @@ def test_a_background_failure_is_raised_at_the_next_step_as_the_store_s_error(tm
                 raise OSError(errno.ENOSPC, "No space left on device")
 
     store = LocalCheckpointStore(tmp_path, hook=full_disk)
-    settings = TrainerSettings(max_epochs=2, device="cpu", checkpoint_every_n_steps=2)
+    settings = TrainerSettings(max_epochs=2, device="cpu")
     sink = RecordingSink()
     steps = []
 
@@ -119,7 +121,8 @@ def test_a_background_failure_is_raised_at_the_next_step_as_the_store_s_error(tm
 
     with pytest.raises(CheckpointError, match=rf"could not write checkpoint {tmp_path / 'last.pt'}: "
                                               "No space left on device"):
-        make_trainer(settings=settings, sink=sink, checkpoints=store, hooks=[Steps()]).fit(make_model(), data())
+        make_trainer(settings=settings, sink=sink, checkpoints=store, hooks=[Steps()],
+                     checkpoint_policy=Cadence(every_n_steps=2)).fit(make_model(), data())
     assert sink.status == "failed"
     assert steps[-1] <= 7  # the save at step 6 failed: the run did not go on to its end (32 steps)
     assert read_checkpoint(tmp_path / "last.pt")["loop"]["step"] == 4
@@ -148,9 +151,10 @@ def test_a_stop_during_a_background_save_waits_for_it_then_saves_last_there(tmp_
             committed.append(read_checkpoint(tmp_path / "last.pt")["loop"]["step"])
 
     store = LocalCheckpointStore(tmp_path, hook=hook)
-    settings = TrainerSettings(max_epochs=2, device="cpu", checkpoint_every_n_steps=3)
+    settings = TrainerSettings(max_epochs=2, device="cpu")
     with pytest.raises(TrainingInterrupted) as stopped:
-        make_trainer(settings=settings, checkpoints=store).fit(make_model(), data(), stop=token)
+        make_trainer(settings=settings, checkpoints=store,
+                     checkpoint_policy=Cadence(every_n_steps=3)).fit(make_model(), data(), stop=token)
     assert stopped.value.saved
     assert not [t for t in threading.enumerate() if t.name == "trainwire-checkpoint"]  # nothing left in flight
     # The save in flight (step 3) committed, then last at the step where the loop saw the stop: the raise

@@ -103,7 +103,7 @@ def test_a_compiled_gan_trains_its_compiled_critic_and_generator(tmp_path):
     from trainwire.config import compose
     from trainwire.containers import run
 
-    result = run(compose([f"run_dir={tmp_path}", "experiment=gan", "paradigm.stage=false", "trainer.max_epochs=1",
+    result = run(compose([f"run_dir={tmp_path}", "experiment=gan", "step.stage=false", "trainer.max_epochs=1",
                           "trainer.compile=true", "data.batch_size=128"]))
     assert result.steps > 0 and result.history[0]["train/generator_loss"] == result.history[0]["train/generator_loss"]
     saved = read_checkpoint(tmp_path / "checkpoints" / "last.pt")

@@ -38,7 +38,7 @@ KNOWN = [
     (["trainer.accumulate_steps=1000"], "trainer.accumulate_steps=1000"),
     (["stopping.monitor=val/acuracy"], "stopping.monitor='val/acuracy'"),
     (["lr.warmup_ratio=1.5"], "lr.warmup_ratio=1.5"),
-    (["trainer.strategy=bogus"], "trainer.strategy='bogus'"),
+    (["strategy=bogus"], "strategy='bogus'"),
 ]
 
 

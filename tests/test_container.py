@@ -30,7 +30,12 @@ from trainwire.config import GROUPS, SUBGROUPS, compose, options
 from trainwire.containers import TrainerContainer, build_container, run
 from trainwire.models import MLP
 from trainwire.paradigms.base import Paradigm, Pretrain, Supervised
-from trainwire.paradigms.gan import GAN, GANEvaluation
+from trainwire.loop.steps import SupervisedStep
+from trainwire.paradigms.boosting import GBDTStep
+from trainwire.paradigms.gan import GAN, GANEvaluation, GANStep
+from trainwire.policies.cadence import Cadence
+from trainwire.policies.nonfinite import IgnoreNonFinite, RaiseOnNonFinite, SkipNonFinite
+from trainwire.runtime.distributed import DDP, FSDP, SingleProcess
 from trainwire.paradigms.generative import GaussianDensity, NegativeLogLikelihood
 from trainwire.paradigms.pretraining import (
     MaskedAutoencoder,
@@ -47,14 +52,19 @@ EXPECTED = {
     ("objective", "classification"): Classification, ("objective", "regression"): Regression,
     ("model", "mlp"): MLP, ("model", "masked_autoencoder"): MaskedAutoencoder, ("model", "predictor"): Predictor,
     ("objective", "masked_reconstruction"): MaskedReconstruction,
-    ("paradigm", "supervised"): Supervised, ("paradigm", "pretrain"): Pretrain, ("paradigm", "gan"): Supervised, ("objective", "gan"): GANEvaluation,
+    ("paradigm", "supervised"): Supervised, ("paradigm", "pretrain"): Pretrain, ("objective", "gan"): GANEvaluation,
+    ("step", "supervised"): SupervisedStep, ("step", "gan"): GANStep, ("step", "gbdt"): GBDTStep,
+    ("nonfinite", "skip"): SkipNonFinite, ("nonfinite", "raise"): RaiseOnNonFinite, ("nonfinite", "off"): IgnoreNonFinite,
+    ("checkpoint", "cadence"): Cadence, ("strategy", "auto"): SingleProcess, ("strategy", "single"): SingleProcess,
+    ("strategy", "ddp"): DDP, ("strategy", "fsdp"): FSDP,
     ("model", "gan"): GAN, ("model", "gaussian_density"): GaussianDensity, ("objective", "nll"): NegativeLogLikelihood,
 }
 SINKS = {"wandb": "trainwire.sinks.wandb.WandbSink", "tensorboard": "trainwire.sinks.tensorboard.TensorBoardSink",
          "mlflow": "trainwire.sinks.mlflow.MLflowSink"}
 SLOT = {"lr": "lr_policy", "stopping": "stopping_policy", "gradient": "gradient_policy", "sink": "metrics_sink",
         "optimizer": "optimizer", "objective": "objective", "model": "model", "data": "data",
-        "paradigm": "paradigm"}
+        "paradigm": "paradigm", "step": "step", "nonfinite": "nonfinite", "checkpoint": "checkpoint_policy",
+        "strategy": "strategy"}
 
 
 def every_option():

@@ -92,7 +92,7 @@ def test_the_packaged_yaml_writes_no_default_twice():
 def test_the_defaults_the_issue_found_in_three_places_agree_with_the_cli():
     """mask_ratio, critic_steps, plateau patience, embedding, max_epochs: the values the CLI gave before."""
     cfg = compose(["experiment=gan"])
-    assert cfg.paradigm.critic_steps == 2
+    assert cfg.step.critic_steps == 2
     assert compose(["objective=masked_reconstruction"]).objective.mask_ratio == 0.5
     assert compose(["lr=plateau"]).lr.patience == 5
     assert compose(["model=masked_autoencoder"]).model.embedding == 64

@@ -17,12 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from trainwire import registry
 from trainwire.checkpointing.store import read_checkpoint
 
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
 # digits: 1,437 training samples; 32 per process and 2 processes is 64 a step, 23 steps an epoch.
 JOB = ["trainer.max_epochs=2", "lr.warmup_epochs=1", "model.hidden=[32]", "trainer.log_every_n_steps=1",
-       "trainer.checkpoint_every=1", "trainer.checkpoint_every_n_steps=3", "log.format=json"]
+       "checkpoint.every_n_epochs=1", "checkpoint.every_n_steps=3", "log.format=json"]
 STEPS = 46
 
 
@@ -116,7 +117,7 @@ def assert_same_training(expected_dir: Path, run_dir: Path, *, exact: bool) -> N
 def ddp_run(tmp_path_factory) -> Path:
     """An uninterrupted DDP run at 32 a process, with no hydra.run.dir: rank 0 names the one directory.
 
-    No trainer.strategy is given: the default, auto, is DDP under torchrun.
+    No strategy is given: the default, auto, is DDP under torchrun.
     """
     cwd = tmp_path_factory.mktemp("ddp")
     out = finish(train(cwd))
@@ -149,11 +150,11 @@ def test_ddp_at_batch_b_matches_one_process_at_batch_2b(ddp_run, tmp_path):
 @pytest.mark.slow
 def test_kill_9_of_one_rank_then_resume_auto_continues_exactly(ddp_run, tmp_path):
     run_dir = tmp_path / "run"
-    process = train(tmp_path, "trainer.strategy=ddp", f"hydra.run.dir={run_dir}")
+    process = train(tmp_path, "strategy=ddp", f"hydra.run.dir={run_dir}")
     kill_rank_at_step(process, run_dir, rank=1, step=28)
     saved = read_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert 27 <= saved["loop"]["step"] < STEPS  # a mid-run checkpoint is what resume starts from
-    finish(train(tmp_path, "trainer.strategy=ddp", f"hydra.run.dir={run_dir}", "trainer.resume=auto"))
+    finish(train(tmp_path, "strategy=ddp", f"hydra.run.dir={run_dir}", "trainer.resume=auto"))
     assert_same_training(ddp_run, run_dir, exact=True)
 
 
@@ -166,11 +167,11 @@ def shard_files(run_dir: Path, name: str = "last.pt") -> list[str]:
 @pytest.mark.slow
 def test_fsdp_writes_shards_on_2_processes_and_resumes_on_1(ddp_run, tmp_path):
     run_dir = tmp_path / "run"
-    process = train(tmp_path, "trainer.strategy=fsdp", f"hydra.run.dir={run_dir}")
+    process = train(tmp_path, "strategy=fsdp", f"hydra.run.dir={run_dir}")
     kill_rank_at_step(process, run_dir, rank=0, step=16)
     assert shard_files(run_dir) == [".metadata", "__0_0.distcp", "__1_0.distcp"]  # each rank its own shards
     small = (run_dir / "checkpoints" / "last.pt").stat().st_size
-    finish(train(tmp_path, "trainer.strategy=fsdp", f"hydra.run.dir={run_dir}", "trainer.resume=auto", processes=1))
+    finish(train(tmp_path, "strategy=fsdp", f"hydra.run.dir={run_dir}", "trainer.resume=auto", processes=1))
     assert shard_files(run_dir) == [".metadata", "__0_0.distcp"]
     assert_same_training(ddp_run, run_dir, exact=False)  # sharded, the same arithmetic as DDP
     assert small < 64 * 1024  # the model and optimizer are in the shards, not in the .pt file
@@ -189,7 +190,7 @@ def test_fsdp_writes_shards_on_2_processes_and_resumes_on_1(ddp_run, tmp_path):
 @pytest.mark.slow
 def test_fsdp_on_1_process_stopped_by_sigterm_resumes_on_2(ddp_run, tmp_path):
     run_dir = tmp_path / "run"
-    process = train(tmp_path, "trainer.strategy=fsdp", f"hydra.run.dir={run_dir}", processes=1)
+    process = train(tmp_path, "strategy=fsdp", f"hydra.run.dir={run_dir}", processes=1)
     deadline = time.monotonic() + 180
     while not any(r.get("step", 0) >= 20 and "train/loss" in r for r in records(run_dir)):
         assert process.poll() is None and time.monotonic() < deadline, "the run ended or never reached step 20"
@@ -199,7 +200,7 @@ def test_fsdp_on_1_process_stopped_by_sigterm_resumes_on_2(ddp_run, tmp_path):
     saved = read_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert 20 <= saved["loop"]["step"] < STEPS and saved["processes"] == 1
     assert shard_files(run_dir) == [".metadata", "__0_0.distcp"]
-    finish(train(tmp_path, "trainer.strategy=fsdp", f"hydra.run.dir={run_dir}", "trainer.resume=auto"))
+    finish(train(tmp_path, "strategy=fsdp", f"hydra.run.dir={run_dir}", "trainer.resume=auto"))
     assert shard_files(run_dir) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
     assert_same_training(ddp_run, run_dir, exact=False)
 
@@ -207,7 +208,7 @@ def test_fsdp_on_1_process_stopped_by_sigterm_resumes_on_2(ddp_run, tmp_path):
 @pytest.mark.slow
 def test_early_stopping_is_rank_0s_decision_on_every_rank(tmp_path):
     job = Path(__file__).with_name("distributed_job.py")
-    process = torchrun(tmp_path, str(job), str(tmp_path), "trainer.strategy=ddp", "data.batch_size=32",
+    process = torchrun(tmp_path, str(job), str(tmp_path), "strategy=ddp", "data.batch_size=32",
                        "trainer.max_epochs=6", "lr.warmup_epochs=1", "model.hidden=[32]", f"run_dir={tmp_path / 'r'}")
     finish(process)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
@@ -222,10 +223,10 @@ def test_early_stopping_is_rank_0s_decision_on_every_rank(tmp_path):
 
 @pytest.mark.slow
 def test_an_explicit_single_strategy_under_torchrun_is_refused_on_every_rank(tmp_path):
-    process = train(tmp_path, "trainer.strategy=single", f"hydra.run.dir={tmp_path / 'r'}")
+    process = train(tmp_path, "strategy=single", f"hydra.run.dir={tmp_path / 'r'}")
     out, err = process.communicate(timeout=300)
     assert process.returncode != 0
-    assert err.count("trainer.strategy=single would train one model in each") == 1, err[-2000:]
+    assert err.count("strategy=single would train one model in each") == 1, err[-2000:]
     assert not (tmp_path / "r" / "metrics.jsonl").exists()
 
 
@@ -233,9 +234,11 @@ def test_auto_is_ddp_only_inside_a_process_group():
     from trainwire.runtime.distributed import (
         DDP,
         SingleProcess,
-        make_strategy,
         resolve_strategy,
     )
+
+    def make_strategy(name):  # what strategy=<name> builds
+        return registry.build("strategy", {"type": name})
 
     assert resolve_strategy("auto") == "single" and isinstance(make_strategy("auto"), SingleProcess)
     assert resolve_strategy("fsdp") == "fsdp"
@@ -251,7 +254,7 @@ def test_auto_is_ddp_only_inside_a_process_group():
 
 @pytest.mark.slow
 def test_a_bad_value_is_judged_once_by_rank_0_and_every_rank_exits_2(tmp_path):
-    process = train(tmp_path, "trainer.strategy=ddp", "optimizer.lr=0", f"hydra.run.dir={tmp_path / 'r'}")
+    process = train(tmp_path, "strategy=ddp", "optimizer.lr=0", f"hydra.run.dir={tmp_path / 'r'}")
     _, err = process.communicate(timeout=300)
     assert process.returncode != 0
     assert err.count("trainwire: error: optimizer.lr=0.0 must be > 0") == 1  # rank 0 speaks; rank 1 exits quietly
@@ -299,7 +302,10 @@ def test_one_process_strategy_is_the_identity_and_starts_no_group():
     import torch.distributed as dist
 
     from trainwire.errors import ConfigError
-    from trainwire.runtime.distributed import SingleProcess, make_strategy
+    from trainwire.runtime.distributed import SingleProcess
+
+    def make_strategy(name):  # what strategy=<name> builds
+        return registry.build("strategy", {"type": name})
 
     strategy = make_strategy("single")
     model = torch.nn.Linear(2, 2)
@@ -307,7 +313,7 @@ def test_one_process_strategy_is_the_identity_and_starts_no_group():
     totals = torch.tensor([1.0, 2.0])
     assert strategy.reduce(totals) is totals and strategy.broadcast("x") == "x" and strategy.any(True)
     assert not dist.is_initialized()
-    with pytest.raises(ConfigError, match=r"trainer.strategy='dp' is not one of auto, single, ddp, fsdp"):
+    with pytest.raises(ConfigError, match=r"strategy.type='dp' is not an option; choose one of: auto, ddp, fsdp, single"):
         make_strategy("dp")
     with pytest.raises(ConfigError, match=r"needs the processes started by torchrun"):
         make_strategy("ddp").start()  # no launcher around this test: a clear error, no hang
@@ -317,7 +323,7 @@ def test_one_process_strategy_is_the_identity_and_starts_no_group():
 def test_ddp_compiled_trains_as_ddp_does_and_checkpoints_the_plain_module(ddp_run, tmp_path):
     """torch.compile over the DDP-wrapped model (one compile per rank): the same training, kernels aside."""
     run_dir = tmp_path / "run"
-    finish(train(tmp_path, "trainer.strategy=ddp", "trainer.compile=true", f"hydra.run.dir={run_dir}"))
+    finish(train(tmp_path, "strategy=ddp", "trainer.compile=true", f"hydra.run.dir={run_dir}"))
     compiled, eager = (read_checkpoint(d / "checkpoints" / "last.pt") for d in (run_dir, ddp_run))
     assert set(compiled["model"]) == set(eager["model"])  # no _orig_mod. or module. prefixes
     assert compiled["loop"]["step"] == STEPS

@@ -36,7 +36,7 @@ def distance_now(model, val):
 
 
 def test_experiment_gan_moves_the_samples_toward_the_data(tmp_path):
-    container = build_container(compose(["experiment=gan", f"run_dir={tmp_path}", "paradigm.stage=false",
+    container = build_container(compose(["experiment=gan", f"run_dir={tmp_path}", "step.stage=false",
                                          "trainer.max_epochs=5"]))
     model, loaders = container.model(), container.data()
     container.model.override(providers.Object(model))
@@ -98,7 +98,7 @@ def test_the_trigger_answers_from_goal_and_tolerance():
     trigger = AccuracyTrigger(goal=0.9, tolerance=0.05)
     assert trigger.should_rerun({"val/accuracy": 0.84})
     assert not trigger.should_rerun({"val/accuracy": 0.86})
-    with pytest.raises(ConfigError, match="paradigm.tolerance=-0.1 must be >= 0"):
+    with pytest.raises(ConfigError, match="step.tolerance=-0.1 must be >= 0"):
         AccuracyTrigger(0.9, -0.1)
 
 
@@ -106,7 +106,7 @@ def test_the_trigger_answers_from_goal_and_tolerance():
 def test_the_classification_stage_reruns_when_accuracy_falls_below_goal_minus_tolerance(tmp_path, goal, tolerance, reruns):
     container = build_container(compose([
         "experiment=gan", f"run_dir={tmp_path}", "trainer.max_epochs=2",
-        "paradigm.stage_epochs=1", f"paradigm.goal={goal}", f"paradigm.tolerance={tolerance}"]))
+        "step.stage_epochs=1", f"step.goal={goal}", f"step.tolerance={tolerance}"]))
     result = run(container)
     assert [h["stage/reruns"] for h in result.history] == reruns
     assert all(0.0 < h["val/accuracy"] <= 1.0 for h in result.history)
@@ -115,16 +115,16 @@ def test_the_classification_stage_reruns_when_accuracy_falls_below_goal_minus_to
 
 
 def test_gan_errors_name_the_key(tmp_path):
-    with pytest.raises(ConfigError, match="paradigm.critic_steps=0 must be an integer >= 1"):
-        build_container(compose(["experiment=gan", "paradigm.critic_steps=0"]))
-    with pytest.raises(ConfigError, match="paradigm.loss='hinge' is not one of logistic, wasserstein_gp"):
-        build_container(compose(["experiment=gan", "paradigm.loss=hinge"]))
-    with pytest.raises(ConfigError, match="paradigm=gan steps both networks every batch; trainer.accumulate_steps=2"):
+    with pytest.raises(ConfigError, match="step.critic_steps=0 must be an integer >= 1"):
+        build_container(compose(["experiment=gan", "step.critic_steps=0"]))
+    with pytest.raises(ConfigError, match="step.loss='hinge' is not one of logistic, wasserstein_gp"):
+        build_container(compose(["experiment=gan", "step.loss=hinge"]))
+    with pytest.raises(ConfigError, match="step=gan steps both networks every batch; trainer.accumulate_steps=2"):
         build_container(compose(["experiment=gan", "trainer.accumulate_steps=2"]))
-    with pytest.raises(ConfigError, match="paradigm=gan evaluates with objective=gan; got Classification"):
+    with pytest.raises(ConfigError, match="step=gan evaluates with objective=gan; got Classification"):
         run(compose(["experiment=gan", "objective=classification", f"run_dir={tmp_path / 'objective'}"]))
-    with pytest.raises(ConfigError, match="paradigm=gan needs model=gan"):
-        run(compose(["paradigm=gan", f"run_dir={tmp_path}"]))
+    with pytest.raises(ConfigError, match="step=gan needs model=gan"):
+        run(compose(["step=gan", f"run_dir={tmp_path}"]))
 
 
 class SignalAtBatch:
@@ -146,8 +146,9 @@ class SignalAtBatch:
 @pytest.mark.parametrize(("fit", "saved"), [(1, False), (2, False), (3, True)])
 def test_a_signal_in_a_classification_stage_stops_the_run_and_says_whether_a_checkpoint_stands(tmp_path, fit, saved):
     container = build_container(compose(["experiment=gan", f"run_dir={tmp_path}", "trainer.max_epochs=3",
-                                         "paradigm.stage_epochs=1", "paradigm.goal=0.999", "paradigm.tolerance=0"]))
+                                         "step.stage_epochs=1", "step.goal=0.999", "step.tolerance=0"]))
     loop = container.paradigm()
+    loop.trainer.step.stage = loop.trainer.step.stage()  # the stage's Trainer, built now so the hook is its alone
     loop.trainer.step.stage.hooks.append(SignalAtBatch(fit))
     loop.trainer.sink = sink = RecordingSink()
     container.paradigm.override(providers.Object(loop))
@@ -162,12 +163,12 @@ def test_a_signal_in_a_classification_stage_stops_the_run_and_says_whether_a_che
 def test_a_gan_resume_refuses_a_checkpoint_of_another_loop_or_plan(tmp_path):
     supervised = tmp_path / "supervised"
     run(compose([f"run_dir={supervised}", "trainer.max_epochs=1", "lr=constant"]))
-    job = ["experiment=gan", "paradigm.stage=false", "trainer.max_epochs=1"]
+    job = ["experiment=gan", "step.stage=false", "trainer.max_epochs=1"]
     with pytest.raises(CheckpointError, match=r"lacks generator_optimizer, critic_optimizer, generator_lr, critic_lr"):
         run(compose([*job, f"run_dir={tmp_path / 'a'}", f"trainer.resume={supervised / 'checkpoints' / 'last.pt'}"]))
     run(compose([*job, f"run_dir={tmp_path / 'b'}"]))
-    with pytest.raises(ConfigError, match=r"another config \(paradigm\.critic_steps: 2 -> 3\)"):
-        run(compose([*job, f"run_dir={tmp_path / 'b'}", "trainer.resume=auto", "paradigm.critic_steps=3"]))
-    with pytest.raises(CheckpointError, match=r"planned with paradigm.critic_steps=2, this run has 3"):
+    with pytest.raises(ConfigError, match=r"another config \(step\.critic_steps: 2 -> 3\)"):
+        run(compose([*job, f"run_dir={tmp_path / 'b'}", "trainer.resume=auto", "step.critic_steps=3"]))
+    with pytest.raises(CheckpointError, match=r"planned with step.critic_steps=2, this run has 3"):
         run(compose([*job, f"run_dir={tmp_path / 'c'}", f"trainer.resume={tmp_path / 'b/checkpoints/last.pt'}",
-                     "paradigm.critic_steps=3"]))
+                     "step.critic_steps=3"]))

@@ -1,4 +1,4 @@
-"""paradigm=gbdt: LightGBM through the one loop, the same record, stopping, checkpoints and refusals."""
+"""step=gbdt: LightGBM through the one loop, the same record, stopping, checkpoints and refusals."""
 
 from __future__ import annotations
 
@@ -110,15 +110,15 @@ def test_bad_lightgbm_values_are_one_line_naming_the_key_before_any_work(tmp_pat
 
 @pytest.mark.parametrize("override, key", [
     ("trainer.precision=bf16", "trainer.precision"), ("trainer.accumulate_steps=2", "trainer.accumulate_steps"),
-    ("trainer.strategy=ddp", "trainer.strategy"),
+    ("strategy=ddp", "strategy"),
 ])
 def test_settings_the_step_cannot_honour_are_refused_when_the_container_is_built(override, key):
-    with pytest.raises(ConfigError, match=rf"paradigm=gbdt .*; {key}=.* is not supported"):
+    with pytest.raises(ConfigError, match=rf"step=gbdt .*; {key}=.* is not supported"):
         build_container(compose([*GBDT, override]))
 
 
 def test_gbdt_refuses_another_model_or_objective(tmp_path):
-    with pytest.raises(ConfigError, match="paradigm=gbdt needs model=lightgbm; got MLP"):
+    with pytest.raises(ConfigError, match="step=gbdt needs model=lightgbm; got MLP"):
         run(compose(["experiment=gbdt", "model=mlp", f"run_dir={tmp_path}"]))
     with pytest.raises(ConfigError, match="objective.loss.name='physics_informed'"):
         run(compose([*GBDT, "objective/loss=physics_informed", f"run_dir={tmp_path}"]))

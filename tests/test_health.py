@@ -7,12 +7,13 @@ import json
 
 import pytest
 import torch
-from conftest import make_model, make_trainer
+from conftest import make_model, make_trainer, nonfinite_policy
 
 from trainwire import Classification, ConfigError, NormClipper, TrainerSettings
 from trainwire.checkpointing.store import LocalCheckpointStore, read_checkpoint
 from trainwire.config import compose
 from trainwire.containers import build_container, run
+from trainwire.policies.cadence import Cadence
 from trainwire.policies.gradients import NoClip
 from trainwire.testing import RecordingSink, capture_logs
 
@@ -29,11 +30,11 @@ class Scaled(Classification):
         return super().training_loss(model, batch) * self.scale(self.calls)
 
 
-def fit_logged(objective, train, **settings):
+def fit_logged(objective, train, nonfinite="skip", **settings):
     sink = RecordingSink()
     settings = TrainerSettings(**{"max_epochs": 3, "device": "cpu", **settings})
     with capture_logs() as logs:
-        result = make_trainer(objective=objective, sink=sink, settings=settings,
+        result = make_trainer(objective=objective, sink=sink, settings=settings, nonfinite=nonfinite_policy(nonfinite),
                               gradient_policy=NormClipper(1.0)).fit(make_model(), train)
     warnings = [entry for entry in logs if entry["log_level"] == "warning"]
     return result, sink, warnings
@@ -71,8 +72,9 @@ def test_the_monitor_judges_on_after_a_resume(task, tmp_path):
     train, _ = task
     whole, _, _ = fit_logged(Scaled(lambda k: 1e-12), train)
     store = LocalCheckpointStore(tmp_path)
-    settings = TrainerSettings(max_epochs=3, device="cpu", checkpoint_every=1)
-    make_trainer(objective=Scaled(lambda k: 1e-12), settings=settings, checkpoints=store).fit(make_model(), train)
+    settings = TrainerSettings(max_epochs=3, device="cpu")
+    make_trainer(objective=Scaled(lambda k: 1e-12), settings=settings, checkpoints=store,
+                 checkpoint_policy=Cadence(every_n_epochs=1)).fit(make_model(), train)
     saved = read_checkpoint(tmp_path / "epoch-0001.pt")["gradient_health"]["monitor"]
     assert saved["small_in_a_row"] == 24 and saved["vanishing"] == 5
     resumed = make_trainer(objective=Scaled(lambda k: 1e-12), checkpoints=LocalCheckpointStore(tmp_path / "b"),

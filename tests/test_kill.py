@@ -28,15 +28,15 @@ from trainwire.errors import CheckpointError
 
 pytestmark = pytest.mark.slow
 
-JOB = ["trainer.max_epochs=3", "trainer.accumulate_steps=3", "trainer.checkpoint_every_n_steps=2",
-       "trainer.checkpoint_every=1", "trainer.log_every_n_steps=1", "model.dropout=0.1", "lr.warmup_epochs=1",
+JOB = ["trainer.max_epochs=3", "trainer.accumulate_steps=3", "checkpoint.every_n_steps=2",
+       "checkpoint.every_n_epochs=1", "trainer.log_every_n_steps=1", "model.dropout=0.1", "lr.warmup_epochs=1",
        "log.format=json"]  # digits: 23 batches an epoch, 8 optimizer steps, the last window short
 STEPS = 24
 LOSSES = ("train/loss",)  # what each logged step records, to compare with the uninterrupted run
 # GAN-style: digits in 23 batches an epoch, a generator step every 2 critic steps (11 an epoch, then 12: the
 # phase carries over), the classification stage before epoch 0 and re-run after every epoch (goal 0.999).
-GAN_JOB = ["experiment=gan", "trainer.max_epochs=4", "paradigm.stage_epochs=1", "paradigm.goal=0.999",
-           "paradigm.tolerance=0", "trainer.log_every_n_steps=1", "trainer.checkpoint_every_n_steps=3",
+GAN_JOB = ["experiment=gan", "trainer.max_epochs=4", "step.stage_epochs=1", "step.goal=0.999",
+           "step.tolerance=0", "trainer.log_every_n_steps=1", "checkpoint.every_n_steps=3",
            "log.format=json"]
 GAN_STEPS = 46
 GAN_LOSSES = ("train/critic_grad_norm", "train/critic_loss", "train/generator_loss")  # the first only per step
@@ -129,7 +129,7 @@ def test_kill_9_at_random_steps_then_resume_auto_is_exact(tmp_path, reference, w
 def test_a_stop_signal_saves_exits_with_its_code_and_resume_continues_exactly(tmp_path, reference, signum, code,
                                                                                workers):
     run_dir = tmp_path / "run"
-    process = start(run_dir, f"data.num_workers={workers}", "trainer.checkpoint_every_n_steps=null")
+    process = start(run_dir, f"data.num_workers={workers}", "checkpoint.every_n_steps=null")
     wait_for_step(process, run_dir, 10, after=0)
     process.send_signal(signum)
     _, err = process.communicate(timeout=120)
@@ -138,7 +138,7 @@ def test_a_stop_signal_saves_exits_with_its_code_and_resume_continues_exactly(tm
     saved = read_checkpoint(run_dir / "checkpoints" / "last.pt")
     step_records = [r["step"] for r in records(run_dir) if "train/loss" in r]
     assert saved["loop"]["step"] == step_records[-1]  # the step in flight was finished and saved
-    finish(run_dir, f"data.num_workers={workers}", "trainer.resume=auto", "trainer.checkpoint_every_n_steps=null")
+    finish(run_dir, f"data.num_workers={workers}", "trainer.resume=auto", "checkpoint.every_n_steps=null")
     assert_matches(reference, run_dir)
 
 
@@ -147,7 +147,7 @@ def test_an_impatient_operator_s_sigterms_end_in_exit_143_with_the_checkpoint_sa
     while the CLI reports, and while the interpreter exits. Before: a KeyboardInterrupt traceback, or death by
     signal (-15), depending on where the second one landed."""
     run_dir = tmp_path / "run"
-    process = start(run_dir, "trainer.checkpoint_every_n_steps=null")
+    process = start(run_dir, "checkpoint.every_n_steps=null")
     wait_for_step(process, run_dir, 4, after=0)
     sent = 0
     while process.poll() is None and sent < 3000:
@@ -369,7 +369,7 @@ def test_enospc_during_a_background_save_is_a_checkpoint_error_and_the_last_chec
 def test_sigterm_during_a_background_write_exits_143_with_that_save_committed(tmp_path):
     run_dir = tmp_path / "run"
     # About 13 MiB of state saved at every step: a background write is nearly always in flight.
-    process = start(run_dir, "model.hidden=[1024,1024]", "trainer.checkpoint_every_n_steps=1")
+    process = start(run_dir, "model.hidden=[1024,1024]", "checkpoint.every_n_steps=1")
     wait_for_step(process, run_dir, 3, after=0)
     checkpoints = run_dir / "checkpoints"
     deadline = time.monotonic() + 120

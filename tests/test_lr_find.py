@@ -61,7 +61,7 @@ def test_every_objective_gets_a_suggestion(tmp_path, job):
 
 @pytest.mark.parametrize("job, step", [(["experiment=gan"], "GANStep"), (["experiment=gbdt"], "GBDTStep")])
 def test_paradigms_without_a_single_lr_are_refused(tmp_path, job, step):
-    with pytest.raises(ConfigError, match=rf"lr-find ramps the lr of the supervised step; paradigm=\w+ has {step}"):
+    with pytest.raises(ConfigError, match=rf"lr-find ramps the lr of the supervised step; step=\w+ has {step}"):
         lr_find(compose([*job, f"run_dir={tmp_path}"]), steps=10)
 
 
@@ -88,14 +88,14 @@ def test_the_command_prints_the_lr_writes_the_png_and_leaves_the_runs_checkpoint
     bad = subprocess.run([TRAINWIRE, "lr-find", "experiment=gan"], cwd=tmp_path, env=_env(), capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
-        "trainwire: error: lr-find ramps the lr of the supervised step; paradigm=gan has GANStep "
-        "(use paradigm=supervised or pretrain)"]
+        "trainwire: error: lr-find ramps the lr of the supervised step; step=gan has GANStep "
+        "(use step=supervised)"]
 
 
 @pytest.mark.slow
 def test_under_ddp_every_process_tests_and_only_rank_0_writes(tmp_path):
     done = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "trainwire", "lr-find",
-                           "trainer.strategy=ddp", "data.batch_size=32", "--steps", "40", "--start-lr", "1e-5",
+                           "strategy=ddp", "data.batch_size=32", "--steps", "40", "--start-lr", "1e-5",
                            "-o", "ddp.png"], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert len([line for line in done.stdout.splitlines() if line.startswith("suggested optimizer.lr=")]) == 1

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "trainwire"
 # Small and quick: 384 training digits, 6 batches an epoch.
-GAN = ["experiment=gan", "paradigm.stage=false", "data.train_samples=384", "model.hidden=[32]"]
+GAN = ["experiment=gan", "step.stage=false", "data.train_samples=384", "model.hidden=[32]"]
 SUPERVISED = ["lr=constant", "data.train_samples=384", "model.hidden=[32]"]
 
 
@@ -48,7 +48,7 @@ def test_exactly_one_module_iterates_an_epoch_of_training_batches():
 def test_a_gan_trains_with_a_users_own_target_optimizer(tmp_path):
     # (experiment=gan's own optimizer keys, lr and betas, still merge into the user's node: Adam takes them.)
     cfg = compose([*GAN, f"run_dir={tmp_path}", "trainer.max_epochs=2", "~optimizer",
-                   "+optimizer={_target_: torch.optim.Adam, _partial_: true, lr: 0.01}", "paradigm.critic_lr=0.05"])
+                   "+optimizer={_target_: torch.optim.Adam, _partial_: true, lr: 0.01}", "step.critic_lr=0.05"])
     container = build_container(cfg)
     paradigm = container.paradigm()
     container.paradigm.override(providers.Object(paradigm))
@@ -99,9 +99,9 @@ def test_every_paradigm_gets_precision_and_the_nonfinite_guard_from_the_one_loop
 
     # raise: the first non-finite step ends the run with the same error in every paradigm.
     container = build_container(compose([*job, f"run_dir={tmp_path / 'raise'}", "trainer.max_epochs=2",
-                                         "trainer.nonfinite=raise"]))
+                                         "nonfinite=raise"]))
     _poisoned(container, rows=1)
-    with pytest.raises(NonFiniteError, match=r"non-finite loss or gradients after step \d+ \(trainer.nonfinite=raise\)"):
+    with pytest.raises(NonFiniteError, match=r"non-finite loss or gradients after step \d+ \(nonfinite=raise\)"):
         run(container)
 
 
@@ -134,8 +134,8 @@ def test_a_metric_schedule_resumes_on_schedule(tmp_path):
 
 def test_a_gan_stopped_and_resumed_matches_the_uninterrupted_run(tmp_path):
     """The GAN's parts (two optimizers, two lr policies, its counters and epoch losses) resume exactly."""
-    job = [*GAN, "paradigm.stage=true", "paradigm.stage_epochs=1", "paradigm.goal=0.999", "paradigm.tolerance=0",
-           "trainer.max_epochs=3", "trainer.checkpoint_every_n_steps=2"]
+    job = [*GAN, "step.stage=true", "step.stage_epochs=1", "step.goal=0.999", "step.tolerance=0",
+           "trainer.max_epochs=3", "checkpoint.every_n_steps=2"]
     whole = run(compose([*job, f"run_dir={tmp_path / 'whole'}"]))
     token = StopToken()
     container = build_container(compose([*job, f"run_dir={tmp_path / 'cut'}"]))
@@ -253,10 +253,10 @@ def test_a_hook_with_state_is_a_part_of_the_checkpoint(tmp_path):
 def test_a_gan_under_torchrun_ddp_is_refused_with_one_line(tmp_path):
     torchrun = Path(sys.executable).parent / "torchrun"
     command = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "trainwire", "train", "experiment=gan",
-               "trainer.strategy=ddp", "paradigm.stage=false", "trainer.max_epochs=2", f"hydra.run.dir={tmp_path}"]
+               "strategy=ddp", "step.stage=false", "trainer.max_epochs=2", f"hydra.run.dir={tmp_path}"]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
-    assert done.stderr.count("trainwire: error: paradigm=gan trains in one process; trainer.strategy='ddp' is not "
-                             "supported (use trainer.strategy=single)") == 1
+    assert done.stderr.count("trainwire: error: step=gan trains in one process; strategy=ddp is not "
+                             "supported (use strategy=single)") == 1
     assert "exitcode  : 2" in done.stderr and "exitcode  : 1 " not in done.stderr
     assert not (tmp_path / "metrics.jsonl").exists()

@@ -9,10 +9,10 @@ import signal
 
 import pytest
 import torch
-from conftest import blobs, make_trainer
+from conftest import blobs, make_trainer, nonfinite_policy
 from torch.utils.data import DataLoader, TensorDataset
 
-from trainwire import Classification, PatienceStopper, TrainerSettings, WarmupCosine
+from trainwire import Cadence, Classification, PatienceStopper, SkipNonFinite, TrainerSettings, WarmupCosine
 from trainwire.checkpointing.store import LocalCheckpointStore, read_checkpoint
 from trainwire.data import ResumableSampler
 from trainwire.errors import (
@@ -40,11 +40,12 @@ def dropout_model(seed: int = 0) -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(32, 3))
 
 
-def trainer(directory, *, resume=None, sink=None, hooks=(), store=None, stopper=None, **settings):
-    options = dict(max_epochs=EPOCHS, accumulate_steps=2, device="cpu", log_every_n_steps=1,
-                   checkpoint_every=1, checkpoint_every_n_steps=2, resume=resume)
+def trainer(directory, *, resume=None, sink=None, hooks=(), store=None, stopper=None, checkpoint_every=1,
+            checkpoint_every_n_steps=2, **settings):
+    options = dict(max_epochs=EPOCHS, accumulate_steps=2, device="cpu", log_every_n_steps=1, resume=resume)
     options.update(settings)
     return make_trainer(
+        checkpoint_policy=Cadence(every_n_epochs=checkpoint_every, every_n_steps=checkpoint_every_n_steps),
         optimizer=functools.partial(torch.optim.AdamW, lr=0.01),
         lr_policy=WarmupCosine(warmup_steps=4, min_lr=1e-4),
         stopping_policy=stopper or PatienceStopper(monitor="val/loss", patience=50),
@@ -195,16 +196,15 @@ def test_an_early_stopped_run_resumes_as_stopped(tmp_path):
 
 
 def test_settings_are_checked_with_the_key_and_value():
-    for kwargs, message in [
-        ({"checkpoint_every": 0}, "trainer.checkpoint_every=0 must be an integer >= 1"),
-        ({"checkpoint_every_n_steps": 0}, "trainer.checkpoint_every_n_steps=0 must be an integer >= 1"),
-        ({"keep_last": -1}, "trainer.keep_last=-1 must be an integer >= 1"),
-        ({"max_nonfinite": 0}, "trainer.max_nonfinite=0 must be an integer >= 1"),
-        ({"nonfinite": "ignore"}, "trainer.nonfinite='ignore' is not one of skip, raise"),
-        ({"resume": " "}, "trainer.resume=' ' must be null, 'auto' or a checkpoint path"),
+    for build, message in [
+        (lambda: Cadence(every_n_epochs=0), "checkpoint.every_n_epochs=0 must be an integer >= 1"),
+        (lambda: Cadence(every_n_steps=0), "checkpoint.every_n_steps=0 must be an integer >= 1"),
+        (lambda: TrainerSettings(keep_last=-1), "trainer.keep_last=-1 must be an integer >= 1"),
+        (lambda: SkipNonFinite(0), "nonfinite.max_in_a_row=0 must be an integer >= 1"),
+        (lambda: TrainerSettings(resume=" "), "trainer.resume=' ' must be null, 'auto' or a checkpoint path"),
     ]:
         with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
-            TrainerSettings(**kwargs)
+            build()
     with pytest.raises(ConfigError, match=r"trainer.resume='auto' needs a checkpoint store"):
         make_trainer(settings=TrainerSettings(resume="auto", device="cpu")).fit(dropout_model(), loaders()[0])
 
@@ -224,12 +224,14 @@ class PoisonedLoss(Classification):
         return loss * float("nan") if poisoned else loss
 
 
-def plain_fit(objective, sink=None, hooks=(), **settings):
+def plain_fit(objective, sink=None, hooks=(), nonfinite="skip", max_nonfinite=10, **settings):
     options = dict(max_epochs=2, device="cpu", log_every_n_steps=1)
     options.update(settings)
     model = dropout_model()
     train, val = loaders()
+    policy = SkipNonFinite(max_nonfinite) if nonfinite == "skip" else nonfinite_policy(nonfinite)
     result = make_trainer(objective=objective, settings=TrainerSettings(**options), sink=sink or RecordingSink(),
+                          nonfinite=policy,
                           lr_policy=WarmupCosine(warmup_steps=3), hooks=hooks,
                           stopping_policy=PatienceStopper(patience=50)).fit(model, train, val)
     return model, result
@@ -259,14 +261,14 @@ def test_nonfinite_skip_skips_the_optimizer_and_schedule_step_and_counts_it():
 
 def test_nonfinite_skip_stops_after_k_in_a_row():
     sink = RecordingSink()
-    with pytest.raises(NonFiniteError, match=r"3 optimizer steps in a row .*trainer.max_nonfinite=3"):
+    with pytest.raises(NonFiniteError, match=r"3 optimizer steps in a row .*nonfinite.max_in_a_row=3"):
         plain_fit(PoisonedLoss(), sink=sink, max_nonfinite=3)
     assert sink.status == "failed"
     assert [value for _, value in sink.series("train/skipped_steps")] == [1, 2, 3]
 
 
 def test_nonfinite_raise_stops_at_once():
-    with pytest.raises(NonFiniteError, match=r"trainer.nonfinite=raise"):
+    with pytest.raises(NonFiniteError, match=r"nonfinite=raise"):
         plain_fit(PoisonedLoss({2}), nonfinite="raise")
 
 
@@ -327,7 +329,7 @@ def test_the_container_keeps_checkpoints_in_the_run_directory_and_resumes_from_t
 
     def job(run_dir, *extra):
         return build_container(compose([f"run_dir={run_dir}", "trainer.max_epochs=2", "lr.warmup_epochs=1",
-                                        "trainer.checkpoint_every_n_steps=4", *extra]))
+                                        "checkpoint.every_n_steps=4", *extra]))
 
     expected = run(job(tmp_path / "whole"))
     crashing = job(tmp_path / "cut")
@@ -340,8 +342,8 @@ def test_the_container_keeps_checkpoints_in_the_run_directory_and_resumes_from_t
     assert saved["versions"]["torch"] == str(torch.__version__)
     resumed = run(job(tmp_path / "cut", "trainer.resume=auto"))
     assert [h["val/loss"] for h in resumed.history] == [h["val/loss"] for h in expected.history]
-    with pytest.raises(ConfigError, match=r"trainer.nonfinite='ignore' is not one of skip, raise"):
-        job(tmp_path / "bad", "trainer.nonfinite=ignore")
+    with pytest.raises(ConfigError, match=r"nonfinite='ignore' is not an option; choose one of: custom, off, raise, skip"):
+        job(tmp_path / "bad", "nonfinite=ignore")
 
 
 def test_fit_off_the_main_thread_installs_no_handlers_and_still_checkpoints(tmp_path):

@@ -36,7 +36,7 @@ def test_a_fresh_run_into_a_folder_that_holds_a_run_is_refused_and_nothing_is_to
 
 
 def test_resume_auto_under_another_lr_is_refused_naming_every_differing_key(tmp_path):
-    run(compose([f"run_dir={tmp_path}", *QUICK, "trainer.max_epochs=2", "trainer.checkpoint_every_n_steps=5"]))
+    run(compose([f"run_dir={tmp_path}", *QUICK, "trainer.max_epochs=2", "checkpoint.every_n_steps=5"]))
     before = snapshot_of(tmp_path)
     with pytest.raises(ConfigError) as refused:
         run(compose([f"run_dir={tmp_path}", *QUICK, "trainer.max_epochs=2", "trainer.resume=auto",
@@ -48,9 +48,9 @@ def test_resume_auto_under_another_lr_is_refused_naming_every_differing_key(tmp_
 
 
 def test_resume_auto_allows_keys_that_cannot_change_the_trajectory(tmp_path):
-    run(compose([f"run_dir={tmp_path}", *QUICK, "trainer.max_epochs=2", "trainer.checkpoint_every_n_steps=5"]))
+    run(compose([f"run_dir={tmp_path}", *QUICK, "trainer.max_epochs=2", "checkpoint.every_n_steps=5"]))
     result = run(compose([f"run_dir={tmp_path}", *QUICK, "trainer.max_epochs=2", "trainer.resume=auto",
-                          "trainer.checkpoint_every_n_steps=7", "trainer.log_every_n_steps=3", "log.level=warning",
+                          "checkpoint.every_n_steps=7", "trainer.log_every_n_steps=3", "log.level=warning",
                           "trainer.async_checkpoint=false", "trainer.keep_last=5"]))
     assert result.epochs_completed == 2
 

@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import batches, blobs, make_model, make_trainer
+from conftest import batches, blobs, make_model, make_trainer, nonfinite_policy
 
 from trainwire import (
     Classification,
@@ -272,9 +272,10 @@ def test_no_host_reads_on_steps_where_nothing_is_logged(task, nonfinite, monitor
         def on_epoch_end(self, state, metrics):
             per_batch.append((state.step, reads.count))
 
-    settings = TrainerSettings(max_epochs=1, device="cpu", log_every_n_steps=4, nonfinite=nonfinite, grad_monitor=monitor)
+    settings = TrainerSettings(max_epochs=1, device="cpu", log_every_n_steps=4, grad_monitor=monitor)
     with reads:
-        make_trainer(gradient_policy=NormClipper(1.0), hooks=[Probe()], settings=settings).fit(make_model(), train)
+        make_trainer(gradient_policy=NormClipper(1.0), hooks=[Probe()], settings=settings,
+                     nonfinite=nonfinite_policy(nonfinite)).fit(make_model(), train)
     # on_batch_end runs after the batch's optimizer step (state.step not yet counting it), before it
     # is logged, so the reads between entries k and k+1 are step k+1's log and step k+2's guard
     # (for the last, its log and the end of the epoch).

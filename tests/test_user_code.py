@@ -102,7 +102,7 @@ def test_model_and_data_targets_just_work_with_extra_arguments(user_module, tmp_
     cfg = compose([f"run_dir={tmp_path}", "model._target_=userlab.Linear", "+model.width=8",
                    "data._target_=userlab.loaders", "+data.scale=2.0", "data.batch_size=16", "seed=7",
                    "trainer.max_epochs=2", "stopping.monitor=train/epoch_loss", "progress=never"])
-    assert cfg.model == {"_target_": "userlab.Linear", "width": 8}
+    assert cfg.model == {"_target_": "userlab.Linear", "width": 8, "_given_": ["width"]}  # _given_: ADR 0025
     with capture_logs() as records:
         result = run(cfg)
     import userlab

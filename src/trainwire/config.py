@@ -69,6 +69,10 @@ class TrainConfig:
     model: Any = MISSING
     data: Any = MISSING
     paradigm: Any = MISSING
+    step: Any = MISSING
+    nonfinite: Any = MISSING
+    checkpoint: Any = MISSING
+    strategy: Any = MISSING
     # Staged training's stage-2 keys, at the root so the command reads
     # `experiment=finetune encoder=<path> freeze_base=true`; model=predictor reads them.
     encoder: Optional[str] = None
@@ -209,13 +213,29 @@ def custom_nodes() -> dict[str, dict[str, Any]]:
     """
     nodes: dict[str, dict[str, Any]] = {group: {"_target_": MISSING} for group, spec in registry.GROUPS.items()
                                         if not spec.multi}
-    nodes["data"].update(batch_size=64, num_workers=0)
+    for group, keys in OWN_KEYS.items():
+        nodes[group].update(keys)
     return nodes
 
 
+# Keys a custom (``_target_``) node of a group always has, for trainwire's own use; the target gets them
+# only if it names them (a data target returning Datasets gets loaders built with these).
+OWN_KEYS = {"data": {"batch_size": 64, "num_workers": 0}}
+# In a custom node: the keys the user gave on the command line. Only these reach the target (ADR 0025).
+GIVEN = "_given_"
+
+
 def _custom_targets(overrides: list[str]) -> list[str]:
-    """``group._target_=X`` selects the group's ``custom`` option first, unless the overrides pick an option."""
+    """``group._target_=X`` selects the group's ``custom`` option first, unless the overrides pick an option.
+
+    A ``_target_`` replaces its slot's keys entirely: a preset (``experiment=gan``) merges its
+    keys for the default option (``optimizer.betas``) into whatever option fills the slot, so the
+    node also records, under ``_given_``, the keys the command line gave the target; the container
+    passes it those alone.
+    """
     picked = {override.lstrip("+~").partition("=")[0] for override in overrides if "=" in override}
+    targeted = [key[: -len("._target_")] for key, sep, _ in (o.lstrip("+").partition("=") for o in overrides)
+                if sep and key.endswith("._target_")]
     result = []
     for override in overrides:
         key, sep, value = override.lstrip("+").partition("=")
@@ -224,8 +244,27 @@ def _custom_targets(overrides: list[str]) -> list[str]:
             result.append(f"{group}={CUSTOM}")
             picked.add(group)
             override = f"{key}={value}"
+        elif sep and key.partition(".")[0] in targeted and override.startswith("+") and not override.startswith("++"):
+            override = "+" + override  # +optimizer.lr=0.1 adds the key, or sets the one a preset merged in
         result.append(override)
+    for group in targeted:
+        if group in registry.GROUPS and not registry.GROUPS[group].multi:
+            given = sorted({key.partition(".")[2].partition(".")[0] for key, sep, _ in
+                            (o.lstrip("+~").partition("=") for o in overrides)
+                            if sep and key.startswith(f"{group}.") and key != f"{group}._target_"})
+            result.append(f"+{group}.{GIVEN}=[{','.join(given)}]")
     return result
+
+
+def given_keys_only(plain: dict[str, Any]) -> dict[str, Any]:
+    """``plain`` with each custom node cut down to its ``_target_``, the keys the command line gave it, and
+    trainwire's own keys (``data.batch_size``): no key of the default option or of a preset reaches the target."""
+    for group in registry.GROUPS:
+        node = plain.get(group)
+        if isinstance(node, dict) and GIVEN in node:
+            keep = {"_target_", *node[GIVEN], *OWN_KEYS.get(group, ())}
+            plain[group] = {key: value for key, value in node.items() if key in keep}
+    return plain
 
 
 def options(group: str) -> list[str]:
@@ -256,6 +295,8 @@ def explain(error: BaseException) -> ConfigError | None:
     full_key = getattr(cause, "full_key", None)
     if not full_key:
         return None
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and moved(full_key) is not None:
+        return moved(full_key)  # an old key in a config file of the user's
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and isinstance(cause.parent_node, DictConfig):
         parent = full_key.rpartition(".")[0]
         if OmegaConf.get_type(cause.parent_node) is dict:  # a free-form mapping (sink.mlflow.tags): keys are added
@@ -288,6 +329,32 @@ _DOTTED_SUBGROUPS = {group.replace("/", "."): group for group in SUBGROUPS}
 _WANDB_SHORTHANDS = {f"sink.{key}" for key in ("project", "entity", "name", "mode", "tags", "dir")}
 
 
+# Keys that moved to a group of their own (ADR 0025): an old key is refused with one line naming the new one.
+MOVED = {"trainer.nonfinite": "nonfinite", "trainer.max_nonfinite": "nonfinite.max_in_a_row",
+         "trainer.checkpoint_every": "checkpoint.every_n_epochs",
+         "trainer.checkpoint_every_n_steps": "checkpoint.every_n_steps", "trainer.strategy": "strategy"}
+# Options that moved to another group: `paradigm=gan` is `step=gan`.
+MOVED_OPTIONS = {("paradigm", "gan"): "step", ("paradigm", "gbdt"): "step"}
+
+
+def moved(key: str, value: Any = "<value>") -> ConfigError | None:
+    """The one line for a key (``trainer.nonfinite``) or an option (``paradigm=gan``) that moved; None otherwise."""
+    group = MOVED_OPTIONS.get((key, str(value).strip("'\"")))
+    if group is not None:
+        return ConfigError(f"{key}={value} moved: write {group}={value} (paradigm says what happens around the loop, "
+                           "step which step runs in it)")
+    if key in MOVED:
+        return ConfigError(f"{key} moved: write {MOVED[key]}={value}")
+    prefix, _, name = key.partition(".")
+    if prefix == "paradigm" and name and name in _gan_step_keys():
+        return ConfigError(f"{key} moved: write step.{name}={value} (with step=gan)")
+    return None
+
+
+def _gan_step_keys() -> set[str]:
+    return {parameter.name for parameter in registry.parameters(registry.option("step", "gan").load(), "step")}
+
+
 def check_choices(overrides: list[str]) -> list[str]:
     """Checks that each override that picks a group option names one that exists; returns them ready for Hydra.
 
@@ -297,6 +364,11 @@ def check_choices(overrides: list[str]) -> list[str]:
     ``sink.project``, ``sink.entity``, ``sink.name``, ``sink.mode``, ``sink.tags`` and ``sink.dir``
     are short for the W&B sink's ``sink.wandb.*`` keys.
     """
+    for override in overrides:
+        key, sep, value = override.lstrip("+~").partition("=")
+        refusal = moved(key, value) if sep else None
+        if refusal is not None:
+            raise refusal
     overrides = _custom_targets(overrides)
     if any(override.startswith(("hydra.searchpath", "+hydra.searchpath")) for override in overrides):
         return overrides  # the user's own config folders may add options: Hydra judges those

@@ -73,11 +73,24 @@ GROUPS: dict[str, Group] = {
     # A data option returns trainwire.data.Loaders (train, val), sharded by rank.
     "data": Group(None, {"digits": "trainwire.data:digits", "diabetes": "trainwire.data:diabetes"},
                   context=("seed", "rank", "world_size")),
+    # What happens around the loop; which step runs in it is the `step` group's (ADR 0025).
     "paradigm": Group("trainwire.paradigms.base:Paradigm", {
-        "supervised": "trainwire.paradigms.base:Supervised", "pretrain": "trainwire.paradigms.base:Pretrain",
-        "gan": "trainwire.paradigms.gan:gan_paradigm", "gbdt": "trainwire.paradigms.boosting:gbdt_paradigm"},
-        context=("trainer", "trainer_factory", "run_dir", "settings", "optimizer", "generator_lr_policy",
-                 "critic_lr_policy", "gradient_policy")),
+        "supervised": "trainwire.paradigms.base:Supervised", "pretrain": "trainwire.paradigms.base:Pretrain"},
+        context=("trainer", "run_dir")),
+    # What one batch does to the weights. lr_policy_factory builds another lr policy (a second optimizer's);
+    # stage_trainer(objective, max_epochs=...) a Trainer of the run (its settings, sinks, hooks) for a nested fit.
+    "step": Group("trainwire.loop.steps:Step", {
+        "supervised": "trainwire.loop.steps:SupervisedStep", "gan": "trainwire.paradigms.gan:gan_step",
+        "gbdt": "trainwire.paradigms.boosting:GBDTStep"},
+        context=("objective", "optimizer", "lr_policy", "lr_policy_factory", "gradient_policy", "stage_trainer")),
+    # The loop's other policies, one option each (their constructor signatures are their schemas).
+    "nonfinite": Group("trainwire.policies.nonfinite:NonFinitePolicy", {
+        "skip": "trainwire.policies.nonfinite:SkipNonFinite", "raise": "trainwire.policies.nonfinite:RaiseOnNonFinite",
+        "off": "trainwire.policies.nonfinite:IgnoreNonFinite"}),
+    "checkpoint": Group("trainwire.policies.cadence:CheckpointPolicy", {"cadence": "trainwire.policies.cadence:Cadence"}),
+    "strategy": Group("trainwire.runtime.distributed:Strategy", {
+        "auto": "trainwire.runtime.distributed:auto_strategy", "single": "trainwire.runtime.distributed:SingleProcess",
+        "ddp": "trainwire.runtime.distributed:DDP", "fsdp": "trainwire.runtime.distributed:FSDP"}),
 }
 
 

@@ -22,8 +22,8 @@ from trainwire.errors import ConfigError
 RECORD = ("metrics.jsonl", "summary.json", "config.yaml")  # what JsonlSink writes; Hydra's .hydra/ is not the run's
 # Keys that cannot change what is trained: where results go, how often state is saved, where the run is placed.
 FREE = ("sink", "sink_timeout_s", "log", "progress", "run_dir", "metrics_every", "trainer.resume",
-        "trainer.checkpoint_every", "trainer.checkpoint_every_n_steps", "trainer.keep_last",
-        "trainer.async_checkpoint", "trainer.log_every_n_steps", "trainer.device", "trainer.strategy")
+        "checkpoint", "trainer.keep_last", "trainer.async_checkpoint", "trainer.log_every_n_steps", "trainer.device",
+        "strategy")
 
 
 def holds_checkpoints(directory: str | os.PathLike[str]) -> bool:

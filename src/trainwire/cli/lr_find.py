@@ -160,16 +160,16 @@ def lr_find(cfg: Any, *, steps: int = 100, start_lr: float = 1e-7, end_lr: float
         container.run_dir: providers.Object(None),  # nothing is written to a run folder (a Pretrain saves no encoder)
         container.settings: providers.Object(dataclasses.replace(
             settings, max_epochs=math.ceil(steps / per_epoch), log_every_n_steps=1, resume=None,
-            checkpoint_every_n_steps=None, grad_monitor=False)),  # a range test explodes on purpose
+            grad_monitor=False)),  # a range test explodes on purpose
     }
     for provider, replacement in overrides.items():
         provider.override(replacement)
     try:
         trainer = getattr(container.paradigm(), "trainer", None)  # the paradigm's trainer: its step is the paradigm's
         if trainer is None or not isinstance(trainer.step, SupervisedStep):
-            paradigm = container.config.paradigm().get("type", "custom")
-            raise ConfigError(f"lr-find ramps the lr of the supervised step; paradigm={paradigm} has "
-                              f"{type(getattr(trainer, 'step', None)).__name__} (use paradigm=supervised or pretrain)")
+            step = container.config.step().get("type", "custom")
+            raise ConfigError(f"lr-find ramps the lr of the supervised step; step={step} has "
+                              f"{type(getattr(trainer, 'step', None)).__name__} (use step=supervised)")
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(container.config.seed())

@@ -32,7 +32,7 @@ USAGE = """usage: trainwire train [hydra overrides ...]
                                                 the newest checkpoint's weights as a plain state dict
                                                 (single-file or FSDP-sharded), for torch.load + load_state_dict
   torchrun --nproc_per_node=2 -m trainwire train
-                                                data-parallel over 2 processes (trainer.strategy=auto: ddp)
+                                                data-parallel over 2 processes (strategy=auto: ddp)
 """
 
 
@@ -112,8 +112,8 @@ def _agreed_config(cfg):
     from trainwire.errors import ConfigError
 
     plain = resolved(cfg)
-    if plain["trainer"]["strategy"] == "auto":  # the launch decides: data-parallel under torchrun, else one process
-        plain["trainer"]["strategy"] = "ddp" if _launch.distributed else "single"
+    if plain["strategy"].get("type") == "auto":  # the launch decides: data-parallel under torchrun, else one process
+        plain["strategy"]["type"] = "ddp" if _launch.distributed else "single"
     if not _launch.distributed:
         return plain
     from trainwire.runtime.distributed import broadcast_object
@@ -121,9 +121,9 @@ def _agreed_config(cfg):
     error = None
     if _launch.rank == 0:
         try:
-            if plain["trainer"]["strategy"] == "single":
-                raise ConfigError(f"torchrun started {_launch.world_size} processes, but trainer.strategy=single "
-                                  "would train one model in each: set trainer.strategy=ddp or fsdp")
+            if plain["strategy"].get("type") == "single":
+                raise ConfigError(f"torchrun started {_launch.world_size} processes, but strategy=single "
+                                  "would train one model in each: set strategy=ddp or fsdp")
             build_container(plain)
         except ConfigError as problem:
             error = str(problem)

@@ -1,4 +1,12 @@
-"""``TrainerSettings``: how the loop runs, and the schema of the ``trainer`` config group."""
+"""``TrainerSettings``: what the loop itself reads, and the schema of the ``trainer`` config node.
+
+A ``trainer.*`` key is defaulted and checked here, once: the loop and the runtime parts it
+builds from these values (``Compiler``, ``Throughput``, ``GradientMonitor``, ``GradientHealth``)
+take them as given. What has a choice of implementation is a config group of its own, whose
+option's constructor is its schema and its one check (ADR 0025): the non-finite policy
+(``nonfinite=``), the checkpoint cadence (``checkpoint.``), the strategy (``strategy=``) and the
+step (``step=``).
+"""
 
 from __future__ import annotations
 
@@ -6,32 +14,21 @@ from dataclasses import dataclass
 from typing import Optional
 
 from trainwire.errors import ConfigError
-from trainwire.policies.nonfinite import NONFINITE
-from trainwire.runtime.compiling import Compiler
-from trainwire.runtime.distributed import STRATEGIES
+from trainwire.runtime.compiling import COMPILE_MODES
 from trainwire.runtime.health import GradientHealth, GradientMonitor
-from trainwire.runtime.throughput import Throughput
 
 
 @dataclass
 class TrainerSettings:
-    """How the loop runs; also the schema of the ``trainer`` config group."""
+    """How the loop runs; also the schema of the ``trainer`` config node."""
 
     max_epochs: int = 60
     accumulate_steps: int = 1
     precision: str = "32"
     log_every_n_steps: int = 10
     device: str = "auto"
-    checkpoint_every: int = 10  # epochs between periodic epoch-XXXX.pt (last.pt is written every epoch)
-    checkpoint_every_n_steps: Optional[int] = None  # also write last.pt every n optimizer steps
-    keep_last: int = 3  # periodic checkpoints kept
+    keep_last: int = 3  # periodic checkpoints kept (the checkpoint store's)
     resume: Optional[str] = None  # null, "auto" (newest valid checkpoint, else fresh) or a checkpoint path
-    # A non-finite loss or gradient: skip the step, or raise. Checking reads the grad norm on every
-    # optimizer step (on CUDA, one device sync a step); "off" checks nothing and never syncs.
-    nonfinite: str = "skip"
-    max_nonfinite: int = 10  # consecutive skipped steps that end the run
-    # auto: ddp when a process group is initialised (the CLI under torchrun), else single; or single, ddp, fsdp.
-    strategy: str = "auto"
     compile: bool = False  # torch.compile what runs forward, once, before the optimizers are built (ADR 0019)
     compile_mode: Optional[str] = None  # null (torch's default), reduce-overhead, max-autotune, ...
     peak_tflops: Optional[float] = None  # the device's peak for time/mfu (null: known GPUs' bf16 dense peak)
@@ -44,26 +41,31 @@ class TrainerSettings:
     async_checkpoint: bool = True
 
     def __post_init__(self) -> None:
-        for key in ("max_epochs", "accumulate_steps", "log_every_n_steps", "checkpoint_every", "keep_last",
-                    "max_nonfinite", "checkpoint_every_n_steps"):
-            value = getattr(self, key)
-            if not (value is None and key == "checkpoint_every_n_steps") and (type(value) is not int or value < 1):
-                raise ConfigError(f"trainer.{key}={value!r} must be an integer >= 1")
-        if self.nonfinite not in NONFINITE:
-            raise ConfigError(f"trainer.nonfinite={self.nonfinite!r} is not one of {', '.join(NONFINITE)}")
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"trainer.strategy={self.strategy!r} is not one of {', '.join(STRATEGIES)}")
-        if not isinstance(self.async_checkpoint, bool):
-            raise ConfigError(f"trainer.async_checkpoint={self.async_checkpoint!r} must be true or false")
-        if self.resume is not None and (not isinstance(self.resume, str) or not self.resume.strip()):
-            raise ConfigError(f"trainer.resume={self.resume!r} must be null, 'auto' or a checkpoint path")
-        for key in ("compile", "grad_monitor"):
-            if type(getattr(self, key)) is not bool:
-                raise ConfigError(f"trainer.{key}={getattr(self, key)!r} must be true or false")
-        # Built once here so that a wrong value fails with its key named, before any work.
-        Compiler(self.compile_mode)
-        Throughput(self.peak_tflops)
-        gradient_health(self)
+        for key in ("max_epochs", "accumulate_steps", "log_every_n_steps", "keep_last", "grad_vanishing_steps"):
+            _require(key, getattr(self, key), type(getattr(self, key)) is int and getattr(self, key) >= 1,
+                     "an integer >= 1")
+        _require("watch_every_n_steps", self.watch_every_n_steps, self.watch_every_n_steps is None or (
+            type(self.watch_every_n_steps) is int and self.watch_every_n_steps >= 1), "null or an integer >= 1")
+        for key in ("compile", "grad_monitor", "async_checkpoint"):
+            _require(key, getattr(self, key), type(getattr(self, key)) is bool, "true or false")
+        _require("resume", self.resume, self.resume is None or (isinstance(self.resume, str) and self.resume.strip()),
+                 "null, 'auto' or a checkpoint path")
+        _require("compile_mode", self.compile_mode, self.compile_mode is None or self.compile_mode in COMPILE_MODES,
+                 f"one of {', '.join(COMPILE_MODES)} (or null)")
+        _require("peak_tflops", self.peak_tflops, self.peak_tflops is None or _number(self.peak_tflops) > 0,
+                 "> 0 (or null)")
+        _require("grad_vanishing_norm", self.grad_vanishing_norm, _number(self.grad_vanishing_norm) >= 0, ">= 0")
+        _require("grad_exploding_factor", self.grad_exploding_factor, _number(self.grad_exploding_factor) > 1, "> 1")
+
+
+def _number(value: object) -> float:
+    """``value`` as a number to compare, NaN (which fails every comparison) when it is not one."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
+
+
+def _require(key: str, value: object, ok: object, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"trainer.{key}={value!r} must be {rule}")
 
 
 def gradient_health(settings: TrainerSettings) -> GradientHealth:

@@ -6,6 +6,9 @@ the loop at each counted optimizer step whether the update was applied. Precisio
 strategy and the non-finite check come in the ``StepContext``, so every step gets them
 the same way; a step that cannot honour a setting refuses it in ``check`` with one line.
 ``SupervisedStep`` is the default; ``trainwire.paradigms.gan.GANStep`` is the adversarial one.
+The ``step`` config group picks one (``step=gan``): what a step needs besides its own keys
+(the objective, the optimizer, the LR and gradient policies, a Trainer for a nested stage) it
+names in its signature and the container supplies (ADR 0025).
 """
 
 from __future__ import annotations
@@ -58,8 +61,9 @@ class Step(ABC):
 
     optimizer: Optimizer  # the main optimizer, what hooks see as ``state.optimizer``
 
-    def check(self, settings: Any) -> None:
-        """Called when the Trainer is built: raises ConfigError (one line, naming the key) for a setting it cannot honour."""
+    def check(self, settings: Any, strategy: Any) -> None:
+        """Called when the Trainer is built, with its ``TrainerSettings`` and ``Strategy``: raises ConfigError
+        (one line, naming the key) for a setting it cannot honour."""
 
     @abstractmethod
     def setup(self, model: nn.Module, context: StepContext) -> dict[str, Any]:

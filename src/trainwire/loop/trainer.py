@@ -25,12 +25,12 @@ from trainwire.loop.steps import OptimizerFactory, Step, StepContext, Supervised
 from trainwire.policies.cadence import Cadence, CheckpointPolicy
 from trainwire.policies.gradients import GradientPolicy
 from trainwire.policies.lr import LRPolicy
-from trainwire.policies.nonfinite import NonFinitePolicy, make_nonfinite
+from trainwire.policies.nonfinite import NonFinitePolicy, SkipNonFinite
 from trainwire.policies.objectives import Objective
 from trainwire.policies.stopping import NeverStop, StoppingPolicy
 from trainwire.runtime import logs
 from trainwire.runtime.compiling import Compiler
-from trainwire.runtime.distributed import Strategy, make_strategy
+from trainwire.runtime.distributed import Strategy, auto_strategy
 from trainwire.runtime.health import GradientHealth
 from trainwire.runtime.precision import Precision
 from trainwire.runtime.throughput import Throughput
@@ -108,9 +108,10 @@ class Trainer:
     """Runs ``fit``; every decision inside it is delegated to the injected step and policies.
 
     ``step`` is what one batch does to the weights; without one, ``objective``, ``optimizer``,
-    ``lr_policy`` and ``gradient_policy`` make the ``SupervisedStep``. ``nonfinite``,
-    ``checkpoint_policy`` and ``health`` (the gradient monitor and watch) default to what
-    ``settings`` names.
+    ``lr_policy`` and ``gradient_policy`` make the ``SupervisedStep``. Each part left out is its
+    config group's default option, built with its own defaults: ``SkipNonFinite()``,
+    ``Cadence()``, the ``auto`` strategy; ``health`` (the gradient monitor and watch) is what
+    ``settings`` name.
     """
 
     def __init__(
@@ -136,15 +137,15 @@ class Trainer:
             raise ConfigError("Trainer takes either step= or optimizer= (which makes the supervised step), not both")
         self.objective = objective
         self.settings = settings = settings or TrainerSettings()
+        self.strategy = strategy or auto_strategy()
         self.step = step or SupervisedStep(objective, optimizer, lr_policy, gradient_policy)
-        self.step.check(settings)
+        self.step.check(settings, self.strategy)
         self.stopping = stopping_policy or NeverStop()
-        self.nonfinite = nonfinite or make_nonfinite(settings.nonfinite, settings.max_nonfinite)
-        self.cadence = checkpoint_policy or Cadence(settings.checkpoint_every, settings.checkpoint_every_n_steps)
-        self.strategy = strategy or make_strategy(settings.strategy)
+        self.nonfinite = nonfinite or SkipNonFinite()
+        self.cadence = checkpoint_policy or Cadence()
         self.health = health or gradient_health(settings)
-        if self.health.every is not None and settings.strategy == "fsdp":
-            raise ConfigError("trainer.watch_every_n_steps needs whole parameters; under trainer.strategy=fsdp they "
+        if self.health.every is not None and self.strategy.name == "fsdp":
+            raise ConfigError("trainer.watch_every_n_steps needs whole parameters; under strategy=fsdp they "
                               "are sharded (set it to null)")
         self.sink = self.strategy.rank0_only(sink or NullSink())  # only rank 0 writes
         self.checkpoints = checkpoints

@@ -1,10 +1,10 @@
-"""Paradigms: the shape of a whole run around the loop (``paradigm=`` in config).
+"""Paradigms: what happens around the one loop (``paradigm=`` in config).
 
-Most paradigms need no more than the Trainer's loop with another ``Objective``, model or
-``Step`` (classification, regression, generative NLL, adversarial robustness, fine-tuning, and
-the GAN, whose critic/generator alternation is ``trainwire.paradigms.gan.GANStep``). A paradigm is the
-place for what happens *around* the one loop (``Pretrain`` saves the encoder when training
-ends); none of them has a loop of its own.
+Which step runs inside the loop is the ``step`` group's choice (``step=gan``: the GAN's
+critic/generator alternation, ``trainwire.paradigms.gan.GANStep``; ``step=gbdt``); most runs
+need no more than the loop with another ``Objective``, model or step. A paradigm is the place
+for what happens *around* the loop (``Pretrain`` saves the encoder when training ends); none of
+them has a loop of its own, and any paradigm runs with any step (ADR 0025).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Gradient-boosted trees (LightGBM) through the one loop: ``model=lightgbm`` with ``paradigm=gbdt``.
+"""Gradient-boosted trees (LightGBM) through the one loop: ``model=lightgbm`` with ``step=gbdt``.
 
 ``LightGBMModel`` is an ``nn.Module`` with no torch parameters that holds a LightGBM booster:
 ``forward`` is ``booster.predict``, so the ordinary ``objective=regression`` evaluates it and
@@ -7,7 +7,7 @@ Its state dict carries the booster as its model string in a uint8 tensor (the mo
 state), so a checkpoint stays ``weights_only``-loadable and sha256-manifested, and the loop's
 best-model restore keeps the best iteration.
 
-``GBDTStep`` is the paradigm's ``Step``: ``setup`` turns the training data into arrays once,
+``GBDTStep`` is ``step=gbdt``: ``setup`` turns the training data into arrays once,
 and each epoch is one boosting round (run at the epoch's last batch), so ``trainer.max_epochs``
 is the number of rounds and ``stopping.patience`` is counted in rounds. LightGBM is an optional
 extra (``pip install 'trainwire[gbdt]'``), imported only when this model is built. See ADR 0020.
@@ -16,7 +16,7 @@ extra (``pip install 'trainwire[gbdt]'``), imported only when this model is buil
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -27,7 +27,6 @@ from torch import Tensor, nn
 from trainwire.errors import ConfigError
 from trainwire.loop.steps import Step, StepContext, StepResult
 from trainwire.policies.objectives import Regression
-from trainwire.runtime.distributed import resolve_strategy
 
 EXTRA = "pip install 'trainwire[gbdt]'"
 # trainwire's regression losses and the LightGBM objectives that minimise the same thing.
@@ -93,7 +92,7 @@ class LightGBMModel(nn.Module):
 
     def forward(self, inputs: Tensor) -> Tensor:
         if self.booster is None:
-            raise RuntimeError("the LightGBM model has no trees yet (train it with paradigm=gbdt)")
+            raise RuntimeError("the LightGBM model has no trees yet (train it with step=gbdt)")
         predictions = self.booster.predict(inputs.detach().cpu().double().numpy())
         return torch.as_tensor(predictions, dtype=torch.float32).reshape(len(inputs), -1).to(inputs.device)
 
@@ -145,24 +144,23 @@ class GBDTStep(Step):
 
     optimizer = None  # no torch optimizer: hooks see ``state.optimizer`` as None
 
-    def check(self, settings: Any) -> None:
-        strategy = resolve_strategy(settings.strategy)  # auto is single unless a process group is running
-        refusals = {"trainer.strategy": (strategy, "single"), "trainer.precision": (settings.precision, "32"),
+    def check(self, settings: Any, strategy: Any) -> None:
+        refusals = {"strategy": (strategy.name, "single"), "trainer.precision": (settings.precision, "32"),
                     "trainer.accumulate_steps": (settings.accumulate_steps, 1)}
         for key, (value, supported) in refusals.items():
             if value != supported:
-                raise ConfigError(f"paradigm=gbdt boosts trees in one process on float64 arrays; {key}={value!r} is "
+                raise ConfigError(f"step=gbdt boosts trees in one process on float64 arrays; {key}={value!r} is "
                                   f"not supported (use {key}={supported})")
 
     def setup(self, model: nn.Module, context: StepContext) -> dict[str, Any]:
         if not isinstance(model, LightGBMModel):
-            raise ConfigError(f"paradigm=gbdt needs model=lightgbm; got {type(model).__name__}")
+            raise ConfigError(f"step=gbdt needs model=lightgbm; got {type(model).__name__}")
         objective = getattr(context.objective, "objective", context.objective)  # under a metric schedule
         if not isinstance(objective, Regression):
-            raise ConfigError(f"paradigm=gbdt fits objective=regression; got {type(objective).__name__}")
+            raise ConfigError(f"step=gbdt fits objective=regression; got {type(objective).__name__}")
         loss = getattr(objective.loss, "name", None)
         if loss not in OBJECTIVES:
-            raise ConfigError(f"objective.loss.name={loss!r}: paradigm=gbdt boosts one of {', '.join(OBJECTIVES)}")
+            raise ConfigError(f"objective.loss.name={loss!r}: step=gbdt boosts one of {', '.join(OBJECTIVES)}")
         self.params = {**model.params, "objective": OBJECTIVES[loss], "metric": "l2", "verbosity": -1}
         if loss == "huber":
             self.params["alpha"] = objective.loss.params.get("delta", 1.0)
@@ -170,13 +168,13 @@ class GBDTStep(Step):
         self.inputs = torch.cat(inputs).double().reshape(sum(len(x) for x in inputs), -1).numpy()
         self.targets = torch.cat(targets).double().reshape(len(self.inputs), -1)
         if self.targets.shape[1] != 1:
-            raise ConfigError(f"paradigm=gbdt predicts one target; the data have {self.targets.shape[1]}")
+            raise ConfigError(f"step=gbdt predicts one target; the data have {self.targets.shape[1]}")
         self.targets = self.targets[:, 0].numpy()
         self.model, self.context, self.training, self.loss = model, context, None, _RoundLoss()
         return {"gbdt": self.loss}
 
     def plan(self) -> dict[str, Any]:
-        return {"paradigm": "gbdt", **{f"model.{key}": value for key, value in self.model.params.items()}}
+        return {"step": "gbdt", **{f"model.{key}": value for key, value in self.model.params.items()}}
 
     def start(self, model: nn.Module, resumed: bool) -> None:
         self.training = None  # the next round starts from whatever booster the model now holds
@@ -204,12 +202,3 @@ class GBDTStep(Step):
     def end_epoch(self, model: nn.Module, metrics: dict[str, float]) -> None:
         metrics["train/epoch_loss"] = self.loss.value
         metrics["train/trees"] = self._trees()
-
-
-def gbdt_paradigm(*, trainer_factory: Callable[..., Any], settings: Any) -> Any:
-    """What ``paradigm=gbdt`` builds: the one loop's Trainer with a ``GBDTStep`` (a setting it cannot honour is refused first)."""
-    from trainwire.paradigms.base import Supervised
-
-    step = GBDTStep()
-    step.check(settings)
-    return Supervised(trainer_factory(step=step))

@@ -12,13 +12,16 @@ The model is a ``GAN``: a ``generator`` (noise → samples in [0, 1]) and a ``cr
 feature ``body`` is shared with a ``classifier`` (body + class head). Adversarial updates move
 the shared body, which can cost the classifier accuracy; after each epoch the trigger compares
 the classifier's validation accuracy with its goal and, when it has fallen more than
-``tolerance`` below, the classification stage (an ordinary ``Trainer``) runs again.
+``tolerance`` below, the classification stage runs again. The stage is the one loop's
+``Trainer`` too, built by the container with every ``trainer.*`` setting, the run's sinks (its
+metrics under ``stage/``) and hooks (ADR 0025).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -34,7 +37,6 @@ from trainwire.paradigms.frechet import FrechetDistance, sample_grid
 from trainwire.policies.gradients import GradientPolicy, GradStats, NoClip
 from trainwire.policies.lr import Constant, LRPolicy
 from trainwire.policies.objectives import Classification, Objective, Reduce, local
-from trainwire.runtime.distributed import resolve_strategy
 from trainwire.runtime.precision import Precision
 
 GAN_LOSSES = ("logistic", "wasserstein_gp")
@@ -102,9 +104,9 @@ class AccuracyTrigger:
 
     def __post_init__(self) -> None:
         if not 0 < self.goal <= 1:
-            raise ConfigError(f"paradigm.goal={self.goal} must be in (0, 1]")
+            raise ConfigError(f"step.goal={self.goal} must be in (0, 1]")
         if self.tolerance < 0:
-            raise ConfigError(f"paradigm.tolerance={self.tolerance} must be >= 0")
+            raise ConfigError(f"step.tolerance={self.tolerance} must be >= 0")
 
     def should_rerun(self, metrics: dict[str, float]) -> bool:
         return metrics[self.monitor] < self.goal - self.tolerance
@@ -122,7 +124,7 @@ class GANEvaluation(Objective):
         self.frechet, self._images = FrechetDistance(), {}
 
     def training_loss(self, model: nn.Module, batch: Any) -> Tensor:
-        raise ConfigError("objective=gan only evaluates; a GAN is trained by paradigm=gan's step")
+        raise ConfigError("objective=gan only evaluates; a GAN is trained by step=gan's step")
 
     def evaluate(self, model: nn.Module, batches: Iterable[Any], reduce: Reduce = local,
                  skip: Collection[str] = ()) -> dict[str, float]:
@@ -158,9 +160,9 @@ class _Counters:
 class GANStep(Step):
     """One critic step per batch and, every ``critic_steps`` of them, one generator step (the loop's counted step).
 
-    ``stage`` is a Trainer for the classification stage (``None``: no stage, no trigger); it
-    runs once before the first adversarial batch of a fresh run and again whenever
-    ``trigger`` says so. It shares the run's StopToken: a stop during a stage ends the run,
+    ``stage`` is a Trainer for the classification stage, or a zero-argument callable that builds
+    it when it first runs (``None``: no stage, no trigger); it runs once before the first
+    adversarial batch of a fresh run and again whenever ``trigger`` says so. It shares the run's StopToken: a stop during a stage ends the run,
     which then resumes from its newest checkpoint and replays the stage exactly.
     """
 
@@ -169,11 +171,11 @@ class GANStep(Step):
                  gradient_policy: GradientPolicy | None = None, critic_steps: int = 2, loss: str = "logistic",
                  gp_weight: float = 10.0, stage: Any = None, trigger: AccuracyTrigger | None = None) -> None:
         if type(critic_steps) is not int or critic_steps < 1:
-            raise ConfigError(f"paradigm.critic_steps={critic_steps!r} must be an integer >= 1")
+            raise ConfigError(f"step.critic_steps={critic_steps!r} must be an integer >= 1")
         if loss not in GAN_LOSSES:
-            raise ConfigError(f"paradigm.loss={loss!r} is not one of {', '.join(GAN_LOSSES)}")
+            raise ConfigError(f"step.loss={loss!r} is not one of {', '.join(GAN_LOSSES)}")
         if gp_weight < 0:
-            raise ConfigError(f"paradigm.gp_weight={gp_weight} must be >= 0")
+            raise ConfigError(f"step.gp_weight={gp_weight} must be >= 0")
         self.generator_optimizer, self.critic_optimizer = generator_optimizer, critic_optimizer
         self.generator_lr, self.critic_lr = generator_lr or Constant(), critic_lr or Constant()
         self.gradients = gradient_policy or NoClip()
@@ -181,15 +183,15 @@ class GANStep(Step):
         self.stage, self.trigger = stage, (trigger or AccuracyTrigger()) if stage is not None else None
         self._critic = self._generator = None  # compiled forms (trainer.compile), else the model's own
 
-    def check(self, settings: Any) -> None:
-        if resolve_strategy(settings.strategy) != "single":  # auto is single unless a process group is running
-            raise ConfigError(f"paradigm=gan trains in one process; trainer.strategy={settings.strategy!r} is not "
-                              "supported (use trainer.strategy=single)")
+    def check(self, settings: Any, strategy: Any) -> None:
+        if strategy.name != "single":  # auto is single unless a process group is running
+            raise ConfigError(f"step=gan trains in one process; strategy={strategy.name} is not "
+                              "supported (use strategy=single)")
         if settings.accumulate_steps != 1:
-            raise ConfigError(f"paradigm=gan steps both networks every batch; trainer.accumulate_steps="
+            raise ConfigError(f"step=gan steps both networks every batch; trainer.accumulate_steps="
                               f"{settings.accumulate_steps} is not supported (use 1)")
         if getattr(settings, "watch_every_n_steps", None) is not None:
-            raise ConfigError("paradigm=gan steps two networks and reports no gradients to the watch; "
+            raise ConfigError("step=gan steps two networks and reports no gradients to the watch; "
                               "trainer.watch_every_n_steps is not supported (set it to null)")
 
     def compile(self, module: nn.Module, compile: Any) -> nn.Module:
@@ -199,13 +201,13 @@ class GANStep(Step):
 
     def setup(self, model: nn.Module, context: StepContext) -> dict[str, Any]:
         if not isinstance(model, GAN):
-            raise ConfigError(f"paradigm=gan needs model=gan; got {type(model).__name__}")
+            raise ConfigError(f"step=gan needs model=gan; got {type(model).__name__}")
         if not isinstance(getattr(context.objective, "objective", context.objective), GANEvaluation):
-            raise ConfigError(f"paradigm=gan evaluates with objective=gan; got {type(context.objective).__name__}")
+            raise ConfigError(f"step=gan evaluates with objective=gan; got {type(context.objective).__name__}")
         if context.val_data is None:
-            raise ConfigError("paradigm=gan needs validation data (data.val_fraction > 0) to measure its samples")
+            raise ConfigError("step=gan needs validation data (data.val_fraction > 0) to measure its samples")
         if context.batches_per_epoch < self.critic_steps:
-            raise ConfigError(f"paradigm.critic_steps={self.critic_steps} is more than the {context.batches_per_epoch} "
+            raise ConfigError(f"step.critic_steps={self.critic_steps} is more than the {context.batches_per_epoch} "
                               "batches of an epoch: the generator would never step")
         self.context, self.model = context, model
         self.g_params, self.c_params = list(model.generator.parameters()), list(model.critic.parameters())
@@ -226,7 +228,7 @@ class GANStep(Step):
                 "gan": self.counters, "critic_losses": self.c_losses, "generator_losses": self.g_losses}
 
     def plan(self) -> dict[str, Any]:
-        return {"paradigm": "gan", "paradigm.critic_steps": self.critic_steps}
+        return {"step": "gan", "step.critic_steps": self.critic_steps}
 
     def start(self, model: nn.Module, resumed: bool) -> None:
         if self.stage is not None and not resumed:
@@ -234,6 +236,8 @@ class GANStep(Step):
 
     def _stage(self, model: GAN) -> None:
         context = self.context
+        if not hasattr(self.stage, "fit"):  # built when first needed: the run's sinks exist by then
+            self.stage = self.stage()
         self.stage.fit(model.classifier, context.train_data, context.val_data, stop=context.stop)
         model.train()
 
@@ -317,34 +321,31 @@ def _with_lr(factory: OptimizerFactory, lr: float | None) -> OptimizerFactory:
     return lambda params: factory([{"params": list(params), "lr": lr}])
 
 
-def gan_paradigm(critic_steps: int = 2, loss: str = "logistic", gp_weight: float = 10.0,
-                 generator_lr: float | None = None, critic_lr: float | None = None, stage: bool = True,
-                 stage_epochs: int = 3, goal: float = 0.9, tolerance: float = 0.05, *,
-                 trainer_factory: Callable[..., Any], settings: Any, optimizer: OptimizerFactory,
-                 generator_lr_policy: LRPolicy, critic_lr_policy: LRPolicy,
-                 gradient_policy: GradientPolicy | None = None) -> Any:
-    """What ``paradigm=gan`` builds: the one loop's Trainer with a ``GANStep``. The positional parameters
-    are the ``paradigm`` keys; the rest the container's (two LR policies: one per network).
+def gan_step(critic_steps: int = 2, loss: str = "logistic", gp_weight: float = 10.0,
+             generator_lr: float | None = None, critic_lr: float | None = None, stage: bool = True,
+             stage_epochs: int = 3, goal: float = 0.9, tolerance: float = 0.05, *,
+             optimizer: OptimizerFactory, lr_policy: LRPolicy, lr_policy_factory: Callable[[], LRPolicy],
+             gradient_policy: GradientPolicy | None = None, stage_trainer: Callable[..., Any] | None = None) -> GANStep:
+    """What ``step=gan`` builds. The parameters before ``*`` are the ``step`` keys; the rest the container's:
+    ``lr_policy`` (the generator's) and ``lr_policy_factory`` (another, the critic's) are the ``lr`` node
+    built twice; ``stage_trainer(objective, max_epochs=...)`` builds a Trainer of the run for a stage.
 
     ``critic_steps`` critic updates per generator update; ``loss`` logistic (non-saturating) or
     wasserstein_gp, with ``gp_weight`` its gradient penalty; ``generator_lr``/``critic_lr`` replace
     ``optimizer.lr`` for one network (None: keep it). With ``stage``, the classifier (critic body +
     class head) trains for ``stage_epochs`` first, and again whenever its val/accuracy < ``goal`` - ``tolerance``.
     """
-    from trainwire.loop.trainer import Trainer, TrainerSettings
-    from trainwire.paradigms.base import Supervised
-
     for key, lr in (("generator_lr", generator_lr), ("critic_lr", critic_lr)):
         if lr is not None and not lr > 0:
-            raise ConfigError(f"paradigm.{key}={lr} must be > 0 (or null: optimizer.lr)")
+            raise ConfigError(f"step.{key}={lr} must be > 0 (or null: optimizer.lr)")
+    if type(stage_epochs) is not int or stage_epochs < 1:
+        raise ConfigError(f"step.stage_epochs={stage_epochs!r} must be an integer >= 1")
     classification = None
-    if stage:  # the classification stage is the ordinary Trainer, on the GAN's classifier
-        classification = Trainer(objective=Classification(), optimizer=optimizer, settings=TrainerSettings(
-            max_epochs=stage_epochs, device=settings.device, precision=settings.precision,
-            nonfinite=settings.nonfinite, max_nonfinite=settings.max_nonfinite))
-    step = GANStep(generator_optimizer=_with_lr(optimizer, generator_lr), critic_optimizer=_with_lr(optimizer, critic_lr),
-                   generator_lr=generator_lr_policy, critic_lr=critic_lr_policy, gradient_policy=gradient_policy,
+    if stage:
+        if stage_trainer is None:
+            raise ConfigError("step.stage=true needs a stage_trainer (the container supplies one)")
+        classification = partial(stage_trainer, Classification(), max_epochs=stage_epochs)
+    return GANStep(generator_optimizer=_with_lr(optimizer, generator_lr), critic_optimizer=_with_lr(optimizer, critic_lr),
+                   generator_lr=lr_policy, critic_lr=lr_policy_factory(), gradient_policy=gradient_policy,
                    critic_steps=critic_steps, loss=loss, gp_weight=gp_weight, stage=classification,
                    trigger=AccuracyTrigger(goal, tolerance))
-    step.check(settings)  # before the trainer (and its sinks) are built
-    return Supervised(trainer_factory(step=step))

@@ -2,7 +2,8 @@
 
 A policy answers with names (``last``, ``best``, ``epoch-0009``); the loop captures the state
 once and the store commits it under all of them. A stop request always writes ``last``,
-whatever the cadence says: that is the loop's promise, not a policy's choice.
+whatever the cadence says: that is the loop's promise, not a policy's choice. The
+``checkpoint`` config group picks the policy (``checkpoint.every_n_steps=500``, ADR 0025).
 """
 
 from __future__ import annotations
@@ -25,12 +26,15 @@ class CheckpointPolicy(ABC):
 
 
 class Cadence(CheckpointPolicy):
-    """``last`` every epoch (and every ``every_n_steps`` steps), ``epoch-XXXX`` every ``every_n_epochs``, ``best`` on improvement."""
+    """``last`` every epoch (and every ``every_n_steps`` steps), ``epoch-XXXX`` every ``every_n_epochs``, ``best`` on improvement.
+
+    ``every_n_steps`` None: ``last`` only at epoch ends.
+    """
 
     def __init__(self, every_n_epochs: int = 10, every_n_steps: int | None = None) -> None:
-        for key, value in (("checkpoint_every", every_n_epochs), ("checkpoint_every_n_steps", every_n_steps)):
-            if not (value is None and key == "checkpoint_every_n_steps") and (type(value) is not int or value < 1):
-                raise ConfigError(f"trainer.{key}={value!r} must be an integer >= 1")
+        for key, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
+            if not (value is None and key == "every_n_steps") and (type(value) is not int or value < 1):
+                raise ConfigError(f"checkpoint.{key}={value!r} must be an integer >= 1")
         self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
 
     def at_step(self, step: int) -> list[str]:

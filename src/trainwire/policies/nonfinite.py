@@ -3,6 +3,8 @@
 The step decides, per optimizer step, whether the update was applied (a non-finite gradient
 is never stepped past when the policy ``checks``); the policy answers what that means for the
 run: go on (counting it), or stop with ``NonFiniteError``. Its counters are checkpointed.
+The ``nonfinite`` config group picks one (``nonfinite=raise``, ``nonfinite.max_in_a_row=3``);
+each constructor's signature is its option's schema (ADR 0025).
 """
 
 from __future__ import annotations
@@ -12,9 +14,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from trainwire.errors import ConfigError, NonFiniteError
-
-NONFINITE = ("skip", "raise", "off")
-
 
 class NonFinitePolicy(ABC):
     """Port: judges each optimizer step that was not taken. ``skipped`` counts them over the run."""
@@ -48,7 +47,7 @@ class SkipNonFinite(NonFinitePolicy):
 
     def __init__(self, max_in_a_row: int = 10) -> None:
         if type(max_in_a_row) is not int or max_in_a_row < 1:
-            raise ConfigError(f"trainer.max_nonfinite={max_in_a_row!r} must be an integer >= 1")
+            raise ConfigError(f"nonfinite.max_in_a_row={max_in_a_row!r} must be an integer >= 1")
         super().__init__()
         self.max_in_a_row = max_in_a_row
 
@@ -56,7 +55,7 @@ class SkipNonFinite(NonFinitePolicy):
         self._count()
         if self.in_a_row >= self.max_in_a_row:
             raise NonFiniteError(f"{self.in_a_row} optimizer steps in a row had a non-finite loss or gradients "
-                                 f"(trainer.max_nonfinite={self.max_in_a_row}); stopping")
+                                 f"(nonfinite.max_in_a_row={self.max_in_a_row}); stopping")
 
 
 class RaiseOnNonFinite(NonFinitePolicy):
@@ -64,7 +63,7 @@ class RaiseOnNonFinite(NonFinitePolicy):
 
     def not_taken(self, step: int) -> None:
         self._count()
-        raise NonFiniteError(f"non-finite loss or gradients after step {step} (trainer.nonfinite=raise)")
+        raise NonFiniteError(f"non-finite loss or gradients after step {step} (nonfinite=raise)")
 
 
 class IgnoreNonFinite(NonFinitePolicy):
@@ -74,14 +73,3 @@ class IgnoreNonFinite(NonFinitePolicy):
 
     def not_taken(self, step: int) -> None:
         self._count()
-
-
-def make_nonfinite(nonfinite: str = "skip", max_nonfinite: int = 10) -> NonFinitePolicy:
-    """The policy that ``trainer.nonfinite`` and ``trainer.max_nonfinite`` name."""
-    if nonfinite == "skip":
-        return SkipNonFinite(max_nonfinite)
-    if nonfinite == "raise":
-        return RaiseOnNonFinite()
-    if nonfinite == "off":
-        return IgnoreNonFinite()
-    raise ConfigError(f"trainer.nonfinite={nonfinite!r} is not one of {', '.join(NONFINITE)}")

@@ -29,7 +29,6 @@ from trainwire.errors import ConfigError
 from trainwire.runtime.precision import resolve_device
 from trainwire.sinks.base import MetricsSink, forward_histograms
 
-STRATEGIES = ("auto", "single", "ddp", "fsdp")
 
 
 def _unchanged(batch: Any) -> Any:
@@ -52,6 +51,7 @@ def to_device(batch: Any, device: torch.device) -> Any:
 class Strategy(ABC):
     """Port: one process, or one of several training the same model together."""
 
+    name: str = ""  # the ``strategy`` option it is (single, ddp, fsdp), for refusals that name it
     rank: int = 0
     world_size: int = 1
     sharded_checkpoints = False  # whether every process writes its own part of each checkpoint
@@ -126,6 +126,8 @@ class Strategy(ABC):
 
 class SingleProcess(Strategy):
     """One process, one device: the model runs as it is."""
+
+    name = "single"
 
     def setup(self, model: nn.Module) -> nn.Module:
         return model
@@ -280,6 +282,8 @@ class DDP(_Distributed):
     each batch (the bundled loaders shard it); checkpoints hold the plain module's state.
     """
 
+    name = "ddp"
+
     def setup(self, model: nn.Module) -> nn.Module:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -297,6 +301,8 @@ class FSDP(_Distributed):
     (ADR 0014); they load onto any number of processes. ``model_state`` (the best weights kept
     in memory) is the full state, gathered.
     """
+
+    name = "fsdp"
 
     sharded_checkpoints = True
 
@@ -365,9 +371,6 @@ def resolve_strategy(name: str) -> str:
     return "ddp" if dist.is_available() and dist.is_initialized() else "single"
 
 
-def make_strategy(name: str) -> Strategy:
-    """The strategy ``trainer.strategy`` names: ``auto`` (see ``resolve_strategy``), ``single``, ``ddp`` or ``fsdp``."""
-    kinds = {"single": SingleProcess, "ddp": DDP, "fsdp": FSDP}
-    if name not in STRATEGIES:
-        raise ConfigError(f"trainer.strategy={name!r} is not one of {', '.join(STRATEGIES)}")
-    return kinds[resolve_strategy(name)]()
+def auto_strategy() -> Strategy:
+    """What ``strategy=auto`` builds: DDP when a process group is initialised (the CLI under torchrun), else one process."""
+    return DDP() if resolve_strategy("auto") == "ddp" else SingleProcess()

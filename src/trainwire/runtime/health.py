@@ -27,7 +27,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from trainwire.errors import ConfigError
 from trainwire.policies.gradients import GradStats
 
 
@@ -39,14 +38,9 @@ def _float(norm: Tensor) -> Tensor:
 class GradientMonitor:
     """Flags vanishing and exploding total gradient norms; its state is checkpointed, so a resume judges on."""
 
-    def __init__(self, vanishing_norm: float = 1e-7, vanishing_steps: int = 20, exploding_factor: float = 10.0,
+    def __init__(self, vanishing_norm: float, vanishing_steps: int, exploding_factor: float,
                  window: int = 100, warmup: int = 20) -> None:
-        if not vanishing_norm >= 0:
-            raise ConfigError(f"trainer.grad_vanishing_norm={vanishing_norm!r} must be >= 0")
-        if type(vanishing_steps) is not int or vanishing_steps < 1:
-            raise ConfigError(f"trainer.grad_vanishing_steps={vanishing_steps!r} must be an integer >= 1")
-        if not exploding_factor > 1:
-            raise ConfigError(f"trainer.grad_exploding_factor={exploding_factor!r} must be > 1")
+        # The thresholds are trainer.grad_* keys: defaulted and checked in TrainerSettings, taken as given here.
         self.vanishing_norm, self.vanishing_steps, self.exploding_factor = vanishing_norm, vanishing_steps, exploding_factor
         self.warmup = warmup
         self.recent: deque[float] = deque(maxlen=window)
@@ -136,10 +130,8 @@ class GradientHealth:
     (so that the watch counts the loop's optimizer steps) and the run's sink.
     """
 
-    def __init__(self, monitor: GradientMonitor | None = None, watch_every_n_steps: int | None = None,
+    def __init__(self, monitor: GradientMonitor | None, watch_every_n_steps: int | None,
                  histograms: bool = True) -> None:
-        if watch_every_n_steps is not None and (type(watch_every_n_steps) is not int or watch_every_n_steps < 1):
-            raise ConfigError(f"trainer.watch_every_n_steps={watch_every_n_steps!r} must be null or an integer >= 1")
         self.monitor, self.every, self.histograms = monitor, watch_every_n_steps, histograms
         self._groups: dict[str, list[nn.Parameter]] = {}
         self._position: Any = None

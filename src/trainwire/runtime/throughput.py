@@ -24,7 +24,6 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from trainwire.errors import ConfigError
 
 # Dense bf16/fp16 tensor-core peaks in TFLOP/s, from the vendors' datasheets (no sparsity).
 # Looked up by substring of torch.cuda.get_device_name(), first match wins: specific names first.
@@ -110,9 +109,8 @@ def _flop_counter() -> Any:
 class Throughput:
     """Samples, steps, tokens and FLOPs per second of training, one figure per epoch."""
 
-    def __init__(self, peak_tflops: float | None = None) -> None:
-        if peak_tflops is not None and not peak_tflops > 0:
-            raise ConfigError(f"trainer.peak_tflops={peak_tflops!r} must be > 0 (or null)")
+    def __init__(self, peak_tflops: float | None) -> None:
+        # Checked where it is configured (TrainerSettings: trainer.peak_tflops); None: the table's peak.
         self.configured_peak = peak_tflops
         self.flops_per_sample: float | None = None  # counted once, then saved with the checkpoint
         self._counter: Any = None
