@@ -19,7 +19,7 @@ from trainwire.loop.signals import StopToken
 from trainwire.loop.trainer import FitResult, TrainerSettings
 from trainwire.runtime.process import SEEDING, run_scope
 
-from .container import TrainerContainer
+from .container import TrainerContainer, _yaml
 
 __all__ = ["TrainerContainer", "build_container", "lr_preview", "run"]
 
@@ -137,8 +137,10 @@ def run(cfg: DictConfig | dict[str, Any] | Container, *, stop: StopToken | None 
     container = cfg if isinstance(cfg, Container) else build_container(cfg)
     strategy = container.strategy()
     strategy.start()  # before the data: the loaders are sharded by rank
-    # One run in a folder (ADR 0023): rank 0 locks it and refuses a fresh run over another's, before anything is written.
-    lock = runfolder.claim(container.run_dir(), container.config.trainer.resume()) if strategy.is_rank0 else None
+    # One run in a folder (ADR 0023), claimed here only (ADR 0027): rank 0 locks it, refuses a fresh run over
+    # another's and a resume under another config, before anything is written.
+    lock = runfolder.claim(container.run_dir(), container.config.trainer.resume(),
+                           _yaml(container.config())) if strategy.is_rank0 else None
     try:
         with run_scope(), bound_contextvars(run_id=container.run_dir().name):
             paradigm = container.paradigm()  # the one loop's Trainer with the paradigm's step (trainwire.paradigms.base)

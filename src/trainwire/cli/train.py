@@ -1,0 +1,406 @@
+"""``trainwire train``: one path from the command line to the loop (ADR 0027).
+
+The arguments are parsed once (``check_choices``), the config is composed once (rank 0, with
+Hydra's node), resolved once and handed to every rank under torchrun; every rank builds the
+container once from that resolved config; ``trainwire.containers.run`` claims the run folder
+once and trains. Hydra's ``.hydra/`` record is written by ``HydraRecord`` when training starts,
+so a refused run (a bad value, a live or used folder, a changed config, damaged checkpoints)
+leaves the run folder as it found it.
+
+A sweep (``-m``) and the modes that print or explain (``--cfg``, ``--help``, ``--info``, ...)
+are Hydra's own: ``@hydra.main`` composes each job, and each job then takes the same path
+(``_fit``) from its composed config on, with Hydra's record deferred the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# Modes Hydra runs itself: a sweep, printing the config, help, another config folder or name, completion.
+HYDRA_MODES = ("-m", "--multirun", "-c", "--cfg", "-p", "--package", "--resolve", "-cp", "--config-path", "-cn",
+               "--config-name", "-cd", "--config-dir", "--experimental-rerun", "-i", "--info", "-h", "--help",
+               "--hydra-help", "--version", "-sc", "--shell-completion")
+JOB_NAME = "main"  # Hydra's job name, as @hydra.main gave it from this entry point's module: main.log
+
+
+class Launch:
+    """Where this process stands in a torchrun launch: its rank, and whether the CLI started the process group."""
+
+    def __init__(self) -> None:
+        self.rank, self.world_size, self.started = 0, 1, False
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def join(self, args: list[str]) -> None:
+        """Under torchrun: joins the process group (a sweep cannot run there: one launch is one job)."""
+        from trainwire.runtime.distributed import init_process_group
+
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if not self.distributed:
+            return
+        if any(arg in ("-m", "--multirun") or arg.startswith("hydra/launcher") for arg in args):
+            raise Usage("a sweep (-m) cannot run under torchrun: sweep with a Hydra launcher, each job its own launch")
+        self.started = init_process_group()
+        import torch.distributed as dist
+
+        self.rank = dist.get_rank()
+
+    def say(self, message: str) -> None:
+        if self.rank == 0:
+            print(message, file=sys.stderr)
+
+    def leave(self) -> None:
+        if self.distributed:
+            from trainwire.runtime.distributed import shutdown
+
+            shutdown(self.started)  # barrier first: gloo may abort at exit without it
+
+
+class Usage(Exception):
+    pass
+
+
+class Refused(Exception):
+    """A refusal found before the config reaches the container, with the exit code it carries."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Signals:
+    """The CLI's own SIGTERM/SIGINT handlers, in place from the start of ``train`` until the process exits.
+
+    ``fit`` puts its handlers over these while it trains and these back when it returns. Here
+    the first signal raises KeyboardInterrupt, so that building or the end of a run stops as
+    Ctrl-C would, unless an exception is already being handled (a stop or an error on its way
+    out: a second signal must not replace it) or the CLI is leaving; then, and for every later
+    signal, it is only noted. So an impatient second SIGTERM still ends in the first one's
+    exit code, with its checkpoint, instead of a traceback or death by signal.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._leaving = False
+
+    def install(self) -> None:
+        import signal
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._handle)
+
+    def leaving(self) -> None:
+        """From here to the exit, a signal changes nothing: ignored, also while the interpreter shuts down."""
+        import signal
+        import threading
+
+        self._leaving = True
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, signal.SIG_IGN)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received.append(signum)
+        if self._leaving or len(self.received) > 1 or sys.exc_info()[1] is not None:
+            return
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def name(self) -> str:
+        import signal
+
+        return signal.Signals(self.received[0]).name if self.received else "SIGINT"
+
+    def exit_code(self) -> int:
+        import signal
+
+        return 128 + (self.received[0] if self.received else signal.SIGINT)
+
+
+launch = Launch()
+signals = Signals()
+
+
+class HydraRecord:
+    """Hydra's record of a run (``<output_subdir>/config.yaml``, ``hydra.yaml``, ``overrides.yaml``), as a hook.
+
+    Hydra writes these before its task runs; here they are written at ``on_train_start``, after
+    the resume has been settled and the run record started, each file atomically, once. Rank 0's.
+    """
+
+    def __init__(self, folder: Path, files: dict[str, str]) -> None:
+        self.folder, self.files, self.written = folder, files, False
+
+    @classmethod
+    def of(cls, config: Any, output_subdir: str | None) -> HydraRecord | None:
+        """The record of a composed ``config`` (its ``hydra`` node with the run's output_dir set); None: none asked."""
+        from omegaconf import OmegaConf
+
+        if output_subdir is None:
+            return None
+        task = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
+        hydra = OmegaConf.create({"hydra": OmegaConf.to_container(config.hydra)})
+        hydra.hydra.output_subdir = output_subdir  # the record says where it is, also when Hydra was told null
+        files = {"config.yaml": OmegaConf.to_yaml(task), "hydra.yaml": OmegaConf.to_yaml(hydra),
+                 "overrides.yaml": OmegaConf.to_yaml(config.hydra.overrides.task)}
+        return cls(Path(config.hydra.runtime.output_dir) / output_subdir, files)
+
+    def on_train_start(self, state: Any) -> None:
+        from trainwire.sinks.jsonl import write_atomic
+
+        if self.written:  # a staged paradigm starts training more than once
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for name, text in self.files.items():
+            write_atomic(self.folder / name, text)
+        self.written = True
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why the run folder cannot be written (said before anything is built: the run would fail at its first record)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"the run folder {folder} cannot be made: {existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"the run folder {folder} is not writable ({existing}: read-only, immutable or not permitted)"
+    return None
+
+
+def _composed(overrides: list[str]) -> Any:
+    """The config with its ``hydra`` node, composed once (one ConfigError line for a mistake Hydra reports in many)."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+
+    from trainwire.config import CONFIG_MODULE, _COMPOSE_LOCK, explain, register_schemas
+    from trainwire.errors import ConfigError
+
+    with _COMPOSE_LOCK:
+        register_schemas(overrides)
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3", job_name=JOB_NAME):
+            try:
+                return compose(config_name="train", overrides=overrides, return_hydra_config=True)
+            except HydraException as error:
+                explained = explain(error)
+                if explained is not None:
+                    raise explained from error
+                raise ConfigError("; ".join(line.strip() for line in str(error).splitlines() if line.strip())) from None
+
+
+def _prepared(args: list[str]) -> tuple[dict[str, Any], HydraRecord | None]:
+    """Rank 0's part: check the overrides, compose, resolve; set up Hydra's config and logging for the task.
+
+    Returns the resolved config (``run_dir`` set to Hydra's run folder, ``trainer.strategy=auto``
+    decided by the launch) and the Hydra record to write when training starts. Nothing is written.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import configure_log
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    from trainwire.config import check_choices, resolved
+    from trainwire.errors import ConfigError
+
+    overrides = check_choices(args)
+    if launch.distributed:  # every rank uses rank 0's folder; the default is named from rank 0's clock alone
+        overrides = [*overrides, *([] if any(o.startswith("hydra.run.dir=") for o in overrides)
+                                   else [f"hydra.run.dir=outputs/{time.strftime('%Y-%m-%d/%H-%M-%S')}"])]
+    config = _composed(overrides)
+    run_dir = Path(str(config.hydra.run.dir)).absolute()
+    problem = _unwritable(run_dir)
+    if problem:
+        raise Refused(problem, 1)
+    with read_write(config.hydra), open_dict(config.hydra):
+        config.hydra.runtime.output_dir = str(run_dir)
+        config.hydra.mode = RunMode.RUN
+        if config.hydra.job_logging is not None and "file" in config.hydra.job_logging.get("handlers", {}):
+            config.hydra.job_logging.handlers.file.delay = True  # the log file appears with its first record
+    HydraConfig.instance().set_config(config)  # ${hydra:...} resolves, and user code may ask, as under @hydra.main
+    record = HydraRecord.of(config, config.hydra.output_subdir)
+    plain = resolved(OmegaConf.masked_copy(config, [key for key in config if key != "hydra"]))
+    plain["run_dir"] = str(run_dir)
+    _decide_strategy(plain)
+    if config.hydra.job.chdir:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        os.chdir(run_dir)
+    os.environ.update({str(key): str(value) for key, value in (config.hydra.job.env_set or {}).items()})
+    configure_log(config.hydra.job_logging, config.hydra.verbose)
+    if launch.distributed and plain["strategy"].get("type") == "single":
+        raise ConfigError(f"torchrun started {launch.world_size} processes, but strategy=single "
+                          "would train one model in each: set strategy=ddp or fsdp")
+    return plain, record
+
+
+def _decide_strategy(plain: dict[str, Any]) -> None:
+    if plain["strategy"].get("type") == "auto":  # the launch decides: data-parallel under torchrun, else one process
+        plain["strategy"]["type"] = "ddp" if launch.distributed else "single"
+
+
+def _agreed(args: list[str]) -> tuple[dict[str, Any], HydraRecord | None]:
+    """Rank 0's resolved config on every rank, or rank 0's refusal on every rank (so that all exit alike)."""
+    plain = record = refusal = None
+    if launch.rank == 0:
+        from trainwire.errors import ConfigError
+
+        try:
+            plain, record = _prepared(args)
+        except ConfigError as error:
+            refusal = (str(error), 2)
+        except Refused as error:
+            refusal = (str(error), error.code)
+    if launch.distributed:
+        from trainwire.runtime.distributed import broadcast_object
+
+        plain, refusal = broadcast_object((plain, refusal))
+    if refusal is not None:
+        launch.leave()  # every rank has the verdict, so all reach the barrier
+        raise Refused(*refusal)
+    return plain, record
+
+
+def _built(plain: dict[str, Any]) -> Any:
+    """The container, built once on every rank from the same resolved config; a refusal on any rank ends every rank."""
+    from trainwire.containers import build_container
+    from trainwire.errors import ConfigError
+
+    try:
+        container, error = build_container(plain), None
+    except ConfigError as problem:
+        container, error = None, problem
+    if launch.distributed:
+        import torch
+        import torch.distributed as dist
+
+        failed = torch.tensor([0 if error is None else 1])
+        dist.all_reduce(failed, op=dist.ReduceOp.MAX)  # a CPU tensor: the default group speaks gloo
+        if failed.item():
+            if error is not None and launch.rank != 0:
+                print(f"trainwire: error: {error} (rank {launch.rank})", file=sys.stderr)
+            launch.leave()
+            raise error if error is not None else Refused("", 2)
+    elif error is not None:
+        raise error
+    return container
+
+
+def _fit(plain: dict[str, Any], record: HydraRecord | None) -> None:
+    """From a resolved config to the loop, for a run and for each job of a sweep; every refusal is one line."""
+    from dependency_injector import providers
+
+    from trainwire.containers import run
+    from trainwire.errors import (
+        CheckpointError,
+        ConfigError,
+        NonFiniteError,
+        RunRecordError,
+        TrainingInterrupted,
+    )
+    from trainwire.runtime import logs
+
+    run_dir = Path(plain["run_dir"])
+    try:
+        container = _built(plain)
+        context = {"rank": launch.rank} if launch.distributed else {}
+        # Other ranks say only what goes wrong: rank 0 speaks for the run.
+        level = plain["log"]["level"] if launch.rank == 0 or plain["log"]["level"] in ("warning", "error") else "warning"
+        logs.configure(plain["log"]["format"], level, run_id=run_dir.name, **context)
+        if record is not None:
+            container.hooks.override(providers.Object([*container.hooks(), record]))
+        run(container)
+    except Refused as refused:
+        if str(refused):
+            launch.say(f"trainwire: error: {refused}")
+        sys.exit(refused.code)
+    except ConfigError as error:
+        launch.say(f"trainwire: error: {error}")
+        sys.exit(2)
+    except (CheckpointError, NonFiniteError, RunRecordError) as error:
+        signals.leaving()
+        launch.say(f"trainwire: error: {error}")
+        sys.exit(1)
+    except TrainingInterrupted as interrupted:  # the checkpoint is written: `trainer.resume=auto` continues
+        signals.leaving()
+        where = f"checkpoint saved in {run_dir / 'checkpoints'}" if interrupted.saved else "no checkpoint yet"
+        launch.say(f"trainwire: {interrupted}; {where}")
+        launch.leave()  # every rank stopped at the same step (the strategy agreed on it)
+        sys.exit(interrupted.exit_code)
+    except KeyboardInterrupt:  # a stop signal outside fit (while building, or after training): nothing to save
+        signals.leaving()
+        launch.say(f"trainwire: interrupted by {signals.name()} outside training; nothing more was saved")
+        sys.exit(signals.exit_code())
+    signals.leaving()
+    launch.leave()
+
+
+def _sweep_job(cfg: Any) -> None:
+    """Hydra's task for each job of a sweep (and its other modes): the job's config takes the same path on."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from trainwire.config import resolved
+    from trainwire.errors import ConfigError
+
+    hydra = HydraConfig.get()
+    run_dir = Path(hydra.runtime.output_dir)
+    try:
+        plain = resolved(cfg)
+    except ConfigError as error:
+        launch.say(f"trainwire: error: {error}")
+        sys.exit(2)
+    plain["run_dir"] = str(run_dir)
+    _decide_strategy(plain)
+    full = OmegaConf.merge(cfg, {"hydra": OmegaConf.to_container(hydra)})
+    _fit(plain, HydraRecord.of(full, _SWEEP_SUBDIR[0]))
+
+
+_SWEEP_SUBDIR: list[str | None] = [".hydra"]  # where each sweep job's record goes (hydra.output_subdir, as given)
+
+
+def _hydra_main(args: list[str]) -> None:
+    """Hands a sweep or a printing mode to ``@hydra.main``; each job's Hydra record is deferred to ``_fit``."""
+    import hydra
+
+    from trainwire.config import CONFIG_MODULE, check_choices, register_schemas
+
+    overrides = check_choices(args)
+    register_schemas(overrides)
+    given = [arg.partition("=")[2] for arg in overrides if arg.startswith("hydra.output_subdir=")]
+    if given:
+        _SWEEP_SUBDIR[0] = None if given[-1] in ("null", "None", "~") else given[-1]
+    overrides = [arg for arg in overrides if not arg.startswith("hydra.output_subdir=")] + ["hydra.output_subdir=null"]
+    entry = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="train")(_sweep_job)
+    sys.argv = [JOB_NAME, *overrides]  # Hydra parses sys.argv itself; hand it only what follows the subcommand
+    entry()
+
+
+def train(args: list[str]) -> None:
+    """``trainwire train [overrides ...]``: exits 0, or with one line and the code of the first refusal."""
+    from trainwire.errors import ConfigError
+
+    signals.install()  # before the slow imports: a SIGTERM from here on ends in one line, not a traceback
+    try:
+        try:
+            launch.join(args)
+            if any(arg in HYDRA_MODES or arg.startswith(tuple(f"{mode}=" for mode in HYDRA_MODES)) for arg in args):
+                _hydra_main(args)
+                return
+            plain, record = _agreed(args)
+        except (ConfigError, Usage) as error:
+            launch.say(f"trainwire: error: {error}")
+            sys.exit(2)
+        except Refused as refused:
+            launch.say(f"trainwire: error: {refused}")
+            sys.exit(refused.code)
+        _fit(plain, record)
+    except KeyboardInterrupt:  # before training started
+        signals.leaving()
+        print(f"trainwire: interrupted by {signals.name()} before training; nothing was saved", file=sys.stderr)
+        sys.exit(signals.exit_code())
+    finally:
+        signals.leaving()
