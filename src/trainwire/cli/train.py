@@ -137,18 +137,17 @@ class HydraRecord:
         self.folder, self.files, self.written = folder, files, False
 
     @classmethod
-    def of(cls, config: Any, output_subdir: str | None) -> HydraRecord | None:
-        """The record of a composed ``config`` (its ``hydra`` node with the run's output_dir set); None: none asked."""
+    def of(cls, task: Any, hydra: Any, output_subdir: str | None) -> HydraRecord | None:
+        """The record of a job's ``task`` config and ``hydra`` node (output_dir set), as Hydra writes it; None: none asked."""
         from omegaconf import OmegaConf
 
         if output_subdir is None:
             return None
-        task = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
-        hydra = OmegaConf.create({"hydra": OmegaConf.to_container(config.hydra)})
-        hydra.hydra.output_subdir = output_subdir  # the record says where it is, also when Hydra was told null
-        files = {"config.yaml": OmegaConf.to_yaml(task), "hydra.yaml": OmegaConf.to_yaml(hydra),
-                 "overrides.yaml": OmegaConf.to_yaml(config.hydra.overrides.task)}
-        return cls(Path(config.hydra.runtime.output_dir) / output_subdir, files)
+        node = OmegaConf.create({"hydra": OmegaConf.to_container(hydra)})
+        node.hydra.output_subdir = output_subdir  # the record says where it is, also when Hydra was told null
+        files = {"config.yaml": OmegaConf.to_yaml(task), "hydra.yaml": OmegaConf.to_yaml(node),
+                 "overrides.yaml": OmegaConf.to_yaml(hydra.overrides.task)}
+        return cls(Path(hydra.runtime.output_dir) / output_subdir, files)
 
     def on_train_start(self, state: Any) -> None:
         from trainwire.sinks.jsonl import write_atomic
@@ -222,8 +221,9 @@ def _prepared(args: list[str]) -> tuple[dict[str, Any], HydraRecord | None]:
         if config.hydra.job_logging is not None and "file" in config.hydra.job_logging.get("handlers", {}):
             config.hydra.job_logging.handlers.file.delay = True  # the log file appears with its first record
     HydraConfig.instance().set_config(config)  # ${hydra:...} resolves, and user code may ask, as under @hydra.main
-    record = HydraRecord.of(config, config.hydra.output_subdir)
-    plain = resolved(OmegaConf.masked_copy(config, [key for key in config if key != "hydra"]))
+    task = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
+    record = HydraRecord.of(task, config.hydra, config.hydra.output_subdir)
+    plain = resolved(task)
     plain["run_dir"] = str(run_dir)
     _decide_strategy(plain)
     if config.hydra.job.chdir:
@@ -341,7 +341,6 @@ def _fit(plain: dict[str, Any], record: HydraRecord | None) -> None:
 def _sweep_job(cfg: Any) -> None:
     """Hydra's task for each job of a sweep (and its other modes): the job's config takes the same path on."""
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
 
     from trainwire.config import resolved
     from trainwire.errors import ConfigError
@@ -355,8 +354,7 @@ def _sweep_job(cfg: Any) -> None:
         sys.exit(2)
     plain["run_dir"] = str(run_dir)
     _decide_strategy(plain)
-    full = OmegaConf.merge(cfg, {"hydra": OmegaConf.to_container(hydra)})
-    _fit(plain, HydraRecord.of(full, _SWEEP_SUBDIR[0]))
+    _fit(plain, HydraRecord.of(cfg, hydra, _SWEEP_SUBDIR[0]))
 
 
 _SWEEP_SUBDIR: list[str | None] = [".hydra"]  # where each sweep job's record goes (hydra.output_subdir, as given)
@@ -373,7 +371,9 @@ def _hydra_main(args: list[str]) -> None:
     given = [arg.partition("=")[2] for arg in overrides if arg.startswith("hydra.output_subdir=")]
     if given:
         _SWEEP_SUBDIR[0] = None if given[-1] in ("null", "None", "~") else given[-1]
-    overrides = [arg for arg in overrides if not arg.startswith("hydra.output_subdir=")] + ["hydra.output_subdir=null"]
+    overrides = [arg for arg in overrides if not arg.startswith("hydra.output_subdir=")] + [
+        "hydra.output_subdir=null", *([] if any(arg.startswith("hydra.job.name=") for arg in overrides)
+                                      else [f"hydra.job.name={JOB_NAME}"])]
     entry = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="train")(_sweep_job)
     sys.argv = [JOB_NAME, *overrides]  # Hydra parses sys.argv itself; hand it only what follows the subcommand
     entry()
