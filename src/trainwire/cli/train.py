@@ -277,10 +277,11 @@ def _built(plain: dict[str, Any]) -> Any:
         import torch
         import torch.distributed as dist
 
-        failed = torch.tensor([0 if error is None else 1])
-        dist.all_reduce(failed, op=dist.ReduceOp.MAX)  # a CPU tensor: the default group speaks gloo
-        if failed.item():
-            if error is not None and launch.rank != 0:
+        failed = torch.zeros(launch.world_size, dtype=torch.int64)
+        failed[launch.rank] = error is not None
+        dist.all_reduce(failed)  # a CPU tensor: the default group speaks gloo
+        if failed.any():
+            if error is not None and not failed[0]:  # rank 0 speaks for the run; here it had nothing to say
                 print(f"trainwire: error: {error} (rank {launch.rank})", file=sys.stderr)
             launch.leave()
             raise error if error is not None else Refused("", 2)
