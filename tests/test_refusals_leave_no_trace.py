@@ -88,8 +88,6 @@ CASES = {
     "another model width": (_nothing, ["trainer.resume=auto", "model.hidden=[32]"], 2,
                             "model.hidden: [16] -> [32]"),
     "a wrong resume path": (_nothing, ["trainer.resume={run}/checkpoints/nowhere.pt"], 1, "nowhere.pt"),
-    "a fresh run over the run": (_nothing, [], 2, "already holds a run"),
-    "a bad value": (_nothing, ["trainer.resume=auto", "optimizer.lr=0"], 2, "optimizer.lr=0.0 must be > 0"),
     "a folder locked by a live run": ("locked", ["trainer.resume=auto"], 1, "is in use by process"),
 }
 
