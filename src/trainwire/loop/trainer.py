@@ -182,16 +182,13 @@ class Trainer:
         context = StepContext(strategy, precision, self.nonfinite.checks, n_batches, settings.max_epochs,
                               settings.accumulate_steps, self.objective, train_data, val_data, token, self.log,
                               self.health)
-        self._meter = Throughput(settings.peak_tflops)
-        self._meter.start(precision.device, strategy.world_size)
-        checkpointing, position = Checkpointing(self.checkpoints, self.cadence, strategy, token, self.log,
-                                                asynchronous=settings.async_checkpoint), Position()
+        position = Position()  # where the loop is: restored with the other parts
+        checkpointing = Checkpointing(self.checkpoints, self.cadence, strategy, token, self.log,
+                                      asynchronous=settings.async_checkpoint)
         checkpointing.hold(model, self.step.setup(model, context), precision=precision, stopping=self.stopping,
                            nonfinite=self.nonfinite, objective=self.objective, throughput=self._meter,
                            gradient_health=self.health, train_data=train_data, position=position, hooks=self.hooks,
-                           plan={"trainer.max_epochs": settings.max_epochs, "trainer.accumulate_steps":
-                                 settings.accumulate_steps, "batches per epoch (data.batch_size)": n_batches,
-                                 **self.step.plan()})
+                           plan=self._plan(n_batches))  # after the step's setup has built its optimizers
         resumed = checkpointing.resume(settings.resume)  # before the sinks start: a refusal changes nothing
         state = TrainState(model=model, optimizer=self.step.optimizer, module=module, epoch=position.epoch,
                            step=position.step)
@@ -203,7 +200,8 @@ class Trainer:
             try:
                 self.step.start(model, resumed=resumed is not None)
                 result = self._loop(state, position, checkpointing, precision, train_data, val_data)
-                result.notes += [f"data order not resumable: {unrestorable}"] if unrestorable else []
+                if unrestorable:
+                    result.notes.append(f"data order not resumable: {unrestorable}")
                 checkpointing.close()  # the last save is committed (or its failure raised) before fit returns
                 result.checkpoint_wait_s, result.checkpoint_waits = checkpointing.waited_s, checkpointing.waits
             except BaseException as error:
@@ -240,8 +238,14 @@ class Trainer:
             )
         return n_batches, unrestorable
 
+    def _plan(self, n_batches: int) -> dict[str, Any]:
+        """What a checkpoint must have been planned with for this run to resume it (config key -> value)."""
+        return {"trainer.max_epochs": self.settings.max_epochs, "trainer.accumulate_steps": self.settings.accumulate_steps,
+                "batches per epoch (data.batch_size)": n_batches, **self.step.plan()}
+
     def _place(self, model: nn.Module) -> tuple[Precision, nn.Module]:
-        """Moves ``model`` to its device and makes what runs forward: the strategy's form, compiled if asked.
+        """Moves ``model`` to its device, makes what runs forward (the strategy's form, compiled if asked)
+        and starts the throughput meter there.
 
         Both before the step builds its optimizers: FSDP replaces the parameters, and the compiled
         module shares them (the checkpoint keeps the plain model's keys).
@@ -252,6 +256,8 @@ class Trainer:
         self._compiler = Compiler(self.settings.compile_mode) if self.settings.compile else None
         if self._compiler is not None:
             module = self.step.compile(module, self._compiler)
+        self._meter = Throughput(self.settings.peak_tflops)  # the run's throughput, on that device
+        self._meter.start(precision.device, self.strategy.world_size)
         return precision, module
 
     def _not_taken(self, state: TrainState) -> None:
