@@ -71,3 +71,4 @@ def export_weights(source: str | os.PathLike[str], out: str | os.PathLike[str]) 
         raise CheckpointError(f"cannot write {out}: {error.strerror or error}") from None
     finally:
         staged.unlink(missing_ok=True)
+    return source, weights
