@@ -96,7 +96,14 @@ class Checkpointing:
         Writes what the cadence names for a step taken (nothing for one skipped), ``last`` too when
         a stop was asked for; raises a background save's failure, or ``TrainingInterrupted``.
         """
-        self._boundary(self.cadence.at_step(step) if taken else [])
+        # _boundary, inlined for the common step that saves nothing: this runs after every optimizer step.
+        writer = self.writer
+        if writer is not None:
+            writer.check()
+        stopping = self.strategy.any(self.stop.stopped)  # every process stops at the same step
+        names = self.cadence.at_step(step) if taken else []
+        if names or stopping:
+            self._save(names, stopping)
 
     def at_epoch(self, epoch: int, improved: bool) -> None:
         """At the end of epoch ``epoch`` (from 0), after the stopping verdict and the epoch's bookkeeping."""
@@ -111,7 +118,11 @@ class Checkpointing:
         writer = self.writer
         if writer is not None:
             writer.check()
-        stopping = self.strategy.any(self.stop.stopped)  # every process stops at the same step
+        self._save(names, self.strategy.any(self.stop.stopped))  # every process stops at the same step
+
+    def _save(self, names: list[str], stopping: bool) -> None:
+        """Writes ``names`` (with ``last`` when ``stopping``), then raises ``TrainingInterrupted`` if ``stopping``."""
+        writer = self.writer
         if stopping and "last" not in names:
             names = ["last", *names]
         if names and writer is not None:
