@@ -11,11 +11,8 @@ import torch
 from conftest import batches, blobs, make_model, make_trainer
 
 from trainwire import StopToken, TrainerSettings, TrainingInterrupted
-from trainwire.checkpointing.store import (
-    LocalCheckpointStore,
-    read_checkpoint,
-    read_manifest,
-)
+from trainwire.checkpointing.format import read_checkpoint, read_manifest
+from trainwire.checkpointing.store import LocalCheckpointStore
 from trainwire.checkpointing.writer import CheckpointWriter, snapshot
 from trainwire.errors import CheckpointError
 from trainwire.policies.cadence import Cadence

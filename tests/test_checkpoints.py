@@ -11,12 +11,9 @@ import pytest
 import torch
 from forked_saves import save_in_killed_child
 
-from trainwire.checkpointing.store import (
-    LocalCheckpointStore,
-    load_weights,
-    read_checkpoint,
-    verify,
-)
+from trainwire.checkpointing.export import load_weights
+from trainwire.checkpointing.format import read_checkpoint, verify
+from trainwire.checkpointing.store import LocalCheckpointStore
 from trainwire.errors import CheckpointError, ConfigError
 
 

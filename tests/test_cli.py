@@ -107,7 +107,7 @@ def test_usage_errors(tmp_path):
 
 
 def _checkpoint_step(run_dir):
-    from trainwire.checkpointing.store import read_checkpoint
+    from trainwire.checkpointing.format import read_checkpoint
 
     return read_checkpoint(run_dir / "checkpoints" / "last.pt")["loop"]["step"]
 

@@ -12,7 +12,8 @@ import torch
 from conftest import make_trainer
 
 from trainwire import ConfigError, TrainerSettings
-from trainwire.checkpointing.store import LocalCheckpointStore, read_checkpoint
+from trainwire.checkpointing.format import read_checkpoint
+from trainwire.checkpointing.store import LocalCheckpointStore
 from trainwire.errors import TrainingInterrupted
 from trainwire.loop.signals import StopToken
 from trainwire.models import MLP

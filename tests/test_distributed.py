@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from trainwire import registry
-from trainwire.checkpointing.store import read_checkpoint
+from trainwire.checkpointing.format import read_checkpoint
 
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
 # digits: 1,437 training samples; 32 per process and 2 processes is 64 a step, 23 steps an epoch.
@@ -159,7 +159,7 @@ def test_kill_9_of_one_rank_then_resume_auto_continues_exactly(ddp_run, tmp_path
 
 
 def shard_files(run_dir: Path, name: str = "last.pt") -> list[str]:
-    from trainwire.checkpointing.store import read_manifest
+    from trainwire.checkpointing.format import read_manifest
 
     return sorted(file.split("/")[1] for file in read_manifest(run_dir / "checkpoints")["files"][name]["shards"])
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from trainwire.checkpointing.store import read_checkpoint
+from trainwire.checkpointing.format import read_checkpoint
 from trainwire.config import compose
 from trainwire.containers import run
 from trainwire.testing import capture_logs

@@ -10,7 +10,8 @@ import torch
 from dependency_injector import providers
 
 from trainwire import CheckpointError, ConfigError, NoClip, TrainingInterrupted
-from trainwire.checkpointing.store import LocalCheckpointStore, read_checkpoint
+from trainwire.checkpointing.format import read_checkpoint
+from trainwire.checkpointing.store import LocalCheckpointStore
 from trainwire.config import compose
 from trainwire.containers import build_container, run
 from trainwire.data import digits

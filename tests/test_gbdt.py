@@ -9,7 +9,7 @@ import pytest
 import torch
 from dependency_injector import providers
 
-from trainwire.checkpointing.store import read_checkpoint
+from trainwire.checkpointing.format import read_checkpoint
 from trainwire.config import compose
 from trainwire.containers import build_container, run
 from trainwire.errors import CheckpointError, ConfigError, TrainingInterrupted

@@ -10,7 +10,8 @@ import torch
 from conftest import make_model, make_trainer, nonfinite_policy
 
 from trainwire import Classification, ConfigError, NormClipper, TrainerSettings
-from trainwire.checkpointing.store import LocalCheckpointStore, read_checkpoint
+from trainwire.checkpointing.format import read_checkpoint
+from trainwire.checkpointing.store import LocalCheckpointStore
 from trainwire.config import compose
 from trainwire.containers import build_container, run
 from trainwire.policies.cadence import Cadence

@@ -18,12 +18,8 @@ import pytest
 import torch
 from forked_saves import save_in_killed_child
 
-from trainwire.checkpointing.store import (
-    LocalCheckpointStore,
-    read_checkpoint,
-    read_manifest,
-    verify,
-)
+from trainwire.checkpointing.format import read_checkpoint, read_manifest, verify
+from trainwire.checkpointing.store import LocalCheckpointStore
 from trainwire.errors import CheckpointError
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,8 @@ from conftest import blobs, make_trainer
 from dependency_injector import providers
 
 from trainwire import NonFiniteError, StopToken, TrainingInterrupted
-from trainwire.checkpointing.store import LocalCheckpointStore, read_checkpoint
+from trainwire.checkpointing.format import read_checkpoint
+from trainwire.checkpointing.store import LocalCheckpointStore
 from trainwire.config import compose
 from trainwire.containers import build_container, run
 from trainwire.errors import CheckpointError

@@ -13,7 +13,8 @@ from conftest import blobs, make_trainer, nonfinite_policy
 from torch.utils.data import DataLoader, TensorDataset
 
 from trainwire import Cadence, Classification, PatienceStopper, SkipNonFinite, TrainerSettings, WarmupCosine
-from trainwire.checkpointing.store import LocalCheckpointStore, read_checkpoint
+from trainwire.checkpointing.format import read_checkpoint
+from trainwire.checkpointing.store import LocalCheckpointStore
 from trainwire.data import ResumableSampler
 from trainwire.errors import (
     CheckpointError,

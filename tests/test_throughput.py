@@ -11,7 +11,8 @@ from conftest import make_model, make_trainer
 from torch import nn
 
 from trainwire import Cadence, Classification, TrainerSettings
-from trainwire.checkpointing.store import LocalCheckpointStore, read_checkpoint
+from trainwire.checkpointing.format import read_checkpoint
+from trainwire.checkpointing.store import LocalCheckpointStore
 from trainwire.config import compose
 from trainwire.containers import run
 from trainwire.policies.objectives import Objective

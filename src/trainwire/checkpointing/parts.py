@@ -22,8 +22,9 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from trainwire.checkpointing import runfolder
+from trainwire.checkpointing.format import read_checkpoint
 from trainwire.checkpointing.sharding import ShardedState
-from trainwire.checkpointing.store import CheckpointStore, read_checkpoint
+from trainwire.checkpointing.store import CheckpointStore
 from trainwire.errors import CheckpointError, ConfigError, NonFiniteError
 
 FORMAT = 2  # 1: the fixed component list of the first build (refused: no release has shipped)

@@ -13,6 +13,7 @@ processes, or onto a plain module), reads the tensors into it, and puts the part
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,13 @@ MARK = "__dcp__"  # {MARK: key} stands where a tensor of a sharded part was
 
 
 def _dtensor() -> type | None:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # torch built without distributed
-        return None
-    return DTensor
+    """DTensor's class once something has loaded it, else None: no DTensor can exist before then.
+
+    Importing it costs about a second, which a save of plain tensors (the first one in a forked
+    or fresh process) must not pay; None too when torch is built without distributed.
+    """
+    module = sys.modules.get("torch.distributed.tensor")
+    return getattr(module, "DTensor", None)
 
 
 def holds_dtensors(value: Any) -> bool:

@@ -1,21 +1,16 @@
 """Checkpoint stores: where training state is saved and how it is found again.
 
-``LocalCheckpointStore`` keeps ``last.pt``, ``best.pt`` and ``epoch-XXXX.pt`` in one folder
-with a ``manifest.json`` that holds each file's sha256. The manifest is the commit marker:
-a file is used only when its bytes hash to what the manifest says, so a file that is
-half-written, truncated, flipped or foreign is never loaded. Every file is written under a
-temporary name in the same folder, fsynced, renamed, and the folder fsynced (ADR 0009).
+``CheckpointStore`` is the port; ``LocalCheckpointStore`` keeps ``last.pt``, ``best.pt`` and
+``epoch-XXXX.pt`` in one folder, committed through its ``manifest.json`` in the file format of
+``format.py`` (write, fsync, rename, then commit the hash: ADR 0009), pruned to the newest
+``keep_last`` periodic files, and never taken for empty when damaged.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import queue
-import re
 import shutil
-import threading
 import uuid
 import weakref
 from abc import ABC, abstractmethod
@@ -24,21 +19,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from torch.optim import Optimizer
 
 from trainwire.checkpointing import sharding
+from trainwire.checkpointing.format import (
+    CHECKPOINT_NAME,
+    FORMAT,
+    MANIFEST,
+    PERIODIC_FILE,
+    HashingWriter,
+    copy_into,
+    file_sha256,
+    fsync_dir,
+    read_checkpoint,
+    read_manifest,
+    shards_problem,
+    write_file,
+)
 from trainwire.checkpointing.lock import FolderLock
 from trainwire.errors import CheckpointError, ConfigError
 from trainwire.runtime import logs
 
-MANIFEST = "manifest.json"
-FORMAT = 1
 # How a refusal to resume from a damaged folder ends: what was not done, and the explicit way to start afresh.
 _UNTOUCHED = ("nothing in it was changed. To train from scratch, move the folder away or train in a new run folder "
               "(hydra.run.dir=...); to resume from one checkpoint of it, name its path in trainer.resume")
-_NAME = re.compile(r"^(last|best|epoch-\d{4,})$")
-_PERIODIC = re.compile(r"^epoch-\d{4,}\.pt$")
 
 
 class CheckpointStore(ABC):
@@ -68,310 +71,6 @@ class CheckpointStore(ABC):
         """The state saved under ``name`` (or at a path); raises CheckpointError before returning anything unverified."""
 
 
-_CHUNK = 1 << 20  # bytes read per call when hashing a file
-_BIG = 1 << 20  # a write at least this long is hashed on the helper thread while it goes to disk
-_BATCH = 1 << 20  # torch.save's small writes (headers, small tensors) are gathered up to this
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb", buffering=0) as handle:
-        buffer = bytearray(_CHUNK)
-        view = memoryview(buffer)
-        while count := handle.readinto(buffer):
-            digest.update(view[:count])
-    return digest.hexdigest()
-
-
-class _Hasher:
-    """A sha256 fed in order by one helper thread, so hashing overlaps the caller's I/O or parsing.
-
-    hashlib drops the GIL while it hashes a long buffer, so the two really run at once. The
-    caller must keep every submitted buffer alive and unchanged until ``wait`` returns.
-    """
-
-    def __init__(self) -> None:
-        self.digest = hashlib.sha256()
-        self._queue: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
-        self._done = threading.Semaphore(0)
-        self._pending = 0
-        self._thread = threading.Thread(target=self._run, name="trainwire-sha256", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (view := self._queue.get()) is not None:
-            self.digest.update(view)
-            self._done.release()
-
-    def submit(self, view: memoryview) -> None:
-        self._pending += 1
-        self._queue.put(view)
-
-    def wait(self) -> None:
-        """Returns once everything submitted is hashed; then ``digest`` may be used from this thread too."""
-        while self._pending:
-            self._done.acquire()
-            self._pending -= 1
-
-    def close(self) -> str:
-        self.wait()
-        self._queue.put(None)
-        self._thread.join()
-        return self.digest.hexdigest()
-
-
-class _HashingWriter:
-    """The file object ``torch.save`` writes to: bytes go to ``fd`` and into a sha256 as they pass.
-
-    So the file is never read back to hash it. A long write (a tensor's storage) is hashed on
-    the helper thread while it is written; short ones are gathered and written in batches.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.size = 0
-        self.hasher = _Hasher()
-        self._batch = bytearray()
-
-    def write(self, data) -> int:
-        view = memoryview(data)
-        if view.format != "B" or view.ndim != 1:
-            view = view.cast("B")
-        count = len(view)
-        if count >= _BIG:
-            self._write_batch()
-            self.hasher.submit(view)  # torch may reuse this buffer after write returns: wait below
-            try:
-                self._write_all(view)
-            finally:
-                self.hasher.wait()
-        else:
-            self.hasher.digest.update(view)  # the helper is idle between long writes
-            self._batch += view
-            if len(self._batch) >= _BATCH:
-                self._write_batch()
-        self.size += count
-        return count
-
-    def flush(self) -> None:
-        self._write_batch()
-
-    def _write_batch(self) -> None:
-        if self._batch:
-            self._write_all(memoryview(self._batch))
-            self._batch = bytearray()
-
-    def _write_all(self, view: memoryview) -> None:
-        while view:
-            view = view[os.write(self.fd, view):]
-
-    def close(self) -> str:
-        """Flushes what is gathered and returns the sha256 of everything written."""
-        self._write_batch()
-        return self.hasher.close()
-
-
-def _fsync_dir(directory: Path) -> None:
-    # The rename is only durable once the folder's entry is: without this a power cut can
-    # bring back the old name (or none) after rename returned.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: Path, write) -> None:
-    with open(path, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _copy_into(source: Path, handle) -> None:
-    with open(source, "rb") as original:
-        shutil.copyfileobj(original, handle)
-
-
-def read_manifest(directory: Path) -> dict[str, Any] | None:
-    """The manifest of ``directory``; None when there is none; CheckpointError when it is unreadable."""
-    path = Path(directory) / MANIFEST
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as error:
-        raise CheckpointError(f"cannot read {path}: {error.strerror}") from None
-    try:
-        manifest = json.loads(data.decode("utf-8"))  # a flipped high bit is a UnicodeDecodeError, a ValueError
-        if not isinstance(manifest.get("files"), dict) or not isinstance(manifest.setdefault("pending", {}), dict):
-            raise ValueError("no 'files' table")
-    except (ValueError, AttributeError) as error:
-        reason = f"{type(error).__name__} at byte {error.start}" if isinstance(error, UnicodeDecodeError) else error
-        raise CheckpointError(f"{path} is not a valid manifest ({reason}); no checkpoint in it is used") from None
-    return manifest
-
-
-def _entries(path: Path) -> list[dict[str, Any]]:
-    """The manifest entries (committed, then pending) that the file at ``path`` may match."""
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    manifest = read_manifest(path.parent)
-    if manifest is None:
-        raise CheckpointError(f"checkpoint {path} has no {MANIFEST} beside it; an unverified file is never used")
-    # A save records the new hash as pending before its rename and commits it after, so a
-    # crash between the two leaves a file that either the pending or the committed hash matches.
-    entries = [e for e in (manifest["files"].get(path.name), manifest["pending"].get(path.name)) if e]
-    if not entries:
-        raise CheckpointError(f"checkpoint {path} is not in {MANIFEST}; an unverified file is never used")
-    return entries
-
-
-def _match(path: Path, entries: Sequence[Mapping[str, Any]], digest: str) -> dict[str, Any]:
-    for entry in entries:
-        if entry.get("sha256") == digest:
-            problem = _shards_problem(path.parent, entry)
-            if problem:
-                raise CheckpointError(f"checkpoint {path} is incomplete: {problem}")
-            return dict(entry)
-    raise CheckpointError(f"checkpoint {path} is corrupt or truncated: its sha256 does not match {MANIFEST}")
-
-
-def _shards_problem(directory: Path, entry: Mapping[str, Any]) -> str | None:
-    """Why the shard files ``entry`` lists do not verify (missing, or another sha256); None when they all do."""
-    for name, digest in (entry.get("shards") or {}).items():
-        path = directory / name
-        try:
-            if _sha256(path) != digest:
-                return f"its shard {path} does not match {MANIFEST}"
-        except OSError:
-            return f"its shard {path} is missing"
-    return None
-
-
-def verify(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The manifest entry of the checkpoint at ``path`` when its bytes match it; CheckpointError otherwise."""
-    path = Path(path)
-    entries = _entries(path)
-    return _match(path, entries, _sha256(path))
-
-
-def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Verifies the checkpoint at ``path`` against its manifest, then loads it with ``weights_only=True``.
-
-    Only tensors and plain containers load: a file that carries any other pickled object is
-    refused before that object is built, so a malicious payload never runs.
-    """
-    path = Path(path)
-    entries = _entries(path)
-    # A helper thread hashes the file while torch.load parses it (hashlib and file reads release
-    # the GIL), so with a free core the check costs little time. Nothing is returned, and no
-    # verdict of the parse is given, before the digest matches the manifest: a file that does not
-    # match is reported as corrupt whatever the parse made of it.
-    hashed: dict[str, Any] = {}
-
-    def hash_file() -> None:
-        try:
-            hashed["digest"] = _sha256(path)
-        except OSError as error:
-            hashed["error"] = error
-
-    hashing = threading.Thread(target=hash_file, name="trainwire-sha256", daemon=True)
-    hashing.start()
-    state: Any = None
-    failure: Exception | None = None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # weights_only refuses with UnpicklingError; a bad archive raises others
-        failure = error
-    finally:
-        hashing.join()
-    if "error" in hashed:
-        error = hashed["error"]
-        raise CheckpointError(f"cannot read checkpoint {path}: {error.strerror or error}") from None
-    _match(path, entries, hashed["digest"])
-    if failure is not None:
-        raise CheckpointError(f"checkpoint {path} was refused by torch.load(weights_only=True): "
-                              f"{refusal_reason(failure)}") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path} does not hold a dict of state")
-    sharded = state.pop("sharded", None)
-    if isinstance(sharded, dict):  # FSDP's parts: their tensors are in the shard folder, verified above
-        for key in sharded["parts"]:
-            state[key] = sharding.ShardedState(path.parent / sharded["folder"], state[key])
-    return state
-
-
-def refusal_reason(error: BaseException) -> str:
-    """The line of a ``torch.load(weights_only=True)`` failure that says why, without torch's advice around it.
-
-    torch puts the reason after a line ending in ``WeightsUnpickler error:`` (a raw pickle) or
-    alone between its preamble and "Check the documentation" (a disallowed global).
-    """
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    for index, line in enumerate(lines):
-        marker = line.find("WeightsUnpickler error:")
-        if marker >= 0:
-            rest = line[marker + len("WeightsUnpickler error:"):].strip()
-            following = lines[index + 1] if index + 1 < len(lines) else ""
-            return f"WeightsUnpickler error: {rest or following}".rstrip(": ")
-    told = [line for line in lines[1:] if not line.startswith("Check the documentation")]
-    if lines and lines[0].startswith("Weights only load failed") and told:
-        return " ".join(told)
-    return lines[0] if lines else type(error).__name__
-
-
-def load_weights(path: str | os.PathLike[str], model: nn.Module, optimizer: Optimizer | None = None) -> dict[str, Any]:
-    """Loads only the model's weights (and the optimizer's state, when given) from a verified checkpoint.
-
-    For fine-tuning from someone else's run: nothing else of theirs (schedule, RNG, position)
-    is applied. Returns the whole checkpoint for inspection.
-    """
-    state = read_checkpoint(path)
-    missing = [key for key in ("model", "optimizer") if key not in state and (key == "model" or optimizer)]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} has no {' or '.join(missing)} state")
-    if isinstance(state["model"], sharding.ShardedState):  # FSDP's shards, read whole (or resharded) into model
-        state["model"].load_model(model)
-        if optimizer is not None:
-            state["optimizer"].load_optimizer(model, optimizer)
-        return state
-    model.load_state_dict(state["model"])
-    if optimizer is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    return state
-
-
-def export_weights(source: str | os.PathLike[str], out: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
-    """Writes the model's weights of a checkpoint to ``out`` as a plain state dict (``torch.save``), for inference.
-
-    ``source`` is a run folder (its newest valid checkpoint), a checkpoint folder, or a checkpoint
-    file; single-file and sharded (FSDP) checkpoints alike, read whole without a process group.
-    Returns the checkpoint's path and the weights. ``out`` is written atomically.
-    """
-    source = Path(source)
-    if source.is_dir():
-        folder = source / "checkpoints" if (source / "checkpoints").is_dir() else source
-        name = LocalCheckpointStore(folder).latest()
-        if name is None:
-            raise CheckpointError(f"{source} holds no checkpoint")
-        source = folder / f"{name}.pt"
-    state = read_checkpoint(source)
-    if "model" not in state:
-        raise CheckpointError(f"checkpoint {source} has no model state")
-    weights = state["model"]
-    if isinstance(weights, sharding.ShardedState):
-        weights = weights.consolidate()
-    out = Path(out)
-    staged = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        _write_file(staged, lambda handle: torch.save(weights, handle))
-        os.replace(staged, out)
-    except OSError as error:
-        raise CheckpointError(f"cannot write {out}: {error.strerror or error}") from None
-    finally:
-        staged.unlink(missing_ok=True)
-    return source, weights
 
 
 def _writes() -> bool:
@@ -436,7 +135,7 @@ class LocalCheckpointStore(CheckpointStore):
     def save(self, state: Mapping[str, Any], names: Sequence[str], *, meta: Mapping[str, int]) -> None:
         """See ``CheckpointStore.save``. Parts that hold DTensors (FSDP) are written as shards by every rank,
         which must all call this; the rest, and the commit, by rank 0 (ADR 0014)."""
-        bad = [name for name in names if not _NAME.match(name)]
+        bad = [name for name in names if not CHECKPOINT_NAME.match(name)]
         if bad or not names:
             raise ValueError(f"checkpoint names must be last, best or epoch-NNNN; got {list(names)}")
         payload = {**state, "config_yaml": self.config_yaml}
@@ -464,7 +163,7 @@ class LocalCheckpointStore(CheckpointStore):
         hashed: dict[str, str] | str
         try:
             sharding.write(tensors, folder)
-            hashed = {f"{folder.name}/{path.name}": _sha256(path) for path in sorted(folder.glob(f"__{rank}_*.distcp"))}
+            hashed = {f"{folder.name}/{path.name}": file_sha256(path) for path in sorted(folder.glob(f"__{rank}_*.distcp"))}
         except Exception as error:  # noqa: BLE001 - DCP wraps a rank's OSError in its CheckpointException
             hashed = f"could not write checkpoint shards into {folder}: {error}".splitlines()[0]
         everyone: list[Any] = [hashed]
@@ -478,8 +177,8 @@ class LocalCheckpointStore(CheckpointStore):
                 if failed:
                     raise CheckpointError(failed[0])
                 shards = {name: digest for item in everyone for name, digest in item.items()}
-                shards[f"{folder.name}/.metadata"] = _sha256(folder / ".metadata")
-                _fsync_dir(folder)
+                shards[f"{folder.name}/.metadata"] = file_sha256(folder / ".metadata")
+                fsync_dir(folder)
                 self._commit(payload, names, meta, shards=shards)
             except OSError as error:
                 verdict = f"could not write checkpoint shards into {folder}: {error.strerror or error}"
@@ -505,16 +204,16 @@ class LocalCheckpointStore(CheckpointStore):
                 try:
                     os.link(staged[0], extra)
                 except OSError:
-                    _write_file(extra, lambda handle: _copy_into(staged[0], handle))
+                    write_file(extra, lambda handle: copy_into(staged[0], handle))
             self._reached("written")
             manifest["pending"] = {f"{name}.pt": entry for name in names}
             self._write_manifest(manifest)
-            _fsync_dir(self.directory)  # the new hashes are durable before any name changes its bytes
+            fsync_dir(self.directory)  # the new hashes are durable before any name changes its bytes
             self._reached("pending")
             for name, path in zip(names, staged):
                 os.replace(path, self.path(name))
                 self._reached(f"renamed {name}.pt")
-            _fsync_dir(self.directory)  # durable from here: each name verifies through its pending entry
+            fsync_dir(self.directory)  # durable from here: each name verifies through its pending entry
             self._reached("renamed")
             manifest["files"].update(manifest.pop("pending"))
             manifest["pending"] = {}
@@ -538,7 +237,7 @@ class LocalCheckpointStore(CheckpointStore):
         # What an earlier prune (or forgetting) failed to delete is pruned now: a periodic file the
         # committed manifest does not list is never loaded, and only takes space.
         orphans = sorted(path.name for path in self.directory.glob("epoch-*.pt")
-                         if _PERIODIC.match(path.name) and path.name not in manifest["files"])
+                         if PERIODIC_FILE.match(path.name) and path.name not in manifest["files"])
         # Shard folders no committed checkpoint names (pruned, replaced, or left by a save cut short).
         kept = {name.split("/", 1)[0] for entry in manifest["files"].values() if isinstance(entry, dict)
                 for name in entry.get("shards", {})}
@@ -566,7 +265,7 @@ class LocalCheckpointStore(CheckpointStore):
     def _write_data(self, path: Path, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Writes ``payload`` to the new file ``path`` with one fsync; its sha256 is taken as the bytes pass."""
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
-        writer = _HashingWriter(fd)
+        writer = HashingWriter(fd)
         try:
             torch.save(payload, writer)
             digest = writer.close()
@@ -586,12 +285,12 @@ class LocalCheckpointStore(CheckpointStore):
         """
         for name, entry in manifest["pending"].items():
             committed = manifest["files"].get(name)
-            if not (_NAME.match(name.removesuffix(".pt")) and isinstance(entry, dict)):
+            if not (CHECKPOINT_NAME.match(name.removesuffix(".pt")) and isinstance(entry, dict)):
                 continue
             if isinstance(committed, dict) and committed.get("sha256") == entry.get("sha256"):
                 continue
             try:
-                digest = _sha256(self.directory / name)
+                digest = file_sha256(self.directory / name)
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                 continue
             if digest == entry.get("sha256"):
@@ -601,7 +300,7 @@ class LocalCheckpointStore(CheckpointStore):
     def _write_manifest(self, manifest: Mapping[str, Any]) -> None:
         staged = self.directory / f".{MANIFEST}.{uuid.uuid4().hex[:8]}.tmp"
         try:
-            _write_file(staged, lambda handle: handle.write(json.dumps(manifest, indent=1, sort_keys=True).encode()))
+            write_file(staged, lambda handle: handle.write(json.dumps(manifest, indent=1, sort_keys=True).encode()))
             self._reached("manifest staged")
             os.replace(staged, self.directory / MANIFEST)
         finally:
@@ -609,7 +308,7 @@ class LocalCheckpointStore(CheckpointStore):
 
     def _doomed(self, manifest: Mapping[str, Any]) -> list[str]:
         """The periodic files beyond the newest ``keep_last``."""
-        periodic = sorted((name for name in manifest["files"] if _PERIODIC.match(name)),
+        periodic = sorted((name for name in manifest["files"] if PERIODIC_FILE.match(name)),
                           key=lambda name: int(name[len("epoch-"):-len(".pt")]), reverse=True)
         return periodic[self.keep_last:]
 
@@ -623,7 +322,7 @@ class LocalCheckpointStore(CheckpointStore):
         if not self.directory.is_dir():
             return None
         manifest = read_manifest(self.directory)
-        present = sorted(path.name for path in self.directory.glob("*.pt") if _NAME.match(path.stem))
+        present = sorted(path.name for path in self.directory.glob("*.pt") if CHECKPOINT_NAME.match(path.stem))
         if manifest is None:
             if present:
                 raise CheckpointError(f"{self.directory} holds {', '.join(present)} but no {MANIFEST}, so none of them "
@@ -632,7 +331,7 @@ class LocalCheckpointStore(CheckpointStore):
         # Every entry is a candidate, committed or pending, ordered by its own position: a file
         # renamed into place by a save cut short before its commit counts as what it holds.
         candidates = [(entry, name) for table in ("files", "pending") for name, entry in manifest[table].items()
-                      if _NAME.match(name.removesuffix(".pt")) and name.endswith(".pt") and isinstance(entry, dict)]
+                      if CHECKPOINT_NAME.match(name.removesuffix(".pt")) and name.endswith(".pt") and isinstance(entry, dict)]
         # Newest by position; on a tie last.pt first, as it is the one written every time.
         candidates.sort(key=lambda item: (item[0].get("epoch", -1), item[0].get("batch", -1), item[0].get("step", -1),
                                           item[1] == "last.pt"), reverse=True)
@@ -644,12 +343,12 @@ class LocalCheckpointStore(CheckpointStore):
             path = self.directory / name
             if name not in digests:
                 try:
-                    digests[name] = _sha256(path) if path.is_file() else None
+                    digests[name] = file_sha256(path) if path.is_file() else None
                 except OSError:
                     digests[name] = None
             problem = None
             if digests[name] is not None and digests[name] == entry.get("sha256"):
-                problem = _shards_problem(self.directory, entry)
+                problem = shards_problem(self.directory, entry)
                 if problem is None:
                     self._check_sizes(manifest, candidates, found=name)
                     return name[: -len(".pt")]
@@ -690,5 +389,5 @@ class LocalCheckpointStore(CheckpointStore):
                 self._reject(manifest, name, f"damaged: {size} bytes where {MANIFEST} lists {listed}")
 
     def load(self, name: str) -> dict[str, Any]:
-        path = self.path(name) if _NAME.match(name) else Path(name)
+        path = self.path(name) if CHECKPOINT_NAME.match(name) else Path(name)
         return read_checkpoint(path)

@@ -133,7 +133,7 @@ def _see_working_directory() -> None:
 
 
 def _export_weights(args: list[str]) -> None:
-    from trainwire.checkpointing.store import export_weights
+    from trainwire.checkpointing.export import export_weights
     from trainwire.errors import CheckpointError
 
     sources, out = _split_output(args, "model.pt")

@@ -12,11 +12,10 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from trainwire.checkpointing import parts as parts_codec
-from trainwire.checkpointing.parts import ModelPart, Position, RNGPart, is_stateful
+from trainwire.checkpointing.parts import Position
+from trainwire.checkpointing.session import Checkpointing
 from trainwire.checkpointing.store import CheckpointStore
-from trainwire.checkpointing.writer import CheckpointWriter
-from trainwire.data import epoch_batches, not_resumable, resumable_sampler
+from trainwire.data import epoch_batches, not_resumable
 from trainwire.errors import ConfigError, TrainingInterrupted
 from trainwire.loop.hooks import emit
 from trainwire.loop.settings import TrainerSettings, gradient_health
@@ -148,8 +147,7 @@ class Trainer:
             raise ConfigError("trainer.watch_every_n_steps needs whole parameters; under strategy=fsdp they "
                               "are sharded (set it to null)")
         self.sink = self.strategy.rank0_only(sink or NullSink())  # only rank 0 writes
-        self.checkpoints = checkpoints
-        self._writer: CheckpointWriter | None = None  # one per fit: saves through ``checkpoints``
+        self.checkpoints = checkpoints  # one ``Checkpointing`` per fit saves through it
         self.hooks = list(hooks)
         self.log = logger or logs.get_logger()
 
@@ -161,84 +159,54 @@ class Trainer:
         """Trains ``model`` on ``train_data`` and returns what happened. The loop, in short::
 
             compile what runs forward if trainer.compile says so (before the step builds its optimizers)
-            restore every stateful part from a checkpoint if trainer.resume says so
+            checkpointing.resume(): restore every stateful part if trainer.resume says so
             for epoch in range(max_epochs):
                 for batch in train_data (from the resumed batch on):
                     result = step.train_step(module, batch)   # objective, backward, gradients (told to the
                                                               # gradient health), optimizer, lr; FLOPs counted once
                     at each counted optimizer step: non-finite policy; log every n steps;
-                    checkpoint as the cadence says, or now and stop if a stop was asked for
+                    checkpointing.at_step()   # as the cadence says, or `last` and stop if a stop was asked for
                 metrics = throughput of the epoch's training
                 metrics += objective.evaluate(model, val_data)       # eval mode, no_grad
                 step.end_epoch(metrics)                              # train metrics, lr policies
                 verdict = stopping_policy.update(epoch, metrics)     # keep best weights
-                log; checkpoint as the cadence says; stop if asked or if verdict.stop
-            restore the best weights; sink.summary(...); sink.finish()
+                log; checkpointing.at_epoch(); stop if asked or if verdict.stop
+            restore the best weights; checkpointing.close(); sink.summary(...); sink.finish()
 
         ``stop`` is a ``StopToken``: ``stop.stop()`` from any thread ends the run at its next
         optimizer step, with ``last.pt`` written there; SIGTERM/SIGINT in the main thread set it.
         """
         settings, strategy = self.settings, self.strategy
-        n_batches = _batch_count(train_data, "train_data")
-        if settings.accumulate_steps > n_batches:
-            raise ConfigError(f"trainer.accumulate_steps={settings.accumulate_steps} is more than the "
-                              f"{n_batches} batches of an epoch (data.batch_size): no window would fill")
-        unrestorable = not_resumable(train_data)
-        if unrestorable:  # said once, at the start and in the summary, rather than resumed inexactly in silence
-            self.log.warning("data_order_not_resumable", reason=unrestorable)
-        if val_data is not None:
-            _batch_count(val_data, "val_data")
-        elif self.stopping.monitor is not None and self.stopping.monitor.startswith("val/"):
-            raise ConfigError(
-                f"stopping.monitor={self.stopping.monitor!r} needs validation data, and none was given "
-                "(monitor a train/ metric or use stopping=none)"
-            )
-        precision = Precision(settings.precision, strategy.device(settings.device))
-        model.to(precision.device)
-        module = strategy.setup(model)  # before the optimizers: FSDP replaces the parameters
-        self._compiler = Compiler(settings.compile_mode) if settings.compile else None
-        if self._compiler is not None:  # also before the optimizers; the checkpoint keeps the plain model's keys
-            module = self.step.compile(module, self._compiler)
+        n_batches, unrestorable = self._check_data(train_data, val_data)
+        precision, module = self._place(model)
         token = stop if stop is not None else StopToken()
         context = StepContext(strategy, precision, self.nonfinite.checks, n_batches, settings.max_epochs,
                               settings.accumulate_steps, self.objective, train_data, val_data, token, self.log,
                               self.health)
-        position = Position()
-        self._meter = Throughput(settings.peak_tflops)
-        self._meter.start(precision.device, strategy.world_size)
-        parts = self._parts(model, precision, position, train_data, self.step.setup(model, context))
-        plan = {"trainer.max_epochs": settings.max_epochs, "trainer.accumulate_steps": settings.accumulate_steps,
-                "batches per epoch (data.batch_size)": n_batches, **self.step.plan()}
-        # Before the sinks start: a checkpoint that fails verification changes nothing.
-        where, checkpoint = parts_codec.find(settings.resume, self.checkpoints, self.log, strategy.world_size)
-        if checkpoint is not None:
-            parts_codec.restore(checkpoint, parts, plan, name=f"checkpoint {where}")
-            self.log.info("resumed", checkpoint=where, epoch=position.epoch, batch=position.batch, step=position.step)
+        position = Position()  # where the loop is: restored with the other parts
+        checkpointing = Checkpointing(self.checkpoints, self.cadence, strategy, token, self.log,
+                                      asynchronous=settings.async_checkpoint)
+        checkpointing.hold(model, self.step.setup(model, context), precision=precision, stopping=self.stopping,
+                           nonfinite=self.nonfinite, objective=self.objective, throughput=self._meter,
+                           gradient_health=self.health, train_data=train_data, position=position, hooks=self.hooks,
+                           plan=self._plan(n_batches))  # after the step's setup has built its optimizers
+        resumed = checkpointing.resume(settings.resume)  # before the sinks start: a refusal changes nothing
         state = TrainState(model=model, optimizer=self.step.optimizer, module=module, epoch=position.epoch,
                            step=position.step)
         self.health.start(model, position, self.sink, self.log)
-        if self.checkpoints is not None:
-            # Sharded saves are collectives of every process: written in the loop's thread (ADR 0014).
-            self._writer = CheckpointWriter(self.checkpoints, asynchronous=settings.async_checkpoint
-                                            and not strategy.sharded_checkpoints)
         with stop_requests(token):
             self.sink.start()
             if self._compiler is not None:
                 self._compiler.listen()
             try:
-                self.step.start(model, resumed=checkpoint is not None)
-                result = self._run(state, position, parts, plan, train_data, val_data, token)
+                self.step.start(model, resumed=resumed is not None)
+                result = self._loop(state, position, checkpointing, precision, train_data, val_data)
                 if unrestorable:
                     result.notes.append(f"data order not resumable: {unrestorable}")
-                if self._writer is not None:
-                    self._writer.wait()  # the last save is committed (or its failure raised) before fit returns
-                    result.checkpoint_wait_s, result.checkpoint_waits = self._writer.waited_s, self._writer.waits
+                checkpointing.close()  # the last save is committed (or its failure raised) before fit returns
+                result.checkpoint_wait_s, result.checkpoint_waits = checkpointing.waited_s, checkpointing.waits
             except BaseException as error:
-                failure = self._writer.settle() if self._writer is not None else None
-                if failure is not None and failure is not error:  # the run is failing already: say, don't replace
-                    self.log.error("checkpoint_failed", error=str(failure))
-                if isinstance(error, TrainingInterrupted) and not error.saved and self.checkpoints is not None:
-                    error.saved = self.checkpoints.latest() is not None  # stopped inside a step's own work
+                checkpointing.close(error)
                 self._emit("on_exception", state, error)
                 self.sink.finish("killed" if isinstance(error, (KeyboardInterrupt, TrainingInterrupted)) else "failed")
                 raise
@@ -251,39 +219,47 @@ class Trainer:
         self._emit("on_train_end", state, result)
         return result
 
-    def _parts(self, model, precision, position, train_data, step_parts) -> dict[str, Any]:
-        """Everything a checkpoint holds, by name, in the order it is restored (the RNGs last)."""
-        sampler = resumable_sampler(train_data)
-        parts = {"model": ModelPart(self.strategy, model), **step_parts, "precision": precision,
-                 "stopping": self.stopping, "nonfinite": self.nonfinite, "objective": self.objective,
-                 "throughput": self._meter, "gradient_health": self.health,
-                 **({"sampler": sampler} if sampler is not None else {}), "loop": position}
-        parts.update((f"hook{index}.{type(hook).__name__}", hook) for index, hook in enumerate(self.hooks))
-        return {name: part for name, part in parts.items() if is_stateful(part)} | {"rng": RNGPart()}
+    def _check_data(self, train_data: Any, val_data: Any) -> tuple[int, str | None]:
+        """Refuses data the run cannot use, before any work; returns the batches of an epoch and why the
+        data order cannot be resumed (None when it can)."""
+        n_batches = _batch_count(train_data, "train_data")
+        accumulate = self.settings.accumulate_steps
+        if accumulate > n_batches:
+            raise ConfigError(f"trainer.accumulate_steps={accumulate} is more than the "
+                              f"{n_batches} batches of an epoch (data.batch_size): no window would fill")
+        unrestorable = not_resumable(train_data)
+        if unrestorable:  # said once, at the start and in the summary, rather than resumed inexactly in silence
+            self.log.warning("data_order_not_resumable", reason=unrestorable)
+        if val_data is not None:
+            _batch_count(val_data, "val_data")
+        elif self.stopping.monitor is not None and self.stopping.monitor.startswith("val/"):
+            raise ConfigError(
+                f"stopping.monitor={self.stopping.monitor!r} needs validation data, and none was given "
+                "(monitor a train/ metric or use stopping=none)"
+            )
+        return n_batches, unrestorable
 
-    def _boundary(self, names: list[str], token: StopToken, parts, plan) -> None:
-        """Writes the checkpoints ``names`` (and ``last`` when a stop was asked for), then stops if asked.
+    def _plan(self, n_batches: int) -> dict[str, Any]:
+        """What a checkpoint must have been planned with for this run to resume it (config key -> value)."""
+        return {"trainer.max_epochs": self.settings.max_epochs, "trainer.accumulate_steps": self.settings.accumulate_steps,
+                "batches per epoch (data.batch_size)": n_batches, **self.step.plan()}
 
-        A save that failed in the background is raised here, at the next step after it failed.
-        A stop waits for the save in flight to commit before it raises.
+    def _place(self, model: nn.Module) -> tuple[Precision, nn.Module]:
+        """Moves ``model`` to its device, makes what runs forward (the strategy's form, compiled if asked)
+        and starts the throughput meter there.
+
+        Both before the step builds its optimizers: FSDP replaces the parameters, and the compiled
+        module shares them (the checkpoint keeps the plain model's keys).
         """
-        writer = self._writer
-        if writer is not None:
-            writer.check()
-        stopping = self.strategy.any(token.stopped)  # every process stops at the same step
-        if stopping and "last" not in names:
-            names = ["last", *names]
-        if names and writer is not None:
-            saved = parts_codec.capture(parts, plan, self.strategy.world_size)  # every process (FSDP: its shards)
-            if self.strategy.is_rank0 or self.strategy.sharded_checkpoints:  # one writes, or each its shards
-                loop = parts["loop"]
-                waited = writer.save(saved, names, meta={"epoch": loop.epoch, "batch": loop.batch, "step": loop.step})
-                if waited > 0:  # the save before this one was still being written; the total goes to the summary
-                    self.log.info("checkpoint_wait", step=loop.step, wait_s=waited, waits=writer.waits)
-        if stopping:
-            if writer is not None:
-                writer.wait()
-            raise TrainingInterrupted(token.signum, saved=writer is not None)
+        precision = Precision(self.settings.precision, self.strategy.device(self.settings.device))
+        model.to(precision.device)
+        module = self.strategy.setup(model)
+        self._compiler = Compiler(self.settings.compile_mode) if self.settings.compile else None
+        if self._compiler is not None:
+            module = self.step.compile(module, self._compiler)
+        self._meter = Throughput(self.settings.peak_tflops)  # the run's throughput, on that device
+        self._meter.start(precision.device, self.strategy.world_size)
+        return precision, module
 
     def _not_taken(self, state: TrainState) -> None:
         self.sink.log({"train/skipped_steps": self.nonfinite.skipped + 1}, step=state.step, epoch=state.epoch)
@@ -303,12 +279,13 @@ class Trainer:
         self._emit("on_validation_end", state, dict(metrics))
         return metrics
 
-    def _run(self, state, position, parts, plan, train_data, val_data, token) -> FitResult:
-        settings, strategy, step, model, module = self.settings, self.strategy, self.step, state.model, state.module
-        log_every, move = settings.log_every_n_steps, strategy.mover(parts["precision"].device)
-        meter, health = self._meter, self.health
+    def _loop(self, state: TrainState, position: Position, checkpointing: Checkpointing, precision: Precision,
+              train_data: Iterable[Any], val_data: Iterable[Any] | None) -> FitResult:
+        """The epochs and their batches, as ``fit``'s docstring shows them; returns what the run did."""
+        settings, step, model, module, meter = self.settings, self.step, state.model, state.module, self._meter
+        log_every, move = settings.log_every_n_steps, self.strategy.mover(precision.device)
         self._emit("on_train_start", state)
-        self._boundary([], token, parts, plan)  # a token stopped before the run stops it before the first step
+        checkpointing.at_start()  # a token stopped before the run stops it before the first step
         model.train()
         for epoch in range(position.epoch, settings.max_epochs if position.stop_reason is None else 0):
             state.epoch, started, skip, first_step = epoch, time.perf_counter(), position.batch, state.step
@@ -330,40 +307,53 @@ class Trainer:
                     position.step = state.step = state.step + 1
                     if state.step % log_every == 0:  # the only per-step host reads besides the finite check
                         self.sink.log(step.log_values(), step=state.step, epoch=epoch)
-                        health.judge()
+                        self.health.judge()
                 else:  # non-finite, or fp16 overflow (the scaler has lowered its scale): the schedule waits
                     self._not_taken(state)
-                self._boundary(self.cadence.at_step(state.step) if result.taken else [], token, parts, plan)
-            metrics = meter.end_epoch(state.step - first_step)  # training alone: before validation
-            health.judge()
-            if val_data is not None:
-                metrics.update(self._validate(state, val_data, move, parts["precision"]))
-            step.end_epoch(model, metrics)
-            verdict = strategy.broadcast(self.stopping.update(epoch, metrics))  # rank 0 decides for every process
-            if verdict.improved:
-                position.best_model = strategy.model_state(model)
-            metrics["time/epoch_s"] = time.perf_counter() - started
-            metrics["train/skipped_steps"] = self.nonfinite.skipped
-            if self._compiler is not None:
-                self._compiler.report(metrics, self.log, epoch)
-            position.history.append(metrics)
-            self.sink.log(metrics, step=state.step, epoch=epoch)
-            self.log.info("epoch", epoch=epoch, step=state.step, **metrics)
-            self._emit("on_epoch_end", state, metrics)
-            position.epoch, position.batch = epoch + 1, 0
-            position.stop_reason = (verdict.reason or "stopped") if verdict.stop else None
-            self._boundary(self.cadence.at_epoch(epoch, verdict.improved), token, parts, plan)
+                checkpointing.at_step(state.step, result.taken)
+            verdict = self._end_epoch(state, position, precision, move, val_data, started, first_step)
+            checkpointing.at_epoch(epoch, verdict.improved)
             if verdict.stop:
                 self.log.info("early_stop", epoch=epoch, reason=position.stop_reason, monitor=self.stopping.monitor,
                               best_value=self.stopping.best_value, best_epoch=self.stopping.best_epoch)
                 break
         if position.best_model is not None:
-            strategy.load_model_state(model, position.best_model)
+            self.strategy.load_model_state(model, position.best_model)
+        return self._result(state, position)
+
+    def _end_epoch(self, state: TrainState, position: Position, precision: Precision, move: Any,
+                   val_data: Iterable[Any] | None, started: float, first_step: int) -> Any:
+        """Measures, validates and judges the epoch just trained, logs it, and moves ``position`` past it.
+
+        Returns the stopping policy's verdict (rank 0's, on every process).
+        """
+        epoch, model = state.epoch, state.model
+        metrics = self._meter.end_epoch(state.step - first_step)  # training alone: before validation
+        self.health.judge()
+        if val_data is not None:
+            metrics.update(self._validate(state, val_data, move, precision))
+        self.step.end_epoch(model, metrics)
+        verdict = self.strategy.broadcast(self.stopping.update(epoch, metrics))  # rank 0 decides for every process
+        if verdict.improved:
+            position.best_model = self.strategy.model_state(model)
+        metrics["time/epoch_s"] = time.perf_counter() - started
+        metrics["train/skipped_steps"] = self.nonfinite.skipped
+        if self._compiler is not None:
+            self._compiler.report(metrics, self.log, epoch)
+        position.history.append(metrics)
+        self.sink.log(metrics, step=state.step, epoch=epoch)
+        self.log.info("epoch", epoch=epoch, step=state.step, **metrics)
+        self._emit("on_epoch_end", state, metrics)
+        position.epoch, position.batch = epoch + 1, 0
+        position.stop_reason = (verdict.reason or "stopped") if verdict.stop else None
+        return verdict
+
+    def _result(self, state: TrainState, position: Position) -> FitResult:
         history = position.history
         return FitResult(
             epochs_completed=len(history), best_epoch=self.stopping.best_epoch, best_value=self.stopping.best_value,
             monitor=self.stopping.monitor, stop_reason=position.stop_reason or "max_epochs", history=history,
             steps=state.step, avg_epoch_time_s=math.fsum(h["time/epoch_s"] for h in history) / max(len(history), 1),
-            counts={**health.counts(),
+            counts={**self.health.counts(),
                     **({"compile/recompiles": self._compiler.recompiles} if self._compiler is not None else {})},
         )

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from trainwire.checkpointing.store import refusal_reason
+from trainwire.checkpointing.format import refusal_reason
 from trainwire.errors import ConfigError
 from trainwire.models import ACTIVATIONS
 from trainwire.policies.objectives import Objective, Reduce, local

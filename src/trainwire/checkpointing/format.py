@@ -1,0 +1,286 @@
+"""The checkpoint file format: what makes a file on disk a checkpoint that may be loaded.
+
+A checkpoint folder holds ``last.pt``, ``best.pt`` and ``epoch-XXXX.pt`` beside a ``manifest.json``
+that lists each file's sha256 (and, for a sharded save, each shard's). The manifest is the
+commit marker: a file is used only when its bytes hash to what the manifest says, so a file
+that is half-written, truncated, flipped or foreign is never loaded, and it is loaded with
+``torch.load(weights_only=True)`` only. Files are written durably: under a temporary name in
+the same folder, fsynced, renamed, and the folder fsynced (ADR 0009). Where the files are kept
+and pruned is the store's (``store.py``); this module is the bytes' side of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import re
+import shutil
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainwire.checkpointing import sharding
+from trainwire.errors import CheckpointError
+
+MANIFEST = "manifest.json"
+FORMAT = 1  # of the manifest (the state inside a checkpoint has its own: parts.FORMAT)
+CHECKPOINT_NAME = re.compile(r"^(last|best|epoch-\d{4,})$")  # the names a checkpoint may have, without ``.pt``
+PERIODIC_FILE = re.compile(r"^epoch-\d{4,}\.pt$")
+
+_CHUNK = 1 << 20  # bytes read per call when hashing a file
+_BIG = 1 << 20  # a write at least this long is hashed on the helper thread while it goes to disk
+_BATCH = 1 << 20  # torch.save's small writes (headers, small tensors) are gathered up to this
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as handle:
+        buffer = bytearray(_CHUNK)
+        view = memoryview(buffer)
+        while count := handle.readinto(buffer):
+            digest.update(view[:count])
+    return digest.hexdigest()
+
+
+class _Hasher:
+    """A sha256 fed in order by one helper thread, so hashing overlaps the caller's I/O or parsing.
+
+    hashlib drops the GIL while it hashes a long buffer, so the two really run at once. The
+    caller must keep every submitted buffer alive and unchanged until ``wait`` returns.
+    """
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+        self._queue: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
+        self._done = threading.Semaphore(0)
+        self._pending = 0
+        self._thread = threading.Thread(target=self._run, name="trainwire-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (view := self._queue.get()) is not None:
+            self.digest.update(view)
+            self._done.release()
+
+    def submit(self, view: memoryview) -> None:
+        self._pending += 1
+        self._queue.put(view)
+
+    def wait(self) -> None:
+        """Returns once everything submitted is hashed; then ``digest`` may be used from this thread too."""
+        while self._pending:
+            self._done.acquire()
+            self._pending -= 1
+
+    def close(self) -> str:
+        self.wait()
+        self._queue.put(None)
+        self._thread.join()
+        return self.digest.hexdigest()
+
+
+class HashingWriter:
+    """The file object ``torch.save`` writes to: bytes go to ``fd`` and into a sha256 as they pass.
+
+    So the file is never read back to hash it. A long write (a tensor's storage) is hashed on
+    the helper thread while it is written; short ones are gathered and written in batches.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.size = 0
+        self.hasher = _Hasher()
+        self._batch = bytearray()
+
+    def write(self, data) -> int:
+        view = memoryview(data)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        count = len(view)
+        if count >= _BIG:
+            self._write_batch()
+            self.hasher.submit(view)  # torch may reuse this buffer after write returns: wait below
+            try:
+                self._write_all(view)
+            finally:
+                self.hasher.wait()
+        else:
+            self.hasher.digest.update(view)  # the helper is idle between long writes
+            self._batch += view
+            if len(self._batch) >= _BATCH:
+                self._write_batch()
+        self.size += count
+        return count
+
+    def flush(self) -> None:
+        self._write_batch()
+
+    def _write_batch(self) -> None:
+        if self._batch:
+            self._write_all(memoryview(self._batch))
+            self._batch = bytearray()
+
+    def _write_all(self, view: memoryview) -> None:
+        while view:
+            view = view[os.write(self.fd, view):]
+
+    def close(self) -> str:
+        """Flushes what is gathered and returns the sha256 of everything written."""
+        self._write_batch()
+        return self.hasher.close()
+
+
+def fsync_dir(directory: Path) -> None:
+    # The rename is only durable once the folder's entry is: without this a power cut can
+    # bring back the old name (or none) after rename returned.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file(path: Path, write) -> None:
+    with open(path, "wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def copy_into(source: Path, handle) -> None:
+    with open(source, "rb") as original:
+        shutil.copyfileobj(original, handle)
+
+
+def read_manifest(directory: Path) -> dict[str, Any] | None:
+    """The manifest of ``directory``; None when there is none; CheckpointError when it is unreadable."""
+    path = Path(directory) / MANIFEST
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise CheckpointError(f"cannot read {path}: {error.strerror}") from None
+    try:
+        manifest = json.loads(data.decode("utf-8"))  # a flipped high bit is a UnicodeDecodeError, a ValueError
+        if not isinstance(manifest.get("files"), dict) or not isinstance(manifest.setdefault("pending", {}), dict):
+            raise ValueError("no 'files' table")
+    except (ValueError, AttributeError) as error:
+        reason = f"{type(error).__name__} at byte {error.start}" if isinstance(error, UnicodeDecodeError) else error
+        raise CheckpointError(f"{path} is not a valid manifest ({reason}); no checkpoint in it is used") from None
+    return manifest
+
+
+def _entries(path: Path) -> list[dict[str, Any]]:
+    """The manifest entries (committed, then pending) that the file at ``path`` may match."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    manifest = read_manifest(path.parent)
+    if manifest is None:
+        raise CheckpointError(f"checkpoint {path} has no {MANIFEST} beside it; an unverified file is never used")
+    # A save records the new hash as pending before its rename and commits it after, so a
+    # crash between the two leaves a file that either the pending or the committed hash matches.
+    entries = [e for e in (manifest["files"].get(path.name), manifest["pending"].get(path.name)) if e]
+    if not entries:
+        raise CheckpointError(f"checkpoint {path} is not in {MANIFEST}; an unverified file is never used")
+    return entries
+
+
+def _match(path: Path, entries: Sequence[Mapping[str, Any]], digest: str) -> dict[str, Any]:
+    for entry in entries:
+        if entry.get("sha256") == digest:
+            problem = shards_problem(path.parent, entry)
+            if problem:
+                raise CheckpointError(f"checkpoint {path} is incomplete: {problem}")
+            return dict(entry)
+    raise CheckpointError(f"checkpoint {path} is corrupt or truncated: its sha256 does not match {MANIFEST}")
+
+
+def shards_problem(directory: Path, entry: Mapping[str, Any]) -> str | None:
+    """Why the shard files ``entry`` lists do not verify (missing, or another sha256); None when they all do."""
+    for name, digest in (entry.get("shards") or {}).items():
+        path = directory / name
+        try:
+            if file_sha256(path) != digest:
+                return f"its shard {path} does not match {MANIFEST}"
+        except OSError:
+            return f"its shard {path} is missing"
+    return None
+
+
+def verify(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest entry of the checkpoint at ``path`` when its bytes match it; CheckpointError otherwise."""
+    path = Path(path)
+    entries = _entries(path)
+    return _match(path, entries, file_sha256(path))
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Verifies the checkpoint at ``path`` against its manifest, then loads it with ``weights_only=True``.
+
+    Only tensors and plain containers load: a file that carries any other pickled object is
+    refused before that object is built, so a malicious payload never runs.
+    """
+    path = Path(path)
+    entries = _entries(path)
+    # A helper thread hashes the file while torch.load parses it (hashlib and file reads release
+    # the GIL), so with a free core the check costs little time. Nothing is returned, and no
+    # verdict of the parse is given, before the digest matches the manifest: a file that does not
+    # match is reported as corrupt whatever the parse made of it.
+    hashed: dict[str, Any] = {}
+
+    def hash_file() -> None:
+        try:
+            hashed["digest"] = file_sha256(path)
+        except OSError as error:
+            hashed["error"] = error
+
+    hashing = threading.Thread(target=hash_file, name="trainwire-sha256", daemon=True)
+    hashing.start()
+    state: Any = None
+    failure: Exception | None = None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # weights_only refuses with UnpicklingError; a bad archive raises others
+        failure = error
+    finally:
+        hashing.join()
+    if "error" in hashed:
+        error = hashed["error"]
+        raise CheckpointError(f"cannot read checkpoint {path}: {error.strerror or error}") from None
+    _match(path, entries, hashed["digest"])
+    if failure is not None:
+        raise CheckpointError(f"checkpoint {path} was refused by torch.load(weights_only=True): "
+                              f"{refusal_reason(failure)}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} does not hold a dict of state")
+    sharded = state.pop("sharded", None)
+    if isinstance(sharded, dict):  # FSDP's parts: their tensors are in the shard folder, verified above
+        for key in sharded["parts"]:
+            state[key] = sharding.ShardedState(path.parent / sharded["folder"], state[key])
+    return state
+
+
+def refusal_reason(error: BaseException) -> str:
+    """The line of a ``torch.load(weights_only=True)`` failure that says why, without torch's advice around it.
+
+    torch puts the reason after a line ending in ``WeightsUnpickler error:`` (a raw pickle) or
+    alone between its preamble and "Check the documentation" (a disallowed global).
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for index, line in enumerate(lines):
+        marker = line.find("WeightsUnpickler error:")
+        if marker >= 0:
+            rest = line[marker + len("WeightsUnpickler error:"):].strip()
+            following = lines[index + 1] if index + 1 < len(lines) else ""
+            return f"WeightsUnpickler error: {rest or following}".rstrip(": ")
+    told = [line for line in lines[1:] if not line.startswith("Check the documentation")]
+    if lines and lines[0].startswith("Weights only load failed") and told:
+        return " ".join(told)
+    return lines[0] if lines else type(error).__name__
+
