@@ -1,6 +1,18 @@
+"""What many test files share: the tiny task, the model and Trainer builders, and the CLI runners.
+
+Under pytest-xdist (the README's command runs ``-n auto``) each worker is one process: it runs torch
+on one thread, and so do the processes the tests start, because two workers' threads contending for
+2 cores make tiny models several times slower. Tests that share an expensive module fixture (a
+reference run, a first compile) are put in one ``xdist_group`` so that it is built once.
+"""
+
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -43,11 +55,45 @@ def make_trainer(**overrides) -> Trainer:
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session", autouse=True)
 def one_thread():
-    """One intra-op thread for the module: tiny models gain nothing from more, and on a shared 2-core
+    """One intra-op thread for the session: tiny models gain nothing from more, and on a shared 2-core
     machine two threads per process contend and run several times slower."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+BIN = Path(sys.executable).parent
+TRAINWIRE = str(BIN / "trainwire")  # the console script, as a user runs it
+TORCHRUN = str(BIN / "torchrun")
+
+
+def clean_env(*drop: str, **extra: str) -> dict[str, str]:
+    """This process's environment for a child: without ``WANDB_*`` and ``HYDRA_*`` (nor the prefixes in ``drop``),
+    on one torch thread, then ``extra`` on top.
+
+    A developer's own W&B or Hydra settings must not steer a test run.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_", *drop))}
+    env["OMP_NUM_THREADS"] = "1"  # see the module docstring
+    return {**env, **extra}
+
+
+def trainwire(*args: str, cwd, env: dict[str, str] | None = None, module: bool = False,
+              timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs ``trainwire *args`` (``python -m trainwire`` with ``module``) to its end; text output captured.
+
+    The timeout is generous: it bounds a hung run, not a slow one on a loaded machine.
+    """
+    command = [sys.executable, "-m", "trainwire"] if module else [TRAINWIRE]
+    return subprocess.run([*command, *args], cwd=cwd, env=clean_env() if env is None else env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def start_trainwire(run_dir: Path, *args: str) -> subprocess.Popen:
+    """Starts ``trainwire train hydra.run.dir=<run_dir> *args`` in ``run_dir``'s parent; stderr is piped."""
+    command = [TRAINWIRE, "train", f"hydra.run.dir={run_dir}", *args]
+    return subprocess.Popen(command, cwd=run_dir.parent, env=clean_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)

@@ -11,19 +11,18 @@ through the real console script for the exit code.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import trainwire
 from omegaconf import OmegaConf
 
 from trainwire.config import compose
 from trainwire.containers import build_container, run
 from trainwire.errors import ConfigError, TrainingInterrupted
 from trainwire.loop.signals import StopToken
+from trainwire.testing import read_metrics
 
 # Keys whose any value is valid (names and labels), or that the fuzz cannot judge in-process.
 FREE = {"run_dir", "stage", "log.format", "log.level", "trainer.resume", "encoder"}
@@ -87,17 +86,12 @@ def attempt(overrides: list[str], run_dir: Path) -> str | None:
     return None
 
 
-def written_rows(run_dir: Path) -> list[str]:
-    path = run_dir / "metrics.jsonl"
-    return [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
 @pytest.mark.parametrize(("overrides", "named"), KNOWN, ids=[" ".join(o) for o, _ in KNOWN])
 def test_known_escapes_are_one_line_naming_the_key_and_value(overrides, named, tmp_path):
     message = attempt(overrides, tmp_path / "r")
     assert message is not None, f"{overrides} was accepted"
     assert named in message and "\n" not in message, message
-    assert not written_rows(tmp_path / "r")
+    assert not read_metrics(tmp_path / "r")
 
 
 @pytest.mark.slow  # ~500 compositions and runs to the first batch: about a minute on 2 cores
@@ -115,7 +109,7 @@ def test_every_key_with_bad_values_is_valid_or_one_line_naming_the_key(tmp_path)
             refused += 1
             if "\n" in message or key.rpartition(".")[2] not in message:
                 problems.append(f"{key}={bad}: {message!r}")
-            if written_rows(run_dir):
+            if read_metrics(run_dir):
                 problems.append(f"{key}={bad}: refused after writing metrics")
         shutil.rmtree(run_dir, ignore_errors=True)
     assert not problems, "\n".join(problems)
@@ -129,19 +123,13 @@ def test_a_misspelt_key_offers_the_nearest_one():
         compose(["optimizer.weight_decy=0.1"])
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    trainwire = os.path.join(os.path.dirname(sys.executable), "trainwire")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
-    return subprocess.run([trainwire, "train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides", [o for o, _ in KNOWN[:4]] + [["trainer.max_epoch=3"], ["lr=bogus"]],
                          ids=lambda o: " ".join(o))
 def test_the_console_script_exits_2_with_one_line(overrides, tmp_path):
-    done = _cli(f"hydra.run.dir={tmp_path / 'r'}", *overrides, cwd=tmp_path)
+    done = trainwire("train", f"hydra.run.dir={tmp_path / 'r'}", *overrides, cwd=tmp_path)
     assert done.returncode == 2, done.stderr[-2000:]
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("trainwire: error: "), done.stderr
-    assert not written_rows(tmp_path / "r")
+    assert not read_metrics(tmp_path / "r")
     assert "Traceback" not in done.stderr and not json.dumps(done.stdout).count("epoch")

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,6 +16,7 @@ from trainwire import StopToken
 from trainwire.config import compose
 from trainwire.errors import ConfigError
 from trainwire.jobs import Job
+from trainwire.testing import read_metrics
 
 ROOT = Path(__file__).parent.parent
 # 3 steps an epoch over 192 digits: an epoch takes a few tens of milliseconds.
@@ -45,7 +45,7 @@ def test_a_job_reports_each_epoch_and_checkpoint_then_its_result(tmp_path):
     assert all(event.seq > ended[event.data["step"]] for event in events if event.kind == "checkpoint")
     assert [event.seq for event in events] == list(range(len(events)))
     epochs = [event.data for event in events if event.kind == "epoch_end"]
-    recorded = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    recorded = read_metrics(tmp_path)
     assert [(e["epoch"], e["step"], e["metrics"]["val/loss"]) for e in epochs] == \
         [(r["epoch"], r["step"], r["val/loss"]) for r in recorded]  # what the run record says, as it happened
     checkpoints = [event.data for event in events if event.kind == "checkpoint"]

@@ -4,7 +4,6 @@ the checkpoint is a union of named parts; a StopToken stops a run from any threa
 from __future__ import annotations
 
 import ast
-import json
 import math
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from trainwire.checkpointing.store import LocalCheckpointStore, read_checkpoint
 from trainwire.config import compose
 from trainwire.containers import build_container, run
 from trainwire.errors import CheckpointError
-from trainwire.testing import RecordingSink
+from trainwire.testing import RecordingSink, read_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,10 +28,6 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "trainwire"
 # Small and quick: 384 training digits, 6 batches an epoch.
 GAN = ["experiment=gan", "paradigm.stage=false", "data.train_samples=384", "model.hidden=[32]"]
 SUPERVISED = ["lr=constant", "data.train_samples=384", "model.hidden=[32]"]
-
-
-def records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_exactly_one_module_iterates_an_epoch_of_training_batches():
@@ -119,7 +114,7 @@ class StopAt:
 def test_a_metric_schedule_resumes_on_schedule(tmp_path):
     job = [*SUPERVISED, "trainer.max_epochs=7", "+metrics_every.accuracy=3", "stopping=none"]
     run(compose([*job, f"run_dir={tmp_path / 'whole'}"]))
-    whole = [r["epoch"] for r in records(tmp_path / "whole") if "val/accuracy" in r]
+    whole = [r["epoch"] for r in read_metrics(tmp_path / "whole") if "val/accuracy" in r]
 
     token = StopToken()
     container = build_container(compose([*job, f"run_dir={tmp_path / 'cut'}"]))
@@ -128,7 +123,7 @@ def test_a_metric_schedule_resumes_on_schedule(tmp_path):
         run(container, stop=token)
     assert stopped.value.saved and stopped.value.signum is None
     run(compose([*job, f"run_dir={tmp_path / 'cut'}", "trainer.resume=auto"]))
-    cut = [r["epoch"] for r in records(tmp_path / "cut") if "val/accuracy" in r]
+    cut = [r["epoch"] for r in read_metrics(tmp_path / "cut") if "val/accuracy" in r]
     assert whole == cut == [0, 3, 6]
 
 

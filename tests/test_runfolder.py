@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 
 import pytest
+from conftest import start_trainwire
 
 from trainwire.checkpointing.runfolder import config_changes
 from trainwire.config import compose
@@ -66,11 +64,7 @@ def test_the_global_batch_is_what_must_match_across_numbers_of_processes():
 
 
 def _cli(run_dir, *overrides):
-    command = [os.path.join(os.path.dirname(sys.executable), "trainwire"), "train", f"hydra.run.dir={run_dir}",
-               *QUICK, *overrides]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
-    return subprocess.Popen(command, cwd=run_dir.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    return start_trainwire(run_dir, *QUICK, *overrides)
 
 
 @pytest.mark.slow

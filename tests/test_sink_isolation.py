@@ -22,6 +22,7 @@ from trainwire.testing import (
     RecordingSink,
     SlowSink,
     capture_logs,
+    read_metrics,
 )
 
 # 2 epochs of 6 steps (data.batch_size=256 over 1,437 digits), a record every step: 12 step
@@ -44,23 +45,19 @@ def fit(run_dir, sink, *extra):
     return model, result, warnings, elapsed
 
 
-def records(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("baseline")
     model, result, warnings, elapsed = fit(run_dir, NullSink())
     assert not warnings
-    return copy.deepcopy(model.state_dict()), records(run_dir), result, elapsed
+    return copy.deepcopy(model.state_dict()), read_metrics(run_dir), result, elapsed
 
 
 def assert_same_training(model, result, run_dir, baseline, name):
     state, expected, expected_result, _ = baseline
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key]), key  # bit for bit
-    got = records(run_dir)
+    got = read_metrics(run_dir)
     assert len(got) == len(expected) + 1  # every record, then one line of dropped counts
     for line, reference in zip(got, expected):
         assert {k: v for k, v in line.items() if not k.startswith("time/")} == \
@@ -109,7 +106,7 @@ def test_a_slow_sink_within_the_timeout_gets_everything(tmp_path, baseline):
     assert len(sink.records) == LOGS and sink.summary_values["epochs_completed"] == 2
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["sink/blocking/dropped"] == 0 and "sink/blocking/error" not in summary
-    assert len(records(tmp_path)) == LOGS  # no line of dropped counts when nothing failed
+    assert len(read_metrics(tmp_path)) == LOGS  # no line of dropped counts when nothing failed
 
 
 def test_one_failing_sink_leaves_the_others_whole(tmp_path, baseline):
@@ -154,7 +151,7 @@ print(result.epochs_completed)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-2:] == [
         "[('tensorboard', 'start', 'ModuleNotFoundError: import of tensorboard')]", "2"]
-    assert len(records(tmp_path)) == LOGS + 1
+    assert len(read_metrics(tmp_path)) == LOGS + 1
     assert not (tmp_path / "tensorboard").exists()
 
 
@@ -176,7 +173,7 @@ def test_hung_sinks_finish_together_within_one_timeout(tmp_path):
     assert 0.5 <= elapsed < 1.8  # one timeout for all four, not four in a row (>= 2 s)
     names = ["blocking", "blocking-2", "blocking-3", "blocking-4"]
     assert sorted(entry["sink"] for entry in logs) == names
-    assert records(tmp_path)[-1] == {"step": 1, "epoch": 0, **{f"sink/{name}/dropped": 0 for name in names}}
+    assert read_metrics(tmp_path)[-1] == {"step": 1, "epoch": 0, **{f"sink/{name}/dropped": 0 for name in names}}
 
 
 def fit_within(seconds, run_dir, sink, *extra):

@@ -10,12 +10,9 @@ from conftest import make_model, make_trainer
 from trainwire import GuardedFanOut, JsonlSink
 from trainwire.config import compose
 from trainwire.containers import build_container, run
+from trainwire.testing import read_metrics
 
 BASE = ["trainer.max_epochs=2", "lr.warmup_epochs=1", "data.batch_size=256", "trainer.log_every_n_steps=2"]
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def series(records, key):
@@ -34,7 +31,7 @@ def test_tensorboard_event_files_hold_every_metric_at_its_step(tmp_path):
     run_dir = tmp_path / "run"
     result = run(compose([f"run_dir={run_dir}", "sink=tensorboard", *BASE]))
     events = tensorboard_scalars(run_dir / "tensorboard")
-    records = read_jsonl(run_dir / "metrics.jsonl")
+    records = read_metrics(run_dir)
     keys = {key for record in records for key in record} - {"step", "epoch"}
     assert {"train/loss", "train/lr", "train/grad_norm", "train/grad_norm_clipped", "val/loss", "val/accuracy"} <= keys
     for key in keys:
@@ -70,7 +67,7 @@ def test_mlflow_run_holds_config_metrics_summary_and_status(tmp_path):
     params = logged.data.params
     assert params["trainer.max_epochs"] == "2" and params["optimizer.type"] == "adamw"
     assert params["data.batch_size"] == "256" and params["sink.mlflow.run_name"] == "digits"
-    records = read_jsonl(run_dir / "metrics.jsonl")
+    records = read_metrics(run_dir)
     for key in ("train/loss", "train/lr", "train/grad_norm", "val/loss", "val/accuracy", "time/epoch_s"):
         history = sorted(client.get_metric_history(logged.info.run_id, key), key=lambda m: (m.step, m.timestamp))
         assert [(m.step, pytest.approx(m.value)) for m in history] == series(records, key), key
@@ -97,7 +94,7 @@ def test_mlflow_run_is_closed_with_its_real_status_after_an_exception(tmp_path, 
     assert logged.info.status == status
     assert logged.data.params == {"a.b": "1"}
     steps = [m.step for m in client.get_metric_history(logged.info.run_id, "train/loss")]
-    assert steps == [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl") if "train/loss" in r]
+    assert steps == [r["step"] for r in read_metrics(tmp_path) if "train/loss" in r]
 
 
 def test_several_sinks_at_once_each_get_every_metric(tmp_path):
@@ -107,7 +104,7 @@ def test_several_sinks_at_once_each_get_every_metric(tmp_path):
     container = build_container(cfg)
     assert [sink.name for sink in container.trainer().sink.guarded] == ["tensorboard", "mlflow"]
     run(container)
-    records = read_jsonl(run_dir / "metrics.jsonl")
+    records = read_metrics(run_dir)
     events = tensorboard_scalars(run_dir / "tensorboard")
     client, runs = _mlflow_runs(f"sqlite:///{run_dir / 'mlflow.db'}")
     (logged,) = runs.values()
