@@ -20,8 +20,6 @@ from trainwire.checkpointing.writer import CheckpointWriter, snapshot
 from trainwire.errors import CheckpointError
 from trainwire.testing import RecordingSink, capture_logs
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def data():
     x, y = blobs()

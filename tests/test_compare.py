@@ -12,6 +12,8 @@ from conftest import trainwire
 
 from trainwire.cli.compare import compare, labels, table
 
+pytestmark = pytest.mark.xdist_group("compare")  # one worker: the sweep, once
+
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:

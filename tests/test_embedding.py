@@ -121,7 +121,7 @@ def test_a_run_with_every_external_sink_leaves_no_trace_in_the_callers_process(t
     assert (tmp_path / "run" / "mlflow.db").is_file()
 
 
-def test_two_runs_in_two_threads_equal_the_same_runs_done_alone(tmp_path, one_thread):
+def test_two_runs_in_two_threads_equal_the_same_runs_done_alone(tmp_path):
     """Each run seeds and builds its model alone (process.SEEDING); its data order is its own sampler's.
 
     One intra-op thread: with more, two runs at once may get OpenMP teams of other sizes than a

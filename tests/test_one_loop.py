@@ -22,8 +22,6 @@ from trainwire.containers import build_container, run
 from trainwire.errors import CheckpointError
 from trainwire.testing import RecordingSink, read_metrics
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 SRC = Path(__file__).resolve().parents[1] / "src" / "trainwire"
 # Small and quick: 384 training digits, 6 batches an epoch.
 GAN = ["experiment=gan", "paradigm.stage=false", "data.train_samples=384", "model.hidden=[32]"]

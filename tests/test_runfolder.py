@@ -12,8 +12,6 @@ from trainwire.config import compose
 from trainwire.containers import run
 from trainwire.errors import ConfigError
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 QUICK = ["trainer.max_epochs=1", "lr=constant", "model.hidden=[16]", "progress=never"]
 
 
