@@ -85,7 +85,7 @@ def test_the_cli_refuses_a_used_folder_a_live_folder_and_another_lr_each_in_one_
 
     live_dir = tmp_path / "live"
     live = _cli(live_dir, "trainer.max_epochs=50")
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while not (live_dir / "metrics.jsonl").exists():
         assert live.poll() is None and time.monotonic() < deadline, live.stderr.read() if live.poll() else "slow"
         time.sleep(0.05)

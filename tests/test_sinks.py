@@ -129,7 +129,7 @@ def test_importing_a_sink_module_does_not_import_its_library():
 
     code = ("import sys\nfrom trainwire import sinks\nsinks.TensorBoardSink, sinks.MLflowSink\n"
             "print(sorted(m for m in ('tensorboard', 'mlflow') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.stdout.split() == ["[]"], done.stderr
 
 
@@ -148,14 +148,14 @@ def test_a_terminated_cli_run_is_closed_as_killed(tmp_path):
                                 f"hydra.run.dir={run_dir}"], cwd=tmp_path, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline:  # wait until MLflow's run exists and epochs are being logged
             if (run_dir / "mlflow.db").exists() and (run_dir / "metrics.jsonl").exists() and \
                     sum(1 for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "val/loss" in line) >= 3:
                 break
             time.sleep(0.2)
         process.send_signal(signal.SIGTERM)
-        process.wait(timeout=120)
+        process.wait(timeout=300)
     finally:
         process.kill()
     client, runs = _mlflow_runs(f"sqlite:///{run_dir / 'mlflow.db'}")
