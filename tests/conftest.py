@@ -57,12 +57,18 @@ def make_trainer(**overrides) -> Trainer:
 
 @pytest.fixture(scope="session", autouse=True)
 def one_thread():
-    """One intra-op thread for the session: tiny models gain nothing from more, and on a shared 2-core
-    machine two threads per process contend and run several times slower."""
-    threads = torch.get_num_threads()
+    """One intra-op thread for the session, here and in every process a test starts: tiny models gain
+    nothing from more, and on a shared 2-core machine two threads per process contend and run several
+    times slower."""
+    threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
     yield
     torch.set_num_threads(threads)
+    if omp is None:
+        del os.environ["OMP_NUM_THREADS"]
+    else:
+        os.environ["OMP_NUM_THREADS"] = omp
 
 
 BIN = Path(sys.executable).parent
@@ -77,8 +83,7 @@ def clean_env(*drop: str, **extra: str) -> dict[str, str]:
     A developer's own W&B or Hydra settings must not steer a test run.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_", *drop))}
-    env["OMP_NUM_THREADS"] = "1"  # see the module docstring
-    return {**env, **extra}
+    return {**env, "OMP_NUM_THREADS": "1", **extra}  # one thread: see the module docstring
 
 
 def trainwire(*args: str, cwd, env: dict[str, str] | None = None, module: bool = False,

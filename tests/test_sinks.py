@@ -13,6 +13,16 @@ from trainwire.containers import build_container, run
 from trainwire.testing import read_metrics
 
 BASE = ["trainer.max_epochs=2", "lr.warmup_epochs=1", "data.batch_size=256", "trainer.log_every_n_steps=2"]
+BOTH = ["sink=[tensorboard,mlflow]", "sink.mlflow.run_name=digits", *BASE]
+
+pytestmark = pytest.mark.xdist_group("sinks")  # one worker: the run with both sinks, once
+
+
+@pytest.fixture(scope="module")
+def both(tmp_path_factory):
+    """One run with TensorBoard and MLflow on, read by each sink's test: (run folder, result)."""
+    run_dir = tmp_path_factory.mktemp("both") / "run"
+    return run_dir, run(compose([f"run_dir={run_dir}", *BOTH]))
 
 
 def series(records, key):
@@ -27,9 +37,8 @@ def tensorboard_scalars(log_dir):
     return events
 
 
-def test_tensorboard_event_files_hold_every_metric_at_its_step(tmp_path):
-    run_dir = tmp_path / "run"
-    result = run(compose([f"run_dir={run_dir}", "sink=tensorboard", *BASE]))
+def test_tensorboard_event_files_hold_every_metric_at_its_step(both):
+    run_dir, result = both
     events = tensorboard_scalars(run_dir / "tensorboard")
     records = read_metrics(run_dir)
     keys = {key for record in records for key in record} - {"step", "epoch"}
@@ -57,9 +66,8 @@ def _mlflow_runs(uri):
     return client, {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
 
 
-def test_mlflow_run_holds_config_metrics_summary_and_status(tmp_path):
-    run_dir = tmp_path / "run"
-    result = run(compose([f"run_dir={run_dir}", "sink=mlflow", "sink.mlflow.run_name=digits", *BASE]))
+def test_mlflow_run_holds_config_metrics_summary_and_status(both):
+    run_dir, result = both
     assert (run_dir / "mlflow.db").exists()  # the default store is local, inside the run directory
     client, runs = _mlflow_runs(f"sqlite:///{run_dir / 'mlflow.db'}")
     logged = runs["digits"]
@@ -97,13 +105,11 @@ def test_mlflow_run_is_closed_with_its_real_status_after_an_exception(tmp_path, 
     assert steps == [r["step"] for r in read_metrics(tmp_path) if "train/loss" in r]
 
 
-def test_several_sinks_at_once_each_get_every_metric(tmp_path):
-    run_dir = tmp_path / "run"
-    cfg = compose([f"run_dir={run_dir}", "sink=[tensorboard,mlflow]", *BASE])
+def test_several_sinks_at_once_each_get_every_metric(both, tmp_path):
+    cfg = compose([f"run_dir={tmp_path}", *BOTH])
     assert set(cfg.sink) == {"tensorboard", "mlflow"}
-    container = build_container(cfg)
-    assert [sink.name for sink in container.trainer().sink.guarded] == ["tensorboard", "mlflow"]
-    run(container)
+    assert [sink.name for sink in build_container(cfg).trainer().sink.guarded] == ["tensorboard", "mlflow"]
+    run_dir, _ = both
     records = read_metrics(run_dir)
     events = tensorboard_scalars(run_dir / "tensorboard")
     client, runs = _mlflow_runs(f"sqlite:///{run_dir / 'mlflow.db'}")
