@@ -2,8 +2,8 @@
 
 Under pytest-xdist (the README's command runs ``-n auto``) each worker is one process: it runs torch
 on one thread, and so do the processes the tests start, because two workers' threads contending for
-2 cores make tiny models several times slower. Tests that share an expensive module fixture (a
-reference run, a first compile) are put in one ``xdist_group`` so that it is built once.
+2 cores make tiny models several times slower. The modules in ``SHARED_FIXTURES`` build an expensive
+module fixture (a reference run, a first compile): each runs whole on one worker, so it is built once.
 """
 
 from __future__ import annotations
@@ -102,3 +102,33 @@ def start_trainwire(run_dir: Path, *args: str) -> subprocess.Popen:
     command = [TRAINWIRE, "train", f"hydra.run.dir={run_dir}", *args]
     return subprocess.Popen(command, cwd=run_dir.parent, env=clean_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
+
+
+# Modules whose tests read one expensive module-scoped fixture; every other test is scheduled on its own.
+SHARED_FIXTURES = {
+    "tests/test_compare.py",  # the 2×2 sweep
+    "tests/test_compile.py",  # the first torch.compile of the model
+    "tests/test_distributed.py",  # the 2-process reference run
+    "tests/test_kill.py",  # the uninterrupted reference runs
+    "tests/test_plots.py",  # the two runs
+    "tests/test_sinks.py",  # the run with TensorBoard and MLflow on
+    "tests/test_staged.py",  # the pre-trained encoder
+}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Under ``-n`` (``--dist load``, the default): the modules of ``SHARED_FIXTURES`` whole, every other test alone.
+
+    xdist's own ``loadgroup`` marks do not reach the scheduler under pytest 9.2 (the worker can no
+    longer rename a test's node id), so the grouping is made here, where xdist asks for a scheduler.
+    """
+    if config.getvalue("dist") != "load":
+        return None  # an explicit --dist: xdist's own scheduler
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in SHARED_FIXTURES else nodeid
+
+    return SharedFixtureScheduling(config, log)

@@ -12,8 +12,6 @@ from conftest import trainwire
 
 from trainwire.cli.compare import compare, labels, table
 
-pytestmark = pytest.mark.xdist_group("compare")  # one worker: the sweep, once
-
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:

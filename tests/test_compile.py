@@ -18,7 +18,7 @@ from trainwire.loop.signals import StopToken
 from trainwire.models import MLP
 from trainwire.testing import RecordingHook
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("compile")]  # one worker: the first compile, once
+pytestmark = pytest.mark.slow
 
 
 def model() -> MLP:

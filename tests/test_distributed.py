@@ -21,8 +21,6 @@ from conftest import TORCHRUN, clean_env
 from trainwire.checkpointing.store import read_checkpoint
 from trainwire.testing import read_metrics
 
-pytestmark = pytest.mark.xdist_group("distributed")  # one worker: the 2-process reference run, once
-
 # digits: 1,437 training samples; 32 per process and 2 processes is 64 a step, 23 steps an epoch.
 JOB = ["trainer.max_epochs=2", "lr.warmup_epochs=1", "model.hidden=[32]", "trainer.log_every_n_steps=1",
        "trainer.checkpoint_every=1", "trainer.checkpoint_every_n_steps=3", "log.format=json"]

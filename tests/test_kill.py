@@ -27,7 +27,7 @@ from trainwire.checkpointing.store import (
 from trainwire.errors import CheckpointError
 from trainwire.testing import read_metrics
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("kill")]  # the reference runs, once
+pytestmark = pytest.mark.slow
 
 JOB = ["trainer.max_epochs=3", "trainer.accumulate_steps=3", "trainer.checkpoint_every_n_steps=2",
        "trainer.checkpoint_every=1", "trainer.log_every_n_steps=1", "model.dropout=0.1", "lr.warmup_epochs=1",

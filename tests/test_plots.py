@@ -15,8 +15,6 @@ from trainwire.config import compose
 from trainwire.containers import lr_preview, run
 from trainwire.testing import read_metrics
 
-pytestmark = pytest.mark.xdist_group("plots")  # one worker: the two runs, once
-
 
 def png_size(path):
     data = path.read_bytes()

@@ -15,8 +15,6 @@ from trainwire.testing import read_metrics
 BASE = ["trainer.max_epochs=2", "lr.warmup_epochs=1", "data.batch_size=256", "trainer.log_every_n_steps=2"]
 BOTH = ["sink=[tensorboard,mlflow]", "sink.mlflow.run_name=digits", *BASE]
 
-pytestmark = pytest.mark.xdist_group("sinks")  # one worker: the run with both sinks, once
-
 
 @pytest.fixture(scope="module")
 def both(tmp_path_factory):

@@ -15,8 +15,6 @@ from trainwire.paradigms.pretraining import (
     MaskedReconstruction,
 )
 
-pytestmark = pytest.mark.xdist_group("staged")  # one worker: the pre-trained encoder, once
-
 
 @pytest.fixture(scope="module")
 def encoder_file(tmp_path_factory):
