@@ -1,6 +1,6 @@
 """What many test files share: the tiny task, the model and Trainer builders, and the CLI runners.
 
-Under pytest-xdist (the README's command runs ``-n auto``) each worker is one process: it runs torch
+Under pytest-xdist (the README's command runs ``-n logical``) each worker is one process: it runs torch
 on one thread, and so do the processes the tests start, because two workers' threads contending for
 2 cores make tiny models several times slower. The modules in ``SHARED_FIXTURES`` build an expensive
 module fixture (a reference run, a first compile): each runs whole on one worker, so it is built once.
