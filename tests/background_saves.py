@@ -68,7 +68,7 @@ def full(directory: Path) -> None:
             if "last" in kept or state.step < 3:
                 return
             # The loop's thread waits here for the writer's thread to commit what it has in flight.
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 300
             while (found := committed_and_idle()) is None and time.monotonic() < deadline:
                 time.sleep(0.01)
             kept["last"], kept["manifest"] = found

@@ -1,6 +1,18 @@
+"""What many test files share: the tiny task, the model and Trainer builders, and the CLI runners.
+
+Under pytest-xdist (the README's command runs ``-n logical``) each worker is one process: it runs torch
+on one thread, and so do the processes the tests start, because two workers' threads contending for
+2 cores make tiny models several times slower. The modules in ``SHARED_FIXTURES`` build an expensive
+module fixture (a reference run, a first compile): each runs whole on one worker, so it is built once.
+"""
+
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,11 +62,80 @@ def make_trainer(**overrides) -> Trainer:
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session", autouse=True)
 def one_thread():
-    """One intra-op thread for the module: tiny models gain nothing from more, and on a shared 2-core
-    machine two threads per process contend and run several times slower."""
-    threads = torch.get_num_threads()
+    """One intra-op thread for the session, here and in every process a test starts: tiny models gain
+    nothing from more, and on a shared 2-core machine two threads per process contend and run several
+    times slower."""
+    threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
     yield
     torch.set_num_threads(threads)
+    if omp is None:
+        del os.environ["OMP_NUM_THREADS"]
+    else:
+        os.environ["OMP_NUM_THREADS"] = omp
+
+
+BIN = Path(sys.executable).parent
+TRAINWIRE = str(BIN / "trainwire")  # the console script, as a user runs it
+TORCHRUN = str(BIN / "torchrun")
+
+
+def clean_env(*drop: str, **extra: str) -> dict[str, str]:
+    """This process's environment for a child: without ``WANDB_*`` and ``HYDRA_*`` (nor the prefixes in ``drop``),
+    on one torch thread, then ``extra`` on top.
+
+    A developer's own W&B or Hydra settings must not steer a test run.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_", *drop))}
+    return {**env, "OMP_NUM_THREADS": "1", **extra}  # one thread: see the module docstring
+
+
+def trainwire(*args: str, cwd, env: dict[str, str] | None = None, module: bool = False,
+              timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs ``trainwire *args`` (``python -m trainwire`` with ``module``) to its end; text output captured.
+
+    The timeout is generous: it bounds a hung run, not a slow one on a loaded machine.
+    """
+    command = [sys.executable, "-m", "trainwire"] if module else [TRAINWIRE]
+    return subprocess.run([*command, *args], cwd=cwd, env=clean_env() if env is None else env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def start_trainwire(run_dir: Path, *args: str) -> subprocess.Popen:
+    """Starts ``trainwire train hydra.run.dir=<run_dir> *args`` in ``run_dir``'s parent; stderr is piped."""
+    command = [TRAINWIRE, "train", f"hydra.run.dir={run_dir}", *args]
+    return subprocess.Popen(command, cwd=run_dir.parent, env=clean_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+# Modules whose tests read one expensive module-scoped fixture; every other test is scheduled on its own.
+SHARED_FIXTURES = {
+    "tests/test_compare.py",  # the 2×2 sweep
+    "tests/test_compile.py",  # the first torch.compile of the model
+    "tests/test_distributed.py",  # the 2-process reference run
+    "tests/test_kill.py",  # the uninterrupted reference runs
+    "tests/test_plots.py",  # the two runs
+    "tests/test_sinks.py",  # the run with TensorBoard and MLflow on
+    "tests/test_staged.py",  # the pre-trained encoder
+}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Under ``-n`` (``--dist load``, the default): the modules of ``SHARED_FIXTURES`` whole, every other test alone.
+
+    xdist's own ``loadgroup`` marks do not reach the scheduler under pytest 9.2 (the worker can no
+    longer rename a test's node id), so the grouping is made here, where xdist asks for a scheduler.
+    """
+    if config.getvalue("dist") != "load":
+        return None  # an explicit --dist: xdist's own scheduler
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in SHARED_FIXTURES else nodeid
+
+    return SharedFixtureScheduling(config, log)

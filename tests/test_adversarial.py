@@ -14,8 +14,6 @@ from trainwire.data import digits
 from trainwire.models import MLP
 from trainwire.paradigms.adversarial import FGSM, PGD, AdversarialObjective
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def test_attacks_stay_in_the_epsilon_ball_raise_the_loss_and_leave_parameter_grads_alone():
     torch.manual_seed(0)

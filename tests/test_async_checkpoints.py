@@ -18,8 +18,6 @@ from trainwire.errors import CheckpointError
 from trainwire.policies.cadence import Cadence
 from trainwire.testing import RecordingSink, capture_logs
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def data():
     x, y = blobs()

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import functools
 
-import pytest
 import torch
 
 from trainwire import Classification, Trainer, TrainerSettings
 from trainwire.config import compose
 from trainwire.containers import build_container
 from trainwire.models import MLP
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def activation_bytes_kept_for_backward(model, x):

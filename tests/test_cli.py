@@ -5,22 +5,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import yaml
+from conftest import trainwire
+
+from trainwire.testing import read_metrics
 
 pytestmark = pytest.mark.slow
-
-
-def trainwire(*args: str, cwd, module: bool = False) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "trainwire"] if module else [os.path.join(os.path.dirname(sys.executable), "trainwire")]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
-    return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_default_job_reaches_095_and_writes_the_run_record(tmp_path):
@@ -33,7 +25,7 @@ def test_default_job_reaches_095_and_writes_the_run_record(tmp_path):
     assert summary["epochs_completed"] >= 1 and summary["stop_reason"] in ("max_epochs", "patience")
     for key in ("best_epoch", "best_value", "avg_epoch_time_s", "val/loss"):
         assert summary[key] is not None, key
-    records = read_jsonl(run_dir / "metrics.jsonl")
+    records = read_metrics(run_dir)
     assert all(isinstance(r["step"], int) and isinstance(r["epoch"], int) for r in records)
     step_records = [r for r in records if "train/loss" in r]
     epoch_records = [r for r in records if "val/loss" in r]

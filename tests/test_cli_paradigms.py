@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import yaml
+from conftest import trainwire
+
+from trainwire.testing import read_metrics
 
 pytestmark = pytest.mark.slow
 
 
-def trainwire(*args: str, cwd) -> subprocess.CompletedProcess:
-    command = os.path.join(os.path.dirname(sys.executable), "trainwire")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
-    env["OMP_NUM_THREADS"] = "1"  # tiny models: one thread is faster than two contending ones
-    return subprocess.run([command, "train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def summary(run_dir):
@@ -26,10 +21,10 @@ def summary(run_dir):
 
 def test_pretrain_then_finetune_with_a_frozen_base(tmp_path):
     stage1, stage2 = tmp_path / "pretrain", tmp_path / "finetune"
-    done = trainwire("experiment=pretrain", "trainer.max_epochs=5", f"hydra.run.dir={stage1}", cwd=tmp_path)
+    done = trainwire("train", "experiment=pretrain", "trainer.max_epochs=5", f"hydra.run.dir={stage1}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert (stage1 / "encoder.pt").is_file() and summary(stage1)["val/loss"] > 0
-    done = trainwire("experiment=finetune", f"encoder={stage1 / 'encoder.pt'}", "freeze_base=true",
+    done = trainwire("train", "experiment=finetune", f"encoder={stage1 / 'encoder.pt'}", "freeze_base=true",
                      "trainer.max_epochs=20", f"hydra.run.dir={stage2}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert summary(stage2)["val/accuracy"] > 0.4  # measured 0.744 (a linear head on a 5-epoch encoder)
@@ -54,9 +49,9 @@ def test_pretrain_then_finetune_with_a_frozen_base(tmp_path):
 )
 def test_each_paradigm_runs_from_the_cli(tmp_path, args, expected):
     run_dir = tmp_path / "run"
-    done = trainwire(*args, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    done = trainwire("train", *args, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run_dir)
     assert all(isinstance(r["step"], int) and isinstance(r["epoch"], int) for r in records)
     epoch_records = [r for r in records if "time/epoch_s" in r]
     assert len(epoch_records) == summary(run_dir)["epochs_completed"] >= 2
@@ -70,7 +65,7 @@ def test_each_paradigm_runs_from_the_cli(tmp_path, args, expected):
 ])
 def test_bad_paradigm_values_fail_with_one_line(tmp_path, args, expected):
     """Two through the CLI; the other paradigms' bad values are tested in-process (test_gan, test_adversarial, ...)."""
-    done = trainwire(*args, f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    done = trainwire("train", *args, f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("trainwire:")]
     assert len(errors) == 1 and errors[0].startswith("trainwire: error: ") and expected in errors[0]

@@ -5,27 +5,19 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import trainwire
 
 from trainwire.cli.compare import compare, labels, table
-
-
-def _trainwire(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    script = os.path.join(os.path.dirname(sys.executable), "trainwire")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
-    return subprocess.run([script, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
     """Four short runs: optimizer.lr × model.hidden."""
     cwd = tmp_path_factory.mktemp("sweep")
-    done = _trainwire("train", "-m", "optimizer.lr=0.03,0.0003", "model.hidden=[16],[64]", "trainer.max_epochs=2",
+    done = trainwire("train", "-m", "optimizer.lr=0.03,0.0003", "model.hidden=[16],[64]", "trainer.max_epochs=2",
                       "data.batch_size=128", "progress=never", "log.level=warning", f"hydra.sweep.dir={cwd / 'multi'}",
                       cwd=cwd)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -34,7 +26,7 @@ def sweep(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_compare_tables_a_2x2_sweep_best_first(sweep):
-    done = _trainwire("compare", str(sweep), cwd=sweep)
+    done = trainwire("compare", str(sweep), cwd=sweep)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].split() == ["run", "optimizer.lr", "model.hidden", "best_value", "monitor", "stop_reason", "epochs"]
@@ -53,7 +45,7 @@ def test_compare_tables_a_2x2_sweep_best_first(sweep):
 @pytest.mark.slow
 def test_compare_as_csv_and_of_run_folders_given_one_by_one(sweep):
     runs = sorted(str(path) for path in sweep.iterdir() if (path / "summary.json").exists())
-    done = _trainwire("compare", *runs[:2], "--csv", cwd=sweep)
+    done = trainwire("compare", *runs[:2], "--csv", cwd=sweep)
     assert done.returncode == 0, done.stderr
     parsed = list(csv.DictReader(io.StringIO(done.stdout)))
     assert len(parsed) == 2 and {"run", "best_value", "monitor", "stop_reason"} <= set(parsed[0])
@@ -83,7 +75,7 @@ def test_plot_labels_runs_by_the_overrides_that_differ_with_the_legend_beside_th
 def test_compare_refuses_a_folder_without_runs(tmp_path):
     with pytest.raises(ValueError, match="holds no run"):
         compare([tmp_path])
-    done = _trainwire("compare", str(tmp_path / "nowhere"), cwd=tmp_path)
+    done = trainwire("compare", str(tmp_path / "nowhere"), cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.strip() == f"trainwire: error: {tmp_path / 'nowhere'} is not a folder"
 
 

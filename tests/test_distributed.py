@@ -16,24 +16,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TORCHRUN, clean_env
 
 from trainwire import registry
 from trainwire.checkpointing.format import read_checkpoint
+from trainwire.testing import read_metrics
 
-TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
 # digits: 1,437 training samples; 32 per process and 2 processes is 64 a step, 23 steps an epoch.
 JOB = ["trainer.max_epochs=2", "lr.warmup_epochs=1", "model.hidden=[32]", "trainer.log_every_n_steps=1",
        "checkpoint.every_n_epochs=1", "checkpoint.every_n_steps=3", "log.format=json"]
 STEPS = 46
 
 
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
-
-
 def torchrun(cwd: Path, *args: str, processes: int = 2) -> subprocess.Popen:
     command = [TORCHRUN, "--standalone", f"--nproc_per_node={processes}", *args]
-    return subprocess.Popen(command, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(command, cwd=cwd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def train(cwd: Path, *overrides: str, processes: int = 2) -> subprocess.Popen:
@@ -55,14 +52,9 @@ def finish(process: subprocess.Popen) -> str:
     return out
 
 
-def records(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")] if path.exists() else []
-
-
 def workers(process: subprocess.Popen) -> dict[int, int]:
     """Rank -> pid of the worker processes torchrun started."""
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         found = {}
         for pid in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split():
@@ -81,13 +73,13 @@ def workers(process: subprocess.Popen) -> dict[int, int]:
 
 def kill_rank_at_step(process: subprocess.Popen, run_dir: Path, rank: int, step: int) -> None:
     pids = workers(process)
-    deadline = time.monotonic() + 180
-    while not any(r.get("step", 0) >= step and "train/loss" in r for r in records(run_dir)):
+    deadline = time.monotonic() + 300
+    while not any(r.get("step", 0) >= step and "train/loss" in r for r in read_metrics(run_dir)):
         assert process.poll() is None, f"the run ended before step {step}: {process.communicate()[1][-3000:]}"
         assert time.monotonic() < deadline, f"step {step} never came"
         time.sleep(0.01)
     os.kill(pids[rank], signal.SIGKILL)
-    process.communicate(timeout=120)
+    process.communicate(timeout=300)
     assert process.returncode != 0  # torchrun saw the dead worker and stopped the other one
     for pid in pids.values():
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
@@ -102,9 +94,9 @@ def assert_same_training(expected_dir: Path, run_dir: Path, *, exact: bool) -> N
         else:
             torch.testing.assert_close(weights[key], value, rtol=0, atol=1e-6)
     assert final["loop"]["step"] == expected["loop"]["step"] == STEPS
-    losses = {r["step"]: r["train/loss"] for r in records(expected_dir) if "train/loss" in r}
+    losses = {r["step"]: r["train/loss"] for r in read_metrics(expected_dir) if "train/loss" in r}
     seen = {}
-    for record in records(run_dir):  # steps replayed after the kill appear twice: each must match
+    for record in read_metrics(run_dir):  # steps replayed after the kill appear twice: each must match
         if "train/loss" in record:
             assert record["train/loss"] == pytest.approx(losses[record["step"]], abs=0 if exact else 1e-6)
             seen[record["step"]] = record["train/loss"]
@@ -191,12 +183,12 @@ def test_fsdp_writes_shards_on_2_processes_and_resumes_on_1(ddp_run, tmp_path):
 def test_fsdp_on_1_process_stopped_by_sigterm_resumes_on_2(ddp_run, tmp_path):
     run_dir = tmp_path / "run"
     process = train(tmp_path, "strategy=fsdp", f"hydra.run.dir={run_dir}", processes=1)
-    deadline = time.monotonic() + 180
-    while not any(r.get("step", 0) >= 20 and "train/loss" in r for r in records(run_dir)):
+    deadline = time.monotonic() + 300
+    while not any(r.get("step", 0) >= 20 and "train/loss" in r for r in read_metrics(run_dir)):
         assert process.poll() is None and time.monotonic() < deadline, "the run ended or never reached step 20"
         time.sleep(0.01)
     process.send_signal(signal.SIGTERM)  # torchrun hands it on: the worker saves its shards, then exits 143
-    process.communicate(timeout=120)
+    process.communicate(timeout=300)
     saved = read_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert 20 <= saved["loop"]["step"] < STEPS and saved["processes"] == 1
     assert shard_files(run_dir) == [".metadata", "__0_0.distcp"]
@@ -329,5 +321,5 @@ def test_ddp_compiled_trains_as_ddp_does_and_checkpoints_the_plain_module(ddp_ru
     assert compiled["loop"]["step"] == STEPS
     for key, value in eager["model"].items():
         torch.testing.assert_close(compiled["model"][key], value, rtol=1e-4, atol=1e-4)
-    epochs = [record for record in records(run_dir) if "time/epoch_s" in record]
+    epochs = [record for record in read_metrics(run_dir) if "time/epoch_s" in record]
     assert all("compile/recompiles" in record and record["time/samples_per_s"] > 0 for record in epochs)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import clean_env
 from omegaconf import OmegaConf
 
 from trainwire.checkpointing.format import read_checkpoint
@@ -75,8 +75,8 @@ def test_every_record_goes_through_stdlib_logging_with_the_run_id(tmp_path):
 
 
 def python(code: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("WANDB_")}
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=clean_env(), capture_output=True, text=True,
+                          timeout=600)
 
 
 @pytest.mark.slow
@@ -104,7 +104,7 @@ def test_an_application_that_configured_logging_gets_the_records_with_a_run_id(t
 @pytest.mark.slow
 def test_a_run_with_every_external_sink_leaves_no_trace_in_the_callers_process(tmp_path):
     """A fresh run, a resumed one and one that raises, each with W&B (offline), TensorBoard and MLflow on."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("WANDB_")}
+    env = clean_env()
     env.update(WANDB_DIR=str(tmp_path / "wandb_home"), WANDB_BASE_URL="http://127.0.0.1:9",
                HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", NO_PROXY="")
     done = subprocess.run([sys.executable, str(HERE / "trace_check.py"), str(tmp_path / "run")], cwd=tmp_path, env=env,
@@ -121,7 +121,7 @@ def test_a_run_with_every_external_sink_leaves_no_trace_in_the_callers_process(t
     assert (tmp_path / "run" / "mlflow.db").is_file()
 
 
-def test_two_runs_in_two_threads_equal_the_same_runs_done_alone(tmp_path, one_thread):
+def test_two_runs_in_two_threads_equal_the_same_runs_done_alone(tmp_path):
     """Each run seeds and builds its model alone (process.SEEDING); its data order is its own sampler's.
 
     One intra-op thread: with more, two runs at once may get OpenMP teams of other sizes than a

@@ -26,8 +26,6 @@ from trainwire.paradigms.gan import (
 from trainwire.policies.lr import Constant
 from trainwire.testing import RecordingHook, RecordingSink
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def distance_now(model, val):
     real = torch.cat([x for x, _ in val])

@@ -10,8 +10,6 @@ from trainwire.containers import build_container, run
 from trainwire.data import digits
 from trainwire.paradigms.generative import GaussianDensity, NegativeLogLikelihood, nll
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def test_nll_is_energy_plus_the_models_log_normaliser_and_matches_torch_distributions():
     torch.manual_seed(0)

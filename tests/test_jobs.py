@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,6 +16,7 @@ from trainwire import StopToken
 from trainwire.config import compose
 from trainwire.errors import ConfigError
 from trainwire.jobs import Job
+from trainwire.testing import read_metrics
 
 ROOT = Path(__file__).parent.parent
 # 3 steps an epoch over 192 digits: an epoch takes a few tens of milliseconds.
@@ -36,7 +36,7 @@ def test_stop_token_is_set_once_from_any_thread():
 
 def test_a_job_reports_each_epoch_and_checkpoint_then_its_result(tmp_path):
     job = Job(compose([f"run_dir={tmp_path}", "trainer.max_epochs=3", *SMALL])).start()
-    events = list(job.events(timeout=120))
+    events = list(job.events(timeout=300))
     kinds = [event.kind for event in events]
     assert kinds[0] == "started" and kinds[-2:] == ["checkpoint", "finished"]  # fit returns once its last save is in
     assert sorted(kinds[1:-1]) == ["checkpoint"] * 3 + ["epoch_end"] * 3
@@ -45,7 +45,7 @@ def test_a_job_reports_each_epoch_and_checkpoint_then_its_result(tmp_path):
     assert all(event.seq > ended[event.data["step"]] for event in events if event.kind == "checkpoint")
     assert [event.seq for event in events] == list(range(len(events)))
     epochs = [event.data for event in events if event.kind == "epoch_end"]
-    recorded = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    recorded = read_metrics(tmp_path)
     assert [(e["epoch"], e["step"], e["metrics"]["val/loss"]) for e in epochs] == \
         [(r["epoch"], r["step"], r["val/loss"]) for r in recorded]  # what the run record says, as it happened
     checkpoints = [event.data for event in events if event.kind == "checkpoint"]
@@ -65,7 +65,7 @@ def test_a_bad_config_fails_when_the_job_is_made_before_any_work(tmp_path):
 def test_a_job_cancelled_from_another_thread_ends_cancelled_within_a_batch(tmp_path):
     job = Job(compose([f"run_dir={tmp_path}", "trainer.max_epochs=500", *SMALL])).start()
     seen = []
-    for event in job.events(timeout=120):
+    for event in job.events(timeout=300):
         seen.append(event)
         if event.kind == "epoch_end":
             job.cancel()  # this reader's thread is not the job's
@@ -79,7 +79,7 @@ def test_a_job_cancelled_before_it_starts_builds_nothing(tmp_path):
     job = Job(compose([f"run_dir={tmp_path / 'never'}", "trainer.max_epochs=2", *SMALL]))
     job.cancel()
     job.start()
-    assert [event.kind for event in job.events(timeout=60)] == ["cancelled"]
+    assert [event.kind for event in job.events(timeout=300)] == ["cancelled"]
     assert not (tmp_path / "never").exists()
 
 
@@ -88,14 +88,14 @@ def request(base: str, method: str, path: str, body=None):
     data = None if body is None else json.dumps(body).encode()
     call = urllib.request.Request(base + path, data=data, method=method, headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(call, timeout=120) as response:
+        with urllib.request.urlopen(call, timeout=300) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
 
 
 def stream(base: str, path: str):
-    with urllib.request.urlopen(base + path, timeout=120) as response:
+    with urllib.request.urlopen(base + path, timeout=300) as response:
         for line in response:
             yield json.loads(line)
 

@@ -7,7 +7,7 @@ import sys
 
 
 def run_python(code: str) -> str:
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -37,14 +37,15 @@ def test_fit_configures_no_logging_handlers(tmp_path):
 
 
 def test_the_caller_random_state_is_untouched_by_run(tmp_path):
+    job = "'trainer.max_epochs=2', 'lr.warmup_epochs=1', 'data.batch_size=256'"  # 6 steps an epoch are enough
     out = run_python(
         "import torch\n"
         "from trainwire.config import compose\n"
         "from trainwire.containers import run\n"
         "torch.manual_seed(123); expected = torch.rand(3)\n"
         "torch.manual_seed(123)\n"
-        f"a = run(compose(['run_dir={tmp_path / 'a'}', 'trainer.max_epochs=2', 'lr.warmup_epochs=1']))\n"
-        f"b = run(compose(['run_dir={tmp_path / 'b'}', 'trainer.max_epochs=2', 'lr.warmup_epochs=1']))\n"
+        f"a = run(compose(['run_dir={tmp_path / 'a'}', {job}]))\n"
+        f"b = run(compose(['run_dir={tmp_path / 'b'}', {job}]))\n"
         "print(torch.equal(torch.rand(3), expected), [h['val/loss'] for h in a.history] == [h['val/loss'] for h in b.history])\n"
     )
     assert out.split()[-2:] == ["True", "True"]  # caller's RNG untouched; the seeded run repeats exactly

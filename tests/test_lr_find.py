@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import subprocess
-import sys
 
 import pytest
+from conftest import TORCHRUN, TRAINWIRE
+from conftest import clean_env as _env
 
 from trainwire.cli.lr_find import ExponentialRamp, lr_find
 from trainwire.config import compose
 from trainwire.containers import run
 from trainwire.errors import ConfigError
-
-TRAINWIRE = os.path.join(os.path.dirname(sys.executable), "trainwire")
-TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
 
 
 def test_the_ramp_is_exponential_from_start_to_end():

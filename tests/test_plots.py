@@ -13,6 +13,7 @@ import pytest
 from trainwire.cli.plots import figure_of, plot_lr, plot_runs, run_curves
 from trainwire.config import compose
 from trainwire.containers import lr_preview, run
+from trainwire.testing import read_metrics
 
 
 def png_size(path):
@@ -37,7 +38,7 @@ def test_plot_draws_the_record_of_each_run(two_runs, tmp_path):
     (width, height), size = png_size(out)
     assert (width, height) == (1600, 800) and size > 20_000
     for run_dir, curves in zip(two_runs, runs):
-        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        records = read_metrics(run_dir)
         summary = json.loads((run_dir / "summary.json").read_text())
         for key in ("train/loss", "val/loss", "train/lr", "train/grad_norm", "train/grad_norm_clipped",
                     "val/accuracy"):
@@ -76,14 +77,14 @@ def test_lr_preview_is_the_schedule_of_the_config(tmp_path):
 def test_plot_and_lr_preview_on_the_command_line(two_runs, tmp_path):
     trainwire = os.path.join(os.path.dirname(sys.executable), "trainwire")
     done = subprocess.run([trainwire, "plot", *map(str, two_runs), "-o", str(tmp_path / "both.png")],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert png_size(tmp_path / "both.png")[0] == (1600, 800)
     done = subprocess.run([trainwire, "lr-preview", "lr=cosine_restarts", "lr.T0=5", "-o", str(tmp_path / "lr.png")],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert png_size(tmp_path / "lr.png")[0] == (900, 450)
-    missing = subprocess.run([trainwire, "plot", str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=60)
+    missing = subprocess.run([trainwire, "plot", str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "no metrics.jsonl" in missing.stderr and "Traceback" not in missing.stderr
     assert run_curves(two_runs[0]).label == "slow"
 
@@ -100,7 +101,7 @@ def test_plot_a_staged_run(tmp_path, task):
                             settings=TrainerSettings(max_epochs=2, device="cpu", log_every_n_steps=1)).fit(
             make_model(), *task)
     (curves,) = plot_runs([tmp_path], tmp_path / "staged.png")
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(tmp_path)
     for key in ("pre/train/loss", "fine/train/loss", "pre/val/loss", "fine/val/loss", "fine/val/accuracy"):
         assert curves.series[key] == ([r["step"] for r in records if key in r], [r[key] for r in records if key in r])
     fine_epochs = [r for r in records if "fine/val/loss" in r]

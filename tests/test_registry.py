@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -10,11 +9,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import clean_env, trainwire
 from omegaconf import OmegaConf
 
 from trainwire import ConfigError, registry
 from trainwire.config import compose, register_schemas
 from trainwire.containers import build_container
+from trainwire.testing import read_metrics
 
 STEP_DECAY = '''
 from trainwire.errors import ConfigError
@@ -147,10 +148,9 @@ def test_the_container_and_the_registry_agree_on_each_slots_context():
 
 # The real CLI, with the package found the way an installed one is -------------------------------------------------
 def cli(*args: str, cwd: Path, site: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
-    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")])), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "trainwire", "train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    env = clean_env()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
+    return trainwire("train", *args, cwd=cwd, env=env, module=True)
 
 
 @pytest.fixture
@@ -169,7 +169,7 @@ def test_an_installed_package_adds_lr_step_decay_to_the_cli(site, tmp_path):
     done = cli("lr=step_decay", "lr.every=2", "trainer.max_epochs=4", "progress=never", "data.batch_size=256",
                "trainer.log_every_n_steps=1", f"hydra.run.dir={run_dir}", cwd=tmp_path, site=site)
     assert done.returncode == 0, done.stderr
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run_dir)
     lrs = {}
     for record in records:
         if "train/lr" in record:

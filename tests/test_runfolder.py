@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 
 import pytest
+from conftest import start_trainwire
 
 from trainwire.checkpointing.runfolder import config_changes
 from trainwire.config import compose
 from trainwire.containers import run
 from trainwire.errors import ConfigError
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 QUICK = ["trainer.max_epochs=1", "lr=constant", "model.hidden=[16]", "progress=never"]
 
@@ -66,11 +62,7 @@ def test_the_global_batch_is_what_must_match_across_numbers_of_processes():
 
 
 def _cli(run_dir, *overrides):
-    command = [os.path.join(os.path.dirname(sys.executable), "trainwire"), "train", f"hydra.run.dir={run_dir}",
-               *QUICK, *overrides]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
-    return subprocess.Popen(command, cwd=run_dir.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    return start_trainwire(run_dir, *QUICK, *overrides)
 
 
 @pytest.mark.slow
@@ -93,7 +85,7 @@ def test_the_cli_refuses_a_used_folder_a_live_folder_and_another_lr_each_in_one_
 
     live_dir = tmp_path / "live"
     live = _cli(live_dir, "trainer.max_epochs=50")
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while not (live_dir / "metrics.jsonl").exists():
         assert live.poll() is None and time.monotonic() < deadline, live.stderr.read() if live.poll() else "slow"
         time.sleep(0.05)

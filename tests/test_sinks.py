@@ -10,12 +10,17 @@ from conftest import make_model, make_trainer
 from trainwire import GuardedFanOut, JsonlSink
 from trainwire.config import compose
 from trainwire.containers import build_container, run
+from trainwire.testing import read_metrics
 
 BASE = ["trainer.max_epochs=2", "lr.warmup_epochs=1", "data.batch_size=256", "trainer.log_every_n_steps=2"]
+BOTH = ["sink=[tensorboard,mlflow]", "sink.mlflow.run_name=digits", *BASE]
 
 
-def read_jsonl(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
+@pytest.fixture(scope="module")
+def both(tmp_path_factory):
+    """One run with TensorBoard and MLflow on, read by each sink's test: (run folder, result)."""
+    run_dir = tmp_path_factory.mktemp("both") / "run"
+    return run_dir, run(compose([f"run_dir={run_dir}", *BOTH]))
 
 
 def series(records, key):
@@ -30,11 +35,10 @@ def tensorboard_scalars(log_dir):
     return events
 
 
-def test_tensorboard_event_files_hold_every_metric_at_its_step(tmp_path):
-    run_dir = tmp_path / "run"
-    result = run(compose([f"run_dir={run_dir}", "sink=tensorboard", *BASE]))
+def test_tensorboard_event_files_hold_every_metric_at_its_step(both):
+    run_dir, result = both
     events = tensorboard_scalars(run_dir / "tensorboard")
-    records = read_jsonl(run_dir / "metrics.jsonl")
+    records = read_metrics(run_dir)
     keys = {key for record in records for key in record} - {"step", "epoch"}
     assert {"train/loss", "train/lr", "train/grad_norm", "train/grad_norm_clipped", "val/loss", "val/accuracy"} <= keys
     for key in keys:
@@ -60,9 +64,8 @@ def _mlflow_runs(uri):
     return client, {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
 
 
-def test_mlflow_run_holds_config_metrics_summary_and_status(tmp_path):
-    run_dir = tmp_path / "run"
-    result = run(compose([f"run_dir={run_dir}", "sink=mlflow", "sink.mlflow.run_name=digits", *BASE]))
+def test_mlflow_run_holds_config_metrics_summary_and_status(both):
+    run_dir, result = both
     assert (run_dir / "mlflow.db").exists()  # the default store is local, inside the run directory
     client, runs = _mlflow_runs(f"sqlite:///{run_dir / 'mlflow.db'}")
     logged = runs["digits"]
@@ -70,7 +73,7 @@ def test_mlflow_run_holds_config_metrics_summary_and_status(tmp_path):
     params = logged.data.params
     assert params["trainer.max_epochs"] == "2" and params["optimizer.type"] == "adamw"
     assert params["data.batch_size"] == "256" and params["sink.mlflow.run_name"] == "digits"
-    records = read_jsonl(run_dir / "metrics.jsonl")
+    records = read_metrics(run_dir)
     for key in ("train/loss", "train/lr", "train/grad_norm", "val/loss", "val/accuracy", "time/epoch_s"):
         history = sorted(client.get_metric_history(logged.info.run_id, key), key=lambda m: (m.step, m.timestamp))
         assert [(m.step, pytest.approx(m.value)) for m in history] == series(records, key), key
@@ -97,17 +100,15 @@ def test_mlflow_run_is_closed_with_its_real_status_after_an_exception(tmp_path, 
     assert logged.info.status == status
     assert logged.data.params == {"a.b": "1"}
     steps = [m.step for m in client.get_metric_history(logged.info.run_id, "train/loss")]
-    assert steps == [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl") if "train/loss" in r]
+    assert steps == [r["step"] for r in read_metrics(tmp_path) if "train/loss" in r]
 
 
-def test_several_sinks_at_once_each_get_every_metric(tmp_path):
-    run_dir = tmp_path / "run"
-    cfg = compose([f"run_dir={run_dir}", "sink=[tensorboard,mlflow]", *BASE])
+def test_several_sinks_at_once_each_get_every_metric(both, tmp_path):
+    cfg = compose([f"run_dir={tmp_path}", *BOTH])
     assert set(cfg.sink) == {"tensorboard", "mlflow"}
-    container = build_container(cfg)
-    assert [sink.name for sink in container.trainer().sink.guarded] == ["tensorboard", "mlflow"]
-    run(container)
-    records = read_jsonl(run_dir / "metrics.jsonl")
+    assert [sink.name for sink in build_container(cfg).trainer().sink.guarded] == ["tensorboard", "mlflow"]
+    run_dir, _ = both
+    records = read_metrics(run_dir)
     events = tensorboard_scalars(run_dir / "tensorboard")
     client, runs = _mlflow_runs(f"sqlite:///{run_dir / 'mlflow.db'}")
     (logged,) = runs.values()
@@ -132,7 +133,7 @@ def test_importing_a_sink_module_does_not_import_its_library():
 
     code = ("import sys\nfrom trainwire import sinks\nsinks.TensorBoardSink, sinks.MLflowSink\n"
             "print(sorted(m for m in ('tensorboard', 'mlflow') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.stdout.split() == ["[]"], done.stderr
 
 
@@ -151,14 +152,14 @@ def test_a_terminated_cli_run_is_closed_as_killed(tmp_path):
                                 f"hydra.run.dir={run_dir}"], cwd=tmp_path, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline:  # wait until MLflow's run exists and epochs are being logged
             if (run_dir / "mlflow.db").exists() and (run_dir / "metrics.jsonl").exists() and \
                     sum(1 for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "val/loss" in line) >= 3:
                 break
             time.sleep(0.2)
         process.send_signal(signal.SIGTERM)
-        process.wait(timeout=120)
+        process.wait(timeout=300)
     finally:
         process.kill()
     client, runs = _mlflow_runs(f"sqlite:///{run_dir / 'mlflow.db'}")

@@ -15,11 +15,9 @@ from trainwire.paradigms.pretraining import (
     MaskedReconstruction,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture(scope="module")
-def encoder_file(tmp_path_factory, one_thread):
+def encoder_file(tmp_path_factory):
     """Stage 1 as the CLI runs it (experiment=pretrain), once for the module: about 4 s."""
     run_dir = tmp_path_factory.mktemp("pretrain")
     result = run(compose(["experiment=pretrain", f"run_dir={run_dir}"]))

@@ -23,13 +23,9 @@ from trainwire.containers import build_container, run
 from trainwire.policies.metric_schedule import ScheduledMetrics
 from trainwire.sinks.progress import ProgressBar, progress_enabled
 from trainwire.sinks.stages import PrefixedSink, Stages
-from trainwire.testing import RecordingSink
+from trainwire.testing import RecordingSink, read_metrics
 
 SMALL = ["trainer.max_epochs=4", "lr.warmup_epochs=1", "data.batch_size=256"]
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_two_stages_share_one_run_with_prefixes_and_a_rising_step(tmp_path, task):
@@ -39,7 +35,7 @@ def test_two_stages_share_one_run_with_prefixes_and_a_rising_step(tmp_path, task
         fine = make_trainer(sink=stages.stage("fine"),
                             settings=TrainerSettings(max_epochs=2, device="cpu", log_every_n_steps=1)).fit(
             make_model(), *task)
-    records = read_jsonl(tmp_path / "metrics.jsonl")
+    records = read_metrics(tmp_path)
     pre_steps = [r["step"] for r in records if "pre/train/loss" in r]
     fine_steps = [r["step"] for r in records if "fine/train/loss" in r]
     assert pre_steps == list(range(1, pre.steps + 1))
@@ -68,7 +64,7 @@ def test_stages_finish_the_run_as_failed_when_a_stage_raises(tmp_path, task):
 
 def test_stage_from_config_prefixes_the_record_and_summary(tmp_path):
     result = run(compose([f"run_dir={tmp_path}", "stage=pre", *SMALL]))
-    records = read_jsonl(tmp_path / "metrics.jsonl")
+    records = read_metrics(tmp_path)
     assert {key for r in records for key in r} >= {"step", "epoch", "pre/train/loss", "pre/val/loss"}
     assert not any(key.startswith(("train/", "val/")) for r in records for key in r)
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -90,7 +86,7 @@ def test_prefixed_sink_passes_start_and_finish_unless_told_not_to():
 
 def test_metrics_every_n_epochs_from_config(tmp_path):
     result = run(compose([f"run_dir={tmp_path}", "+metrics_every.accuracy=2", *SMALL]))
-    epochs = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "val/loss" in r]
+    epochs = [r for r in read_metrics(tmp_path) if "val/loss" in r]
     assert [r["epoch"] for r in epochs] == [0, 1, 2, 3]
     assert ["val/accuracy" in r for r in epochs] == [True, False, True, False]
     assert all("val/accuracy" in h for h in result.history[::2])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,7 +15,7 @@ from trainwire.config import compose
 from trainwire.containers import run
 from trainwire.policies.objectives import Objective
 from trainwire.runtime.throughput import peak_of
-from trainwire.testing import RecordingSink
+from trainwire.testing import RecordingSink, read_metrics
 
 THROUGHPUT = ("time/samples_per_s", "time/steps_per_s", "time/tflops", "time/train_s")
 
@@ -124,7 +122,7 @@ def test_tokens_per_second_counts_the_tokens_that_are_not_padding():
 
 def test_the_throughput_keys_are_in_metrics_jsonl_every_epoch(tmp_path):
     run(compose([f"run_dir={tmp_path}", "trainer.max_epochs=2", "lr.warmup_epochs=1", "data.batch_size=256"]))
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(tmp_path)
     epochs = [record for record in records if "time/epoch_s" in record]
     assert len(epochs) == 2
     for record in epochs:

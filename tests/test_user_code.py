@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import clean_env
+from conftest import trainwire as run_trainwire
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -55,13 +56,11 @@ def nothing_useful():
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_", "PYTHONPATH"))}
-    return {**env, **extra}
+    return clean_env("PYTHONPATH", **extra)  # the examples must run without the test folder on the path
 
 
 def trainwire(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    script = os.path.join(os.path.dirname(sys.executable), "trainwire")
-    return subprocess.run([script, *args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
+    return run_trainwire(*args, cwd=cwd, env=_env())
 
 
 @pytest.fixture

@@ -8,7 +8,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import clean_env, trainwire
 from wandb_records import read_run
+
+from trainwire.testing import read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -17,10 +20,7 @@ EPOCH_KEYS = {"val/loss", "val/accuracy", "train/epoch_loss", "time/epoch_s"}
 
 
 def run_cli(*args, cwd, env_extra=None):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(env_extra or {})
-    trainwire = os.path.join(os.path.dirname(sys.executable), "trainwire")
-    return subprocess.run([trainwire, "train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return trainwire("train", *args, cwd=cwd, env=clean_env(**(env_extra or {})))
 
 
 # Any network call would go to a closed port and fail (or hang until the sink timeout).
@@ -47,7 +47,7 @@ def test_every_metric_reaches_wandb_offline(tmp_path):
     assert logged.config["optimizer"]["type"] == "adamw" and logged.config["trainer"]["max_epochs"] == 4
     assert logged.exit_code == 0
 
-    local = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    local = read_metrics(run_dir)
     # W&B merges the records of one step into one row; the local record keeps them apart.
     by_step: dict[int, dict] = {}
     for record in local:
@@ -88,8 +88,8 @@ try:
 except RuntimeError:
     print("raised")
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          env={k: v for k, v in os.environ.items() if not k.startswith("WANDB_")})
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env=clean_env())
     assert "raised" in done.stdout, done.stderr
     logged = read_run(tmp_path)
     assert logged.exit_code == 1
@@ -105,7 +105,7 @@ result = run(compose(["run_dir={tmp_path / 'r'}", "trainer.max_epochs=2", "lr.wa
 assert result.epochs_completed == 2
 print("wandb imported:", "wandb" in sys.modules)
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "wandb imported: False" in done.stdout
     assert (tmp_path / "r" / "metrics.jsonl").read_text()
@@ -128,7 +128,7 @@ def test_an_offline_run_under_a_cut_network_attempts_no_connection(tmp_path):
 
     assert shutil.which("unshare") and shutil.which("strace"), "this test needs util-linux unshare and strace"
     trace = tmp_path / "connect.trace"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env = clean_env()
     env["WANDB_DIR"] = str(tmp_path / "wandb_home")
     trainwire = os.path.join(os.path.dirname(sys.executable), "trainwire")
     done = subprocess.run(

@@ -6,9 +6,12 @@ Each fake records what happened so a test asserts on behaviour, not on calls.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from trainwire.policies.stopping import StoppingPolicy, Verdict
@@ -236,3 +239,16 @@ def capture_logs(level: int = logging.DEBUG) -> Iterator[list[dict[str, Any]]]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(previous)
+
+
+def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The records of ``<run_dir>/metrics.jsonl`` in order, one dict a line; ``[]`` when the file is absent.
+
+    A last line cut short (a run killed while writing it) is left out, so a test can read the record of a
+    run it is about to kill; every complete line must be JSON.
+    """
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    lines = path.read_text().split("\n")  # the last element is "" when the file ends in a newline
+    return [json.loads(line) for line in lines[:-1] if line.strip()]
