@@ -68,7 +68,13 @@ def stall(rounds: int, folder: Path) -> None:
     """The loop's stall per checkpoint, async on and off, against a bare torch.save of the same state."""
     import functools
 
-    from trainwire import Cadence, Classification, IgnoreNonFinite, Trainer, TrainerSettings
+    from trainwire import (
+        Cadence,
+        Classification,
+        IgnoreNonFinite,
+        Trainer,
+        TrainerSettings,
+    )
     
     torch.manual_seed(0)
     batches = [(torch.randn(8, 2048), torch.randint(0, 2048, (8,))) for _ in range(42)]

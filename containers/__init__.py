@@ -13,7 +13,14 @@ from structlog.contextvars import bound_contextvars
 
 from trainwire import registry
 from trainwire.checkpointing import runfolder
-from trainwire.config import GROUPS, MULTI_SELECT, PROGRESS, LogConfig, given_keys_only, resolved
+from trainwire.config import (
+    GROUPS,
+    MULTI_SELECT,
+    PROGRESS,
+    LogConfig,
+    given_keys_only,
+    resolved,
+)
 from trainwire.errors import ConfigError
 from trainwire.loop.signals import StopToken
 from trainwire.loop.trainer import FitResult, TrainerSettings

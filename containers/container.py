@@ -33,7 +33,6 @@ from trainwire.sinks.progress import ProgressBar, progress_enabled
 from trainwire.sinks.stages import PrefixedSink
 
 
-
 def _custom(group: str, node: dict[str, Any], key: str, context: dict[str, Callable[[], Any]]) -> Any:
     """The user's own ``_target_``, built by Hydra's ``instantiate`` with the context values its signature names.
 

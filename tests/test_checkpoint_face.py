@@ -14,6 +14,7 @@ import time
 import pytest
 import torch
 
+from trainwire import logs
 from trainwire.checkpointing.format import read_checkpoint, read_manifest
 from trainwire.checkpointing.parts import OptimizerPart, Position
 from trainwire.checkpointing.session import Checkpointing
@@ -22,7 +23,6 @@ from trainwire.errors import CheckpointError, ConfigError, TrainingInterrupted
 from trainwire.loop.signals import StopToken
 from trainwire.loop.trainer import Trainer
 from trainwire.policies.cadence import Cadence
-from trainwire.runtime import logs
 from trainwire.runtime.distributed import SingleProcess
 from trainwire.testing import capture_logs
 

@@ -28,20 +28,24 @@ from trainwire import (
 )
 from trainwire.config import GROUPS, SUBGROUPS, compose, options
 from trainwire.containers import TrainerContainer, build_container, run
+from trainwire.loop.steps import SupervisedStep
 from trainwire.models import MLP
 from trainwire.paradigms.base import Paradigm, Pretrain, Supervised
-from trainwire.loop.steps import SupervisedStep
 from trainwire.paradigms.boosting import GBDTStep
 from trainwire.paradigms.gan import GAN, GANEvaluation, GANStep
-from trainwire.policies.cadence import Cadence
-from trainwire.policies.nonfinite import IgnoreNonFinite, RaiseOnNonFinite, SkipNonFinite
-from trainwire.runtime.distributed import DDP, FSDP, SingleProcess
 from trainwire.paradigms.generative import GaussianDensity, NegativeLogLikelihood
 from trainwire.paradigms.pretraining import (
     MaskedAutoencoder,
     MaskedReconstruction,
     Predictor,
 )
+from trainwire.policies.cadence import Cadence
+from trainwire.policies.nonfinite import (
+    IgnoreNonFinite,
+    RaiseOnNonFinite,
+    SkipNonFinite,
+)
+from trainwire.runtime.distributed import DDP, FSDP, SingleProcess
 from trainwire.testing import RecordingHook, RecordingSink, ScriptedStopper
 
 EXPECTED = {

@@ -31,7 +31,7 @@ MAX_TOP_LEVEL_MODULES = 12
 # a top-level module, or ``trainwire`` itself (the package's public face, ``from trainwire import
 # Trainer``, which imports the loop, the policies and the sinks, so only the top may use it).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "registry"),  # what every layer raises, and the table of options (names, imported when chosen)
+    ("errors", "logs", "registry"),  # what every layer raises, and the table of options (names, imported when chosen)
     ("policies", "sinks", "data", "models"),  # the decisions in the loop, where metrics go, the batches, the networks
     ("runtime",),  # what a run executes on: strategy, precision, compile, throughput, gradient health, process
     ("checkpointing", "checkpoints"),  # saving and restoring a run; ``checkpoints`` is its public shim
@@ -236,7 +236,7 @@ def test_the_known_type_only_cycle_in_the_loop_is_still_type_only():
 
 
 def _check(sources: Mapping[str, str], packages: Iterable[str] = ()) -> list[Import]:
-    modules = set(sources) | {"trainwire.registry", "trainwire.loop.trainer", "trainwire.runtime.logs"}
+    modules = set(sources) | {"trainwire.registry", "trainwire.loop.trainer", "trainwire.logs"}
     return [imp for name, source in sources.items()
             for imp in imports_of(name, source, path=name.replace(".", "/") + ".py",
                                   package=name in packages, modules=modules)]
@@ -256,7 +256,7 @@ def test_the_checker_counts_imports_in_functions_and_under_type_checking():
         "if TYPE_CHECKING:\n"
         "    from trainwire.loop.trainer import TrainState\n"
         "def later():\n"
-        "    import trainwire.runtime.logs as logs\n"
+        "    import trainwire.runtime.process as process\n"
         "class Sink:\n"
         "    def log(self):\n"
         "        if True:\n"

@@ -12,7 +12,14 @@ import torch
 from conftest import blobs, make_trainer, nonfinite_policy
 from torch.utils.data import DataLoader, TensorDataset
 
-from trainwire import Cadence, Classification, PatienceStopper, SkipNonFinite, TrainerSettings, WarmupCosine
+from trainwire import (
+    Cadence,
+    Classification,
+    PatienceStopper,
+    SkipNonFinite,
+    TrainerSettings,
+    WarmupCosine,
+)
 from trainwire.checkpointing.format import read_checkpoint
 from trainwire.checkpointing.store import LocalCheckpointStore
 from trainwire.data import ResumableSampler

@@ -228,7 +228,7 @@ def capture_logs(level: int = logging.DEBUG) -> Iterator[list[dict[str, Any]]]:
     Works on the stdlib ``trainwire`` logger (where every record goes), lowering its level to
     ``level`` for the block; like ``structlog.testing.capture_logs``, for code that logs through stdlib.
     """
-    from trainwire.runtime.logs import LOGGER_NAME
+    from trainwire.logs import LOGGER_NAME
 
     logger, handler = logging.getLogger(LOGGER_NAME), _Capture()
     previous = logger.level

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from trainwire import logs
 from trainwire.errors import CheckpointError
-from trainwire.runtime import logs
 
 LOCK_FILE = ".lock"
 LEFTOVER_WAIT_S = 60.0  # how long a folder locked only by what a dead process left behind is waited for

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from trainwire import logs
 from trainwire.checkpointing import sharding
 from trainwire.checkpointing.format import (
     CHECKPOINT_NAME,
@@ -37,7 +38,6 @@ from trainwire.checkpointing.format import (
 )
 from trainwire.checkpointing.lock import FolderLock
 from trainwire.errors import CheckpointError, ConfigError
-from trainwire.runtime import logs
 
 # How a refusal to resume from a damaged folder ends: what was not done, and the explicit way to start afresh.
 _UNTOUCHED = ("nothing in it was changed. To train from scratch, move the folder away or train in a new run folder "

@@ -96,10 +96,10 @@ def _take_option(args: list[str], name: str, default: str) -> tuple[list[str], s
 
 
 def _lr_find(args: list[str]) -> None:
+    from trainwire import logs
     from trainwire.cli.lr_find import lr_find
     from trainwire.cli.plots import plot_lr_find
     from trainwire.config import compose
-    from trainwire.runtime import logs
 
     overrides, out = _split_output(args, "lr_find.png")
     overrides, steps = _take_option(overrides, "--steps", "100")

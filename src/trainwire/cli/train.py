@@ -177,7 +177,7 @@ def _composed(overrides: list[str]) -> Any:
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
 
-    from trainwire.config import CONFIG_MODULE, _COMPOSE_LOCK, explain, register_schemas
+    from trainwire.config import _COMPOSE_LOCK, CONFIG_MODULE, explain, register_schemas
     from trainwire.errors import ConfigError
 
     with _COMPOSE_LOCK:
@@ -294,6 +294,7 @@ def _fit(plain: dict[str, Any], record: HydraRecord | None) -> None:
     """From a resolved config to the loop, for a run and for each job of a sweep; every refusal is one line."""
     from dependency_injector import providers
 
+    from trainwire import logs
     from trainwire.containers import run
     from trainwire.errors import (
         CheckpointError,
@@ -302,7 +303,6 @@ def _fit(plain: dict[str, Any], record: HydraRecord | None) -> None:
         RunRecordError,
         TrainingInterrupted,
     )
-    from trainwire.runtime import logs
 
     run_dir = Path(plain["run_dir"])
     try:

@@ -39,8 +39,8 @@ from torch.utils.data import (
     TensorDataset,
 )
 
+from trainwire import logs
 from trainwire.errors import ConfigError
-from trainwire.runtime import logs
 
 
 class Loaders(NamedTuple):

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from trainwire import logs
 from trainwire.checkpointing.parts import Position
 from trainwire.checkpointing.session import Checkpointing
 from trainwire.checkpointing.store import CheckpointStore
@@ -27,7 +28,6 @@ from trainwire.policies.lr import LRPolicy
 from trainwire.policies.nonfinite import NonFinitePolicy, SkipNonFinite
 from trainwire.policies.objectives import Objective
 from trainwire.policies.stopping import NeverStop, StoppingPolicy
-from trainwire.runtime import logs
 from trainwire.runtime.compiling import Compiler
 from trainwire.runtime.distributed import Strategy, auto_strategy
 from trainwire.runtime.health import GradientHealth

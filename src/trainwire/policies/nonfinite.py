@@ -15,6 +15,7 @@ from typing import Any
 
 from trainwire.errors import ConfigError, NonFiniteError
 
+
 class NonFinitePolicy(ABC):
     """Port: judges each optimizer step that was not taken. ``skipped`` counts them over the run."""
 

@@ -1,2 +1,2 @@
 """The runtime a run executes on: devices and strategies, precision, compile, throughput,
-gradient health, the caller's process state and library logging."""
+gradient health and the caller's process state."""

@@ -30,7 +30,6 @@ from trainwire.runtime.precision import resolve_device
 from trainwire.sinks.base import MetricsSink, forward_histograms
 
 
-
 def _unchanged(batch: Any) -> Any:
     return batch
 

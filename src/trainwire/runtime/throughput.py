@@ -24,7 +24,6 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-
 # Dense bf16/fp16 tensor-core peaks in TFLOP/s, from the vendors' datasheets (no sparsity).
 # Looked up by substring of torch.cuda.get_device_name(), first match wins: specific names first.
 PEAK_TFLOPS: tuple[tuple[str, float], ...] = (

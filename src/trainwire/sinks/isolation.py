@@ -19,8 +19,8 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from trainwire import logs
 from trainwire.errors import RunRecordError
-from trainwire.runtime import logs
 from trainwire.sinks.base import FanOut, MetricsSink, NullSink, forward_histograms
 
 DEFAULT_TIMEOUT_S = 60.0

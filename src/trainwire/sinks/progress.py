@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import IO
 
 from trainwire.errors import ConfigError
 from trainwire.sinks.base import MetricsSink

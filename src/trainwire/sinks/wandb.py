@@ -109,7 +109,7 @@ class WandbSink(MetricsSink):
         except ImportError:
             if not self._warned_no_pil:  # one warning, and the metrics go on (failing here would drop them all)
                 self._warned_no_pil = True
-                from trainwire.runtime import logs
+                from trainwire import logs
 
                 logs.get_logger().warning("wandb_images_skipped", reason="Pillow is not installed")
             return
