@@ -215,7 +215,6 @@ class _Distributed(Strategy):
     def __init__(self) -> None:
         self._started = self._owns_group = False
         self._group: Any = None
-        self._device: torch.device | None = None
 
     def start(self) -> None:
         if self._started:
@@ -236,7 +235,6 @@ class _Distributed(Strategy):
             device = torch.device("cuda", dist.get_node_local_rank(fallback_rank=self.rank % torch.cuda.device_count()))
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        self._device = device
         return device
 
     def _all_reduce(self, tensor: Tensor, op: Any = None) -> Tensor:
