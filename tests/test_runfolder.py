@@ -84,13 +84,13 @@ def test_the_cli_refuses_a_used_folder_a_live_folder_and_another_lr_each_in_one_
     assert snapshot_of(run_dir) == before
 
     live_dir = tmp_path / "live"
-    live = _cli(live_dir, "trainer.max_epochs=50")
+    live = _cli(live_dir, "trainer.max_epochs=10000")  # still training when the second starts, however slow that is
     deadline = time.monotonic() + 300
     while not (live_dir / "metrics.jsonl").exists():
         assert live.poll() is None and time.monotonic() < deadline, live.stderr.read() if live.poll() else "slow"
         time.sleep(0.05)
     hydra = snapshot_of(live_dir / ".hydra")
-    second = _cli(live_dir, "trainer.max_epochs=50", "trainer.resume=auto")
+    second = _cli(live_dir, "trainer.max_epochs=10000", "trainer.resume=auto")
     _, err = second.communicate(timeout=300)
     live.kill()
     live.wait()
