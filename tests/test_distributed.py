@@ -136,7 +136,7 @@ def test_ddp_at_batch_b_matches_one_process_at_batch_2b(ddp_run, tmp_path):
     assert [h["val/loss"] for h in ddp["loop"]["history"]] == pytest.approx([h["val/loss"] for h in one["loop"]["history"]], abs=1e-6)
     assert [h["val/accuracy"] for h in ddp["loop"]["history"]] == [h["val/accuracy"] for h in one["loop"]["history"]]
     config = (ddp_run / "config.yaml").read_text()
-    assert "strategy: ddp" in config and f"run_dir: {ddp_run}" in config
+    assert "strategy:\n  type: ddp" in config and f"run_dir: {ddp_run}" in config
 
 
 @pytest.mark.slow

@@ -311,7 +311,7 @@ def test_gan_kill_9_and_sigterm_then_resume_auto_is_exact(tmp_path, gan_referenc
     assert process.returncode == 143, err
     assert "trainwire: interrupted by SIGTERM; checkpoint saved in" in err
     saved = read_checkpoint(run_dir / "checkpoints" / "last.pt")
-    assert saved["plan"]["paradigm"] == "gan" and 0 < saved["loop"]["step"] < GAN_STEPS
+    assert saved["plan"]["step"] == "gan" and 0 < saved["loop"]["step"] < GAN_STEPS
     finish(run_dir, "trainer.resume=auto", job=GAN_JOB)
     assert_matches(gan_reference, run_dir, GAN_LOSSES)
 

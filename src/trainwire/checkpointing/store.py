@@ -353,6 +353,8 @@ class LocalCheckpointStore(CheckpointStore):
                     self._check_sizes(manifest, candidates, found=name)
                     return name[: -len(".pt")]
             left[name] -= 1
+            if not left[name] and digests[name] is None and name not in manifest["files"]:
+                continue  # a save killed before its file was renamed into place: nothing of it ever landed
             if not left[name]:
                 rejected[name] = self._reject(manifest, name, f"incomplete: {problem}" if problem else "missing"
                                               if digests[name] is None else
