@@ -19,7 +19,6 @@ from dependency_injector import containers, providers
 
 from trainwire import registry
 from trainwire.checkpointing.rundirs import new_run_dir
-from trainwire.checkpointing.store import LocalCheckpointStore
 from trainwire.config import OWN_KEYS
 from trainwire.data import as_loaders
 from trainwire.errors import ConfigError
@@ -165,10 +164,8 @@ class TrainerContainer(containers.DeclarativeContainer):
     # The external sinks (sink=[wandb,tensorboard,mlflow]); whatever fills this slot is isolated (ADR 0010).
     metrics_sink = providers.Factory(_external_sinks, config.sink, config, run_dir, config.sink_timeout_s)
     run_record = providers.Factory(JsonlSink, run_dir=run_dir, config_yaml=providers.Callable(_yaml, config))
-    checkpoint_store = providers.Factory(
-        LocalCheckpointStore, directory=providers.Callable(_checkpoint_dir, run_dir),
-        keep_last=config.trainer.keep_last, config_yaml=providers.Callable(_yaml, config),
-    )
+    checkpoint_store = _option("store", config.store, directory=providers.Callable(_checkpoint_dir, run_dir),
+                               config_yaml=providers.Callable(_yaml, config))
     hooks = providers.List()
     settings = providers.Factory(_settings, config.trainer)
 

@@ -208,7 +208,7 @@ def test_a_read_only_folder_is_a_clear_error_and_the_previous_checkpoint_is_unch
 
 
 def test_keep_last_must_be_positive():
-    with pytest.raises(ConfigError, match=r"trainer.keep_last=0 must be an integer >= 1"):
+    with pytest.raises(ConfigError, match=r"store.keep_last=0 must be an integer >= 1"):
         LocalCheckpointStore("x", keep_last=0)
 
 

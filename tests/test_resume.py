@@ -207,7 +207,7 @@ def test_settings_are_checked_with_the_key_and_value():
     for build, message in [
         (lambda: Cadence(every_n_epochs=0), "checkpoint.every_n_epochs=0 must be an integer >= 1"),
         (lambda: Cadence(every_n_steps=0), "checkpoint.every_n_steps=0 must be an integer >= 1"),
-        (lambda: TrainerSettings(keep_last=-1), "trainer.keep_last=-1 must be an integer >= 1"),
+        (lambda: LocalCheckpointStore("unused", keep_last=-1), "store.keep_last=-1 must be an integer >= 1"),
         (lambda: SkipNonFinite(0), "nonfinite.max_in_a_row=0 must be an integer >= 1"),
         (lambda: TrainerSettings(resume=" "), "trainer.resume=' ' must be null, 'auto' or a checkpoint path"),
     ]:

@@ -47,7 +47,7 @@ def test_resume_auto_allows_keys_that_cannot_change_the_trajectory(tmp_path):
     run(compose([f"run_dir={tmp_path}", *QUICK, "trainer.max_epochs=2", "checkpoint.every_n_steps=5"]))
     result = run(compose([f"run_dir={tmp_path}", *QUICK, "trainer.max_epochs=2", "trainer.resume=auto",
                           "checkpoint.every_n_steps=7", "trainer.log_every_n_steps=3", "log.level=warning",
-                          "trainer.async_checkpoint=false", "trainer.keep_last=5"]))
+                          "trainer.async_checkpoint=false", "store.keep_last=5"]))
     assert result.epochs_completed == 2
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from trainwire import Cadence, SkipNonFinite, TrainerSettings
+from trainwire.checkpointing.store import LocalCheckpointStore
 from trainwire.config import compose
 from trainwire.errors import ConfigError
 
@@ -34,14 +35,12 @@ CARRIERS = {
     "trainer.watch_every_n_steps": [(None, "watch_every_n_steps")],
     "trainer.compile_mode": [(None, "compile_mode"), ("runtime/compiling.py", "mode")],
     "trainer.peak_tflops": [(None, "peak_tflops")],
+    "store.keep_last": [(None, "keep_last")],
     # Generic words (device, precision, ...) are other things elsewhere: looked for in the loop alone.
     **{f"trainer.{f.name}": [(None if "_" in f.name else "loop/settings.py", f.name)]
        for f in dataclasses.fields(TrainerSettings)
        if f.name not in ("watch_every_n_steps", "compile_mode", "peak_tflops") and not f.name.startswith("grad_")},
 }
-# Known second copies, still to go: the test fails (strict) once one is gone, so the entry is removed then.
-KEEP_LAST = pytest.mark.xfail(strict=True, reason="trainer.keep_last is also LocalCheckpointStore's own default and "
-                              "check (checkpointing/store.py): one goes when the store is built from a checkpoint node")
 
 
 def _defaults(path: Path) -> list[tuple[str, int, str]]:
@@ -60,8 +59,7 @@ def _defaults(path: Path) -> list[tuple[str, int, str]]:
     return found
 
 
-@pytest.mark.parametrize("setting", [pytest.param(s, marks=KEEP_LAST) if s == "trainer.keep_last" else s
-                                     for s in sorted(CARRIERS)])
+@pytest.mark.parametrize("setting", sorted(CARRIERS))
 def test_each_setting_has_one_default(setting):
     places = []
     for path in SOURCES:
@@ -97,7 +95,7 @@ WRONG = {
     "trainer.max_epochs": lambda: TrainerSettings(max_epochs=0),
     "trainer.accumulate_steps": lambda: TrainerSettings(accumulate_steps=0),
     "trainer.log_every_n_steps": lambda: TrainerSettings(log_every_n_steps=0),
-    "trainer.keep_last": lambda: TrainerSettings(keep_last=0),
+    "store.keep_last": lambda: LocalCheckpointStore("unused", keep_last=0),
     "trainer.resume": lambda: TrainerSettings(resume=" "),
     "trainer.compile": lambda: TrainerSettings(compile="yes"),
     "trainer.async_checkpoint": lambda: TrainerSettings(async_checkpoint="yes"),
@@ -114,8 +112,7 @@ WRONG = {
 }
 
 
-@pytest.mark.parametrize("setting", [pytest.param(s, marks=KEEP_LAST) if s == "trainer.keep_last" else s
-                                     for s in sorted(WRONG)])
+@pytest.mark.parametrize("setting", sorted(WRONG))
 def test_each_setting_is_validated_in_one_place(setting):
     with pytest.raises(ConfigError) as refused:
         WRONG[setting]()
@@ -132,6 +129,7 @@ MOVED = [
     ("trainer.checkpoint_every=2", "trainer.checkpoint_every moved: write checkpoint.every_n_epochs=2"),
     ("trainer.checkpoint_every_n_steps=50", "trainer.checkpoint_every_n_steps moved: write checkpoint.every_n_steps=50"),
     ("trainer.strategy=ddp", "trainer.strategy moved: write strategy=ddp"),
+    ("trainer.keep_last=5", "trainer.keep_last moved: write store.keep_last=5"),
     ("paradigm=gan", "paradigm=gan moved: write step=gan"),
     ("paradigm=gbdt", "paradigm=gbdt moved: write step=gbdt"),
     ("paradigm.critic_steps=3", "paradigm.critic_steps moved: write step.critic_steps=3"),
@@ -149,10 +147,11 @@ def test_the_new_keys_reach_their_policies():
     from trainwire.containers import build_container
 
     container = build_container(compose(["nonfinite=skip", "nonfinite.max_in_a_row=3", "checkpoint.every_n_epochs=2",
-                                         "checkpoint.every_n_steps=50", "strategy=single"]))
+                                         "checkpoint.every_n_steps=50", "strategy=single", "store.keep_last=5"]))
     trainer = container.trainer()
     assert (trainer.nonfinite.max_in_a_row, trainer.cadence.every_n_epochs, trainer.cadence.every_n_steps) == (3, 2, 50)
     assert trainer.strategy.name == "single" and trainer.strategy is container.strategy()
+    assert container.checkpoint_store().keep_last == 5
     assert not hasattr(trainer.settings, "checkpoint_every") and not hasattr(trainer.settings, "nonfinite")
 
 

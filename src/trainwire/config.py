@@ -72,6 +72,7 @@ class TrainConfig:
     step: Any = MISSING
     nonfinite: Any = MISSING
     checkpoint: Any = MISSING
+    store: Any = MISSING
     strategy: Any = MISSING
     # Staged training's stage-2 keys, at the root so the command reads
     # `experiment=finetune encoder=<path> freeze_base=true`; model=predictor reads them.
@@ -332,7 +333,8 @@ _WANDB_SHORTHANDS = {f"sink.{key}" for key in ("project", "entity", "name", "mod
 # Keys that moved to a group of their own (ADR 0025): an old key is refused with one line naming the new one.
 MOVED = {"trainer.nonfinite": "nonfinite", "trainer.max_nonfinite": "nonfinite.max_in_a_row",
          "trainer.checkpoint_every": "checkpoint.every_n_epochs",
-         "trainer.checkpoint_every_n_steps": "checkpoint.every_n_steps", "trainer.strategy": "strategy"}
+         "trainer.checkpoint_every_n_steps": "checkpoint.every_n_steps", "trainer.strategy": "strategy",
+         "trainer.keep_last": "store.keep_last"}
 # Options that moved to another group: `paradigm=gan` is `step=gan`.
 MOVED_OPTIONS = {("paradigm", "gan"): "step", ("paradigm", "gbdt"): "step"}
 

@@ -88,6 +88,9 @@ GROUPS: dict[str, Group] = {
         "skip": "trainwire.policies.nonfinite:SkipNonFinite", "raise": "trainwire.policies.nonfinite:RaiseOnNonFinite",
         "off": "trainwire.policies.nonfinite:IgnoreNonFinite"}),
     "checkpoint": Group("trainwire.policies.cadence:CheckpointPolicy", {"cadence": "trainwire.policies.cadence:Cadence"}),
+    # Where checkpoints are kept; the container names the folder and the run's config (``hook`` is for tests).
+    "store": Group("trainwire.checkpointing.store:CheckpointStore", {"local": "trainwire.checkpointing.store:LocalCheckpointStore"},
+                   context=("directory", "config_yaml", "hook")),
     "strategy": Group("trainwire.runtime.distributed:Strategy", {
         "auto": "trainwire.runtime.distributed:auto_strategy", "single": "trainwire.runtime.distributed:SingleProcess",
         "ddp": "trainwire.runtime.distributed:DDP", "fsdp": "trainwire.runtime.distributed:FSDP"}),

@@ -20,9 +20,10 @@ from trainwire.checkpointing.lock import FolderLock
 from trainwire.errors import ConfigError
 
 RECORD = ("metrics.jsonl", "summary.json", "config.yaml")  # what JsonlSink writes; Hydra's .hydra/ is not the run's
-# Keys that cannot change what is trained: where results go, how often state is saved, where the run is placed.
+# Keys that cannot change what is trained: where results go, how often state is saved, where the run is placed
+# (trainer.keep_last: store.keep_last, as checkpoints saved before ADR 0025 name it).
 FREE = ("sink", "sink_timeout_s", "log", "progress", "run_dir", "metrics_every", "trainer.resume",
-        "checkpoint", "trainer.keep_last", "trainer.async_checkpoint", "trainer.log_every_n_steps", "trainer.device",
+        "checkpoint", "store", "trainer.keep_last", "trainer.async_checkpoint", "trainer.log_every_n_steps", "trainer.device",
         "strategy")
 
 

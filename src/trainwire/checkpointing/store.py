@@ -98,7 +98,7 @@ class LocalCheckpointStore(CheckpointStore):
     def __init__(self, directory: str | os.PathLike[str], keep_last: int = 3, config_yaml: str | None = None, *,
                  hook: Callable[[str], None] | None = None) -> None:
         if not isinstance(keep_last, int) or keep_last < 1:
-            raise ConfigError(f"trainer.keep_last={keep_last!r} must be an integer >= 1")
+            raise ConfigError(f"store.keep_last={keep_last!r} must be an integer >= 1")
         self.directory = Path(directory)
         self.keep_last = keep_last
         self.config_yaml = config_yaml

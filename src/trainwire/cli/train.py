@@ -372,10 +372,13 @@ def _hydra_main(args: list[str]) -> None:
     given = [arg.partition("=")[2] for arg in overrides if arg.startswith("hydra.output_subdir=")]
     if given:
         _SWEEP_SUBDIR[0] = None if given[-1] in ("null", "None", "~") else given[-1]
-    # Ours go first: argparse takes overrides only before the flags (``--cfg job``), and none of them is one a user gave.
-    overrides = ["hydra.output_subdir=null", *([] if any(arg.startswith("hydra.job.name=") for arg in overrides)
-                                               else [f"hydra.job.name={JOB_NAME}"])] + [
-        arg for arg in overrides if not arg.startswith("hydra.output_subdir=")]
+    ours = ["hydra.output_subdir=null", *([] if any(arg.startswith("hydra.job.name=") for arg in overrides)
+                                          else [f"hydra.job.name={JOB_NAME}"])]
+    overrides = [arg for arg in overrides if not arg.startswith("hydra.output_subdir=")]
+    # Ours join the user's overrides where they begin: argparse takes the overrides as one run of words,
+    # so between or after the flags (``-m``, ``--cfg job``) they would be refused.
+    at = next((i for i, arg in enumerate(overrides) if "=" in arg and not arg.startswith("-")), len(overrides))
+    overrides[at:at] = ours
     entry = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="train")(_sweep_job)
     sys.argv = [JOB_NAME, *overrides]  # Hydra parses sys.argv itself; hand it only what follows the subcommand
     entry()

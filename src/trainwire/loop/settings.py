@@ -27,7 +27,6 @@ class TrainerSettings:
     precision: str = "32"
     log_every_n_steps: int = 10
     device: str = "auto"
-    keep_last: int = 3  # periodic checkpoints kept (the checkpoint store's)
     resume: Optional[str] = None  # null, "auto" (newest valid checkpoint, else fresh) or a checkpoint path
     compile: bool = False  # torch.compile what runs forward, once, before the optimizers are built (ADR 0019)
     compile_mode: Optional[str] = None  # null (torch's default), reduce-overhead, max-autotune, ...
@@ -41,7 +40,7 @@ class TrainerSettings:
     async_checkpoint: bool = True
 
     def __post_init__(self) -> None:
-        for key in ("max_epochs", "accumulate_steps", "log_every_n_steps", "keep_last", "grad_vanishing_steps"):
+        for key in ("max_epochs", "accumulate_steps", "log_every_n_steps", "grad_vanishing_steps"):
             _require(key, getattr(self, key), type(getattr(self, key)) is int and getattr(self, key) >= 1,
                      "an integer >= 1")
         _require("watch_every_n_steps", self.watch_every_n_steps, self.watch_every_n_steps is None or (
