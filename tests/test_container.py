@@ -26,6 +26,7 @@ from trainwire import (
     ValueClipper,
     WarmupCosine,
 )
+from trainwire.checkpointing.store import LocalCheckpointStore
 from trainwire.config import GROUPS, SUBGROUPS, compose, options
 from trainwire.containers import TrainerContainer, build_container, run
 from trainwire.loop.steps import SupervisedStep
@@ -60,7 +61,7 @@ EXPECTED = {
     ("step", "supervised"): SupervisedStep, ("step", "gan"): GANStep, ("step", "gbdt"): GBDTStep,
     ("nonfinite", "skip"): SkipNonFinite, ("nonfinite", "raise"): RaiseOnNonFinite, ("nonfinite", "off"): IgnoreNonFinite,
     ("checkpoint", "cadence"): Cadence, ("strategy", "auto"): SingleProcess, ("strategy", "single"): SingleProcess,
-    ("strategy", "ddp"): DDP, ("strategy", "fsdp"): FSDP,
+    ("strategy", "ddp"): DDP, ("strategy", "fsdp"): FSDP, ("store", "local"): LocalCheckpointStore,
     ("model", "gan"): GAN, ("model", "gaussian_density"): GaussianDensity, ("objective", "nll"): NegativeLogLikelihood,
 }
 SINKS = {"wandb": "trainwire.sinks.wandb.WandbSink", "tensorboard": "trainwire.sinks.tensorboard.TensorBoardSink",
@@ -68,7 +69,7 @@ SINKS = {"wandb": "trainwire.sinks.wandb.WandbSink", "tensorboard": "trainwire.s
 SLOT = {"lr": "lr_policy", "stopping": "stopping_policy", "gradient": "gradient_policy", "sink": "metrics_sink",
         "optimizer": "optimizer", "objective": "objective", "model": "model", "data": "data",
         "paradigm": "paradigm", "step": "step", "nonfinite": "nonfinite", "checkpoint": "checkpoint_policy",
-        "strategy": "strategy"}
+        "strategy": "strategy", "store": "checkpoint_store"}
 
 
 def every_option():
