@@ -182,24 +182,45 @@ def register_schemas(overrides: Iterable[str] = ()) -> None:
     from trainwire.policies.losses import available_losses
 
     store = ConfigStore.instance()
-    store.store(name="train_schema", node=TrainConfig)
+    _store(store, None, "train_schema", TrainConfig, lambda: TrainConfig)
     chosen = _chosen(overrides)
     for group, spec in registry.GROUPS.items():
         packaged = _packaged(group)
         for name, option in registry.options(group).items():
             if option.origin != "trainwire" and chosen is not None and name not in chosen.get(group, ()):
                 continue
-            node = schema(group, name, option.load())
+            target = option.load()
             if name in packaged:
-                store.store(group=f"schema/{group}", name=name, node=node)
+                _store(store, f"schema/{group}", name, target, lambda: schema(group, name, target))
             else:
-                store.store(group=group, name=name, node={name: node} if spec.multi else node)
+                _store(store, group, name, target, lambda: {name: schema(group, name, target)} if spec.multi
+                       else schema(group, name, target))
     for group, node in custom_nodes().items():
-        store.store(group=group, name=CUSTOM, node=node)
+        _store(store, group, CUSTOM, str(node), lambda: node)
     packaged = _packaged("objective/loss")
-    for name in available_losses():
-        store.store(group="schema/objective/loss" if name in packaged else "objective/loss", name=name,
-                    node=loss_schema(name))
+    for name, parameters in available_losses().items():
+        _store(store, "schema/objective/loss" if name in packaged else "objective/loss", name, str(parameters),
+               lambda: loss_schema(name))
+
+
+# What register_schemas stored, (group, name) -> (what it was made from, the stored node). Making a
+# schema and storing it is about a third of a compose, and each compose stores the same again: a node
+# is stored anew only when its source changed, or when the ConfigStore no longer holds the one stored.
+_STORED: dict[tuple[str | None, str], tuple[Any, Any]] = {}
+
+
+def _store(store: Any, group: str | None, name: str, source: Any, node: Callable[[], Any]) -> None:
+    held = store.repo
+    for part in group.split("/") if group else ():
+        held = held.get(part, {})
+    seen = _STORED.get((group, name))
+    if seen is not None and seen[0] == source and held.get(f"{name}.yaml") is seen[1]:
+        return
+    store.store(group=group, name=name, node=node())
+    held = store.repo
+    for part in group.split("/") if group else ():
+        held = held[part]
+    _STORED[(group, name)] = (source, held[f"{name}.yaml"])
 
 
 # The user's own class or function in a slot: `model._target_=mylab.SmallCNN` selects `model=custom`.
