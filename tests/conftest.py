@@ -123,6 +123,20 @@ SHARED_FIXTURES = {
 }
 
 
+def pytest_collection_modifyitems(config, items):
+    """The longest work first: the shared-fixture modules, then the other slow tests, then the rest.
+
+    xdist hands the work out in collection order; with the long ones first, the two workers end
+    together on short tests instead of one waiting for the other's last kill/resume chain.
+    """
+    def weight(item) -> int:
+        if item.nodeid.split("::", 1)[0] in SHARED_FIXTURES:
+            return 0
+        return 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=weight)  # stable: the order within each weight is the files' own
+
+
 def pytest_xdist_make_scheduler(config, log):
     """Under ``-n`` (``--dist load``, the default): the modules of ``SHARED_FIXTURES`` whole, every other test alone.
 
