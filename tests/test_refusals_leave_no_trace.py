@@ -2,8 +2,8 @@
 
 One real finished run is made with the CLI; each case copies it, damages the copy (or not),
 runs the command that must be refused, and compares a snapshot of the whole tree (contents,
-and the modification time of every file and folder) before and after. Only ``checkpoints/.lock``
-is left out: it is the lock itself, and holds the pid of whichever process last took it.
+and the modification time of every file and folder) before and after, ``checkpoints/.lock``
+included: taking the lock writes nothing (its holder is read from ``/proc/locks``).
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ def trainwire(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes | None, int]]:
-    """Every file's bytes and every file's and folder's mtime, by relative path (the lock file left out)."""
+    """Every file's bytes and every file's and folder's mtime, by relative path."""
+    assert (folder / "checkpoints" / ".lock").is_file() or not (folder / "checkpoints").is_dir()
     return {str(path.relative_to(folder)): (path.read_bytes() if path.is_file() else None, path.stat().st_mtime_ns)
-            for path in sorted([folder, *folder.rglob("*")]) if path.name != ".lock"}
+            for path in sorted([folder, *folder.rglob("*")])}
 
 
 @pytest.fixture(scope="module")
