@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 import threading
@@ -13,7 +14,6 @@ import torch
 from conftest import clean_env
 from omegaconf import OmegaConf
 
-from trainwire.checkpointing.format import read_checkpoint
 from trainwire.config import compose
 from trainwire.containers import run
 from trainwire.testing import capture_logs
@@ -162,7 +162,6 @@ def test_fresh_resumed_and_threaded_runs_leave_the_callers_process_as_they_found
     from trace_check import changed, snapshot
 
     torch.manual_seed(7)
-    import random
     random.seed(7)
     before = snapshot()
     common = [f"run_dir={tmp_path / 'run'}", *TINY]
