@@ -133,8 +133,9 @@ def run(cfg: DictConfig | dict[str, Any] | Container, *, stop: StopToken | None 
     The model is built from ``seed``; the caller's random states (torch's, python's, NumPy's),
     environment and warnings filters are as they were when it returns, also when several runs go
     on at once in threads (``trainwire.runtime.process.run_scope``). Two runs started together in two
-    threads produce what each produces alone, for models whose training draws no numbers from
-    the global generator (dropout does: for exactness with dropout, one process per run) and with
+    threads produce what each produces alone, for data whose loaders have generators of their own
+    (the bundled ones do) and models whose training draws no numbers from the global generator
+    (dropout does, and so moves another run's initial weights: for exactness, one process per run) and with
     one intra-op thread (``torch.set_num_threads(1)``: two runs at once may otherwise get OpenMP
     teams of other sizes than one alone, and sum in another order). Its
     log records carry ``run_id``, the run directory's name.

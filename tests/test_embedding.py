@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 import threading
@@ -13,7 +14,6 @@ import torch
 from conftest import clean_env
 from omegaconf import OmegaConf
 
-from trainwire.checkpointing.format import read_checkpoint
 from trainwire.config import compose
 from trainwire.containers import run
 from trainwire.testing import capture_logs
@@ -121,23 +121,51 @@ def test_a_run_with_every_external_sink_leaves_no_trace_in_the_callers_process(t
     assert (tmp_path / "run" / "mlflow.db").is_file()
 
 
-def test_two_runs_in_two_threads_equal_the_same_runs_done_alone(tmp_path):
-    """Each run seeds and builds its model alone (process.SEEDING); its data order is its own sampler's.
 
-    One intra-op thread: with more, two runs at once may get OpenMP teams of other sizes than a
-    run alone, and sums in another order (documented with run()).
-    """
+def test_no_bundled_loader_draws_from_the_global_generator():
+    """Issue 25: a loader without a generator draws each iterator's base seed from the global one, moving it
+    under another run that is seeding it and drawing its initial weights (``process.SEEDING``)."""
+    from trainwire.containers import build_container
+
+    loaders = build_container(compose(["data.train_samples=64", "progress=never"])).data()
+    for loader in (loaders.train, loaders.val):
+        before = torch.get_rng_state()
+        iter(loader)
+        assert torch.equal(torch.get_rng_state(), before)
+
+
+TINY = ["trainer.max_epochs=2", "stopping=none", "data.train_samples=128", "data.batch_size=64", "progress=never"]
+
+
+@pytest.mark.parametrize("lr", [[], ["lr=constant"]], ids=["default", "lr=constant"])
+def test_a_pair_of_runs_in_threads_equals_the_runs_alone_every_time(tmp_path, lr):
+    """Issue 25: the race showed 2 times in 3; ten pairs catch one that shows 1 time in 3 (p < 0.02)."""
+    configs = [compose([f"optimizer.lr={value}", *TINY, *lr]) for value in (1e-3, 3e-3)]  # composed once: Hydra is slow
+
     def job(index: int, where: str):
-        return compose([f"run_dir={tmp_path / where / str(index)}", f"seed={index + 1}", "trainer.max_epochs=3",
-                        "data.train_samples=256", "model.hidden=[32]", "lr=constant"])
+        cfg = configs[index].copy()
+        cfg.run_dir = str(tmp_path / where / str(index))
+        return cfg
 
-    def weights(where: str, index: int):
-        return read_checkpoint(tmp_path / where / str(index) / "checkpoints" / "last.pt")["model"]
+    def losses(result):
+        return [entry["val/loss"] for entry in result.history]
 
-    alone = [run(job(index, "alone")) for index in range(2)]
-    together = in_threads(2, lambda index: run(job(index, "together")))
-    for index in range(2):
-        drop = lambda result: [{k: v for k, v in h.items() if not k.startswith("time/")} for h in result.history]  # noqa: E731
-        assert drop(together[index]) == drop(alone[index])
-        assert all(torch.equal(weights("together", index)[key], value) for key, value in weights("alone", index).items())
-    assert drop(alone[0]) != drop(alone[1])  # two different runs, not one run twice
+    alone = [losses(run(job(index, "alone"))) for index in range(2)]
+    assert alone[0] != alone[1]  # two different runs, not one run twice
+    for attempt in range(10):
+        together = in_threads(2, lambda index: run(job(index, f"together{attempt}")))  # noqa: B023
+        assert [losses(result) for result in together] == alone, f"pair {attempt}"
+
+
+def test_fresh_resumed_and_threaded_runs_leave_the_callers_process_as_they_found_it(tmp_path):
+    """Issue 25's sequence, against the whole snapshot of trace_check.py (random, NumPy, torch, env, ...)."""
+    from trace_check import changed, snapshot
+
+    torch.manual_seed(7)
+    random.seed(7)
+    before = snapshot()
+    common = [f"run_dir={tmp_path / 'run'}", *TINY]
+    run(compose(common))
+    run(compose([*common, "trainer.resume=auto"]))
+    in_threads(1, lambda _: run(compose([f"run_dir={tmp_path / 'threaded'}", *TINY])))
+    assert changed(before, snapshot()) == []

@@ -26,6 +26,7 @@ from trainwire.checkpointing.format import read_checkpoint
 from trainwire.checkpointing.sharding import ShardedState
 from trainwire.checkpointing.store import CheckpointStore
 from trainwire.errors import CheckpointError, ConfigError, NonFiniteError
+from trainwire.runtime.process import SEEDING
 
 FORMAT = 2  # 1: the fixed component list of the first build (refused: no release has shipped)
 
@@ -112,7 +113,8 @@ class RNGPart:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         version, internal, gauss = state["python"]
         random.setstate((version, tuple(internal), gauss))
-        torch.set_rng_state(state["torch"])
+        with SEEDING:  # not while another run in another thread seeds the generator and draws its weights from it
+            torch.set_rng_state(state["torch"])
         if "numpy" in state:
             try:
                 import numpy

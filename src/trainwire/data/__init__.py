@@ -180,6 +180,13 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {text[:60] + '…' if len(text) > 60 else text}"
 
 
+def _own(seed: int) -> torch.Generator:
+    """A validation loader's own generator. Without one, each ``iter(loader)`` draws its base seed from the
+    global torch generator, which moves it under another run in another thread while that run seeds
+    it and builds its model (``trainwire.runtime.process.SEEDING``): that run's weights then differ (issue 25)."""
+    return torch.Generator().manual_seed(seed)
+
+
 def _batches(part: Any, *, train: bool, batch_size: int, num_workers: int, seed: int, rank: int,
              world_size: int) -> Any:
     """Loaders for a map-style Dataset; anything iterable with a length is taken as batches already."""
@@ -190,7 +197,7 @@ def _batches(part: Any, *, train: bool, batch_size: int, num_workers: int, seed:
                                        world_size=world_size)
             return DataLoader(part, batch_sampler=sampler, generator=generator, num_workers=num_workers)
         shard = ShardBatches(len(part), batch_size * 4, rank=rank, world_size=world_size)
-        return DataLoader(part, batch_sampler=shard, num_workers=num_workers)
+        return DataLoader(part, batch_sampler=shard, num_workers=num_workers, generator=_own(seed))
     if (isinstance(part, Iterable) and hasattr(part, "__len__")
             and not isinstance(part, (str, bytes, Mapping, torch.Tensor))):  # a tensor's rows are not batches
         return part
@@ -266,7 +273,8 @@ def _loaders(x: torch.Tensor, y: torch.Tensor, val_idx: torch.Tensor, train_idx:
     val = None
     if len(val_idx):
         shard = ShardBatches(len(val_idx), batch_size * 4, rank=rank, world_size=world_size)
-        val = DataLoader(TensorDataset(x[val_idx], y[val_idx]), batch_sampler=shard, num_workers=num_workers)
+        val = DataLoader(TensorDataset(x[val_idx], y[val_idx]), batch_sampler=shard, num_workers=num_workers,
+                         generator=_own(seed))
     return Loaders(train, val)
 
 
