@@ -210,17 +210,19 @@ _STORED: dict[tuple[str | None, str], tuple[Any, Any]] = {}
 
 
 def _store(store: Any, group: str | None, name: str, source: Any, node: Callable[[], Any]) -> None:
-    held = store.repo
-    for part in group.split("/") if group else ():
-        held = held.get(part, {})
     seen = _STORED.get((group, name))
-    if seen is not None and seen[0] == source and held.get(f"{name}.yaml") is seen[1]:
+    if seen is not None and seen[0] == source and _held(store, group, name) is seen[1]:
         return
     store.store(group=group, name=name, node=node())
-    held = store.repo
+    _STORED[(group, name)] = (source, _held(store, group, name))
+
+
+def _held(store: Any, group: str | None, name: str) -> Any:
+    """The node the ConfigStore holds as ``group/name``; None when it holds none."""
+    folder = store.repo
     for part in group.split("/") if group else ():
-        held = held[part]
-    _STORED[(group, name)] = (source, held[f"{name}.yaml"])
+        folder = folder.get(part, {})
+    return folder.get(f"{name}.yaml")
 
 
 # The user's own class or function in a slot: `model._target_=mylab.SmallCNN` selects `model=custom`.
