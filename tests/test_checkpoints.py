@@ -425,14 +425,13 @@ def test_a_second_process_on_a_locked_folder_is_refused_with_one_line(tmp_path):
     LocalCheckpointStore(tmp_path).start()  # kill -9 freed it
 
 
-@pytest.mark.slow
-def test_a_folder_is_not_reopened_while_dataloader_workers_of_a_killed_run_live(tmp_path):
+def reopen_after_a_killed_run_left_workers(folder) -> None:
     """kill -9 of the holder leaves its forked workers, holding the lock; the next store waits them out."""
     import subprocess
     import sys
     import time
 
-    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(tmp_path), "workers"], stdout=subprocess.PIPE,
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(folder), "workers"], stdout=subprocess.PIPE,
                               text=True)
     workers = [int(pid) for pid in holder.stdout.readline().split()]
     holder.wait()
@@ -444,6 +443,30 @@ def test_a_folder_is_not_reopened_while_dataloader_workers_of_a_killed_run_live(
 
     assert alive(), "no worker outlived its parent: nothing to wait for"
     started = time.monotonic()
-    LocalCheckpointStore(tmp_path).start()
+    LocalCheckpointStore(folder).start()
     assert not alive(), "the store opened the folder while a worker of the killed run still lived"
     assert time.monotonic() - started < 60  # the workers notice their parent is gone (5 s polls; slower when loaded)
+
+
+@pytest.mark.slow
+def test_a_folder_is_not_reopened_while_dataloader_workers_of_a_killed_run_live(tmp_path):
+    reopen_after_a_killed_run_left_workers(tmp_path)
+
+
+@pytest.mark.slow
+def test_the_workers_of_a_killed_run_are_waited_out_inside_a_pid_namespace(tmp_path):
+    """In a container the kernel leaves a lock whose taker has ended out of /proc/locks: CI, in one,
+    refused a resume after kill -9 as "in use by another process" while the workers lived."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("making a pid namespace needs unshare(1) and root")
+    driver = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+              "from test_checkpoints import reopen_after_a_killed_run_left_workers as reopen; "
+              "reopen(sys.argv[1]); print('reopened')")
+    done = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", driver, str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.endswith("reopened\n"), done.stderr

@@ -7,7 +7,9 @@ a run resumed in the folder cannot race the leftover workers of one that was kil
 the lock, for the message that refuses a second one, is read from the kernel's ``/proc/locks``, so
 taking the lock writes nothing: a run refused after it took the lock leaves the folder
 byte-identical, ``.lock`` included. Where there is no ``/proc/locks`` (not Linux), the lock file
-holds the pid instead.
+holds the pid instead. Inside a pid namespace (a container), the kernel leaves out of
+``/proc/locks`` a lock whose taker has ended, so there the leftovers are found as the processes
+that still have ``.lock`` open.
 """
 
 from __future__ import annotations
@@ -68,6 +70,28 @@ def _holder(fd: int) -> int | None:
         return None
 
 
+def _sharers(fd: int) -> list[int]:
+    """The other processes this one can see that have ``fd``'s file open (none where there is no ``/proc``)."""
+    info = os.fstat(fd)
+    found = []
+    try:
+        processes = [entry.name for entry in os.scandir("/proc") if entry.name.isdigit()]
+    except OSError:
+        return found
+    for pid in processes:
+        if int(pid) == os.getpid():
+            continue
+        try:
+            for link in os.scandir(f"/proc/{pid}/fd"):
+                target = os.stat(link.path)
+                if (target.st_dev, target.st_ino) == (info.st_dev, info.st_ino):
+                    found.append(int(pid))
+                    break
+        except OSError:  # it ended, or is not ours to look at
+            continue
+    return found
+
+
 class FolderLock:
     """Holds ``<directory>/.lock`` exclusively from ``acquire`` to ``release`` (or the process's end).
 
@@ -118,7 +142,7 @@ class FolderLock:
 
     def _lock(self, fd: int) -> bool:
         """Blocks out every other process; False where the file system has no locks (then nothing is held)."""
-        deadline = None
+        deadline, unseen = None, False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -132,14 +156,21 @@ class FolderLock:
                     return False
                 raise CheckpointError(f"cannot lock {self.path}: {error.strerror or error}") from None
             holder = _holder(fd)
-            if holder is None or _alive(holder):
+            # No holder found: in a container the kernel hides a lock whose taker has ended, so
+            # processes seen with .lock open are what it left; none seen: the taker is out of sight.
+            sharers = _sharers(fd) if holder is None else []
+            if holder is None and not sharers and not unseen:
+                unseen = True  # or the last of them ended since the flock above: try that once more
+                continue
+            if (holder is not None and _alive(holder)) or (holder is None and not sharers):
                 raise CheckpointError(f"{self.directory} is in use by {f'process {holder}' if holder else 'another process'}"
                                       f" (it holds {self.path}); wait for it to end, or train in another run folder")
-            if deadline is None:  # its holder is dead: what holds the lock now is what it left (forked workers)
+            ended = f"process {holder}" if holder is not None else "a process that has ended"
+            if deadline is None:  # its taker is dead: what holds the lock now is what it left (forked workers)
                 deadline = time.monotonic() + self.leftover_wait_s
-                self.log.info("folder_lock_wait", path=str(self.path), ended_holder=holder)
+                self.log.info("folder_lock_wait", path=str(self.path), ended_holder=holder, leftovers=sharers or None)
             elif time.monotonic() > deadline:
-                raise CheckpointError(f"{self.directory} is still locked by processes that process {holder} left "
+                raise CheckpointError(f"{self.directory} is still locked by processes that {ended} left "
                                       f"behind (DataLoader workers?) {self.leftover_wait_s:g} s after it ended; "
                                       f"end them, or train in another run folder")
             time.sleep(_POLL_S)
