@@ -299,6 +299,7 @@ def _fit(plain: dict[str, Any], record: HydraRecord | None) -> None:
     from trainwire.errors import (
         CheckpointError,
         ConfigError,
+        DataError,
         NonFiniteError,
         RunRecordError,
         TrainingInterrupted,
@@ -325,6 +326,10 @@ def _fit(plain: dict[str, Any], record: HydraRecord | None) -> None:
         signals.leaving()
         launch.say(f"trainwire: error: {error}")
         sys.exit(1)
+    except DataError as error:  # 2: data refused before the first step; 1: reading them failed while running
+        signals.leaving()
+        launch.say(f"trainwire: error: {error}")
+        sys.exit(error.exit_code)
     except TrainingInterrupted as interrupted:  # the checkpoint is written: `trainer.resume=auto` continues
         signals.leaving()
         where = f"checkpoint saved in {run_dir / 'checkpoints'}" if interrupted.saved else "no checkpoint yet"
