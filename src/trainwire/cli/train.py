@@ -111,6 +111,12 @@ class Signals:
             return
         raise KeyboardInterrupt(f"signal {signum}")
 
+    def check(self) -> None:
+        """Raises KeyboardInterrupt for a signal that came while an exception was being handled (only noted
+        then: inside an import's ``except``, say), so that it still stops the run before training starts."""
+        if self.received and not self._leaving:
+            raise KeyboardInterrupt(f"signal {self.received[0]}")
+
     def name(self) -> str:
         import signal
 
@@ -314,6 +320,7 @@ def _fit(plain: dict[str, Any], record: HydraRecord | None) -> None:
         logs.configure(plain["log"]["format"], level, run_id=run_dir.name, **context)
         if record is not None:
             container.hooks.override(providers.Object([*container.hooks(), record]))
+        signals.check()
         run(container)
     except Refused as refused:
         if str(refused):

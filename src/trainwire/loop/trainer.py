@@ -214,7 +214,7 @@ class Trainer:
             finally:
                 if self._compiler is not None:
                     self._compiler.stop()
-        failure = self._no_step(result, n_batches)
+        failure = self._no_step(result)
         self.sink.summary(result.summary())
         if failure is not None:  # the record says so, and the run is not a success
             self.sink.finish("failed")
@@ -332,6 +332,9 @@ class Trainer:
                 else:  # non-finite, or fp16 overflow (the scaler has lowered its scale): the schedule waits
                     self._not_taken(state)
                 checkpointing.at_step(state.step, result.taken)
+            if unchecked:  # not one batch came: no step can be taken
+                raise DataError(f"data (train split, epoch {epoch}): the training data gave no batch "
+                                f"(its length says {len(train_data)}): no optimizer step can be taken")
             verdict = self._end_epoch(state, position, precision, move, val_data, started, first_step)
             checkpointing.at_epoch(epoch, verdict.improved)
             if verdict.stop:
@@ -369,17 +372,13 @@ class Trainer:
         position.stop_reason = (verdict.reason or "stopped") if verdict.stop else None
         return verdict
 
-    def _no_step(self, result: FitResult, n_batches: int) -> Exception | None:
+    def _no_step(self, result: FitResult) -> NonFiniteError | None:
         """A run that took no optimizer step learned nothing: its cause goes into ``result`` and is returned to raise."""
-        if result.steps or not result.epochs_completed:
+        if result.steps or not self.nonfinite.skipped:  # no batch at all is the loop's DataError
             return None
-        if self.nonfinite.skipped:
-            error: Exception = NonFiniteError(
-                f"no optimizer step was taken: every step ({self.nonfinite.skipped}) had a non-finite loss or gradient "
-                "and were skipped (nonfinite.max_in_a_row is more than the run's steps); check the data and the lr")
-        else:
-            error = DataError("no optimizer step was taken: the training data gave no batch (its length says "
-                              f"{n_batches})")
+        error = NonFiniteError(
+            f"no optimizer step was taken: every step ({self.nonfinite.skipped}) had a non-finite loss or gradient "
+            "and was skipped (nonfinite.max_in_a_row is more than the run's steps); check the data and the lr")
         result.stop_reason = "no_step_taken"
         result.notes.append(str(error))
         return error
