@@ -85,7 +85,7 @@ CHECKED = {  # refused by the first batch's check, before it trains: exit 2
 }
 READING = {  # raised while the loader produced a batch: exit 1, the user's own message
     "the dataset raises": (lambda: DataLoader(Samples(_raises), batch_size=4),
-                           "data (train split, batch 0): the dataset raised ValueError: sample 5 is corrupt"),
+                           "data (train split, batch 1): the dataset raised ValueError: sample 5 is corrupt"),
     "the dataset raises in a worker": (lambda: DataLoader(Samples(_raises), batch_size=8, num_workers=1),
                                        "data (train split, batch 0): the dataset raised ValueError: sample 5 is corrupt"),
     "samples of varying size": (lambda: DataLoader(Samples(lambda i: (torch.ones(8 + i % 2), 0)), batch_size=4),
