@@ -244,7 +244,7 @@ def custom_nodes() -> dict[str, dict[str, Any]]:
 
 # Keys a custom (``_target_``) node of a group always has, for trainwire's own use; the target gets them
 # only if it names them (a data target returning Datasets gets loaders built with these).
-OWN_KEYS = {"data": {"batch_size": 64, "num_workers": 0}}
+OWN_KEYS = {"data": {"batch_size": 64, "num_workers": 0, "timeout_s": 300.0}}
 # In a custom node: the keys the user gave on the command line. Only these reach the target (ADR 0025).
 GIVEN = "_given_"
 

@@ -23,6 +23,21 @@ class RunRecordError(RuntimeError):
     """
 
 
+class DataError(RuntimeError):
+    """The data could not be read, or do not fit the model and the objective.
+
+    The message is one line that names the split (train or val), the batch and what was
+    expected, or what the user's dataset or collate function raised (their own message).
+    ``exit_code`` is 2 for data refused before the first step (bad input, found by the first
+    batch's check) and 1 for a failure while running (a dataset that raised, a DataLoader
+    worker that died or stalled).
+    """
+
+    def __init__(self, message: str, *, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class NonFiniteError(RuntimeError):
     """Training met a non-finite loss or gradient it was told not to step past."""
 

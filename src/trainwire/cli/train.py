@@ -111,6 +111,12 @@ class Signals:
             return
         raise KeyboardInterrupt(f"signal {signum}")
 
+    def check(self) -> None:
+        """Raises KeyboardInterrupt for a signal that came while an exception was being handled (only noted
+        then: inside an import's ``except``, say), so that it still stops the run before training starts."""
+        if self.received and not self._leaving:
+            raise KeyboardInterrupt(f"signal {self.received[0]}")
+
     def name(self) -> str:
         import signal
 
@@ -299,6 +305,7 @@ def _fit(plain: dict[str, Any], record: HydraRecord | None) -> None:
     from trainwire.errors import (
         CheckpointError,
         ConfigError,
+        DataError,
         NonFiniteError,
         RunRecordError,
         TrainingInterrupted,
@@ -313,6 +320,7 @@ def _fit(plain: dict[str, Any], record: HydraRecord | None) -> None:
         logs.configure(plain["log"]["format"], level, run_id=run_dir.name, **context)
         if record is not None:
             container.hooks.override(providers.Object([*container.hooks(), record]))
+        signals.check()
         run(container)
     except Refused as refused:
         if str(refused):
@@ -325,6 +333,10 @@ def _fit(plain: dict[str, Any], record: HydraRecord | None) -> None:
         signals.leaving()
         launch.say(f"trainwire: error: {error}")
         sys.exit(1)
+    except DataError as error:  # 2: data refused before the first step; 1: reading them failed while running
+        signals.leaving()
+        launch.say(f"trainwire: error: {error}")
+        sys.exit(error.exit_code)
     except TrainingInterrupted as interrupted:  # the checkpoint is written: `trainer.resume=auto` continues
         signals.leaving()
         where = f"checkpoint saved in {run_dir / 'checkpoints'}" if interrupted.saved else "no checkpoint yet"

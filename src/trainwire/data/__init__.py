@@ -10,9 +10,11 @@ The data contract: whatever fills the ``data`` slot (a built-in option, or the u
 
 A map-style ``Dataset`` gets trainwire's own loaders (``as_loaders``): a ``ResumableSampler``
 (shuffled from the seed, resumable mid-epoch, sharded by rank) with ``data.batch_size`` per
-process and ``data.num_workers``, and ``ShardBatches`` for validation. A target whose
+process, ``data.num_workers`` and, with workers, ``data.timeout_s`` (a worker that delivers no
+batch in that long ends the run with one line rather than hanging it), and ``ShardBatches`` for
+validation. A target whose
 signature names ``seed``, ``rank``, ``world_size`` or ``batch_size`` receives them. A user's own
-``DataLoader`` is used as it is: if its order cannot be restored (shuffled without a
+``DataLoader`` is used as it is (its own ``timeout`` too: trainwire sets none on it), and if its order cannot be restored (shuffled without a
 ``ResumableSampler``), the Trainer says so once (``not_resumable``), as a warning at the start and
 a note in ``summary.json``. Anything else is one ConfigError line naming ``data``, the target and
 what it returned.
@@ -187,7 +189,7 @@ def _own(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _batches(part: Any, *, train: bool, batch_size: int, num_workers: int, seed: int, rank: int,
+def _batches(part: Any, *, train: bool, batch_size: int, num_workers: int, timeout_s: float, seed: int, rank: int,
              world_size: int) -> Any:
     """Loaders for a map-style Dataset; anything iterable with a length is taken as batches already."""
     if isinstance(part, Dataset) and not isinstance(part, IterableDataset) and hasattr(part, "__len__"):
@@ -195,9 +197,9 @@ def _batches(part: Any, *, train: bool, batch_size: int, num_workers: int, seed:
             generator = torch.Generator().manual_seed(seed)
             sampler = ResumableSampler(len(part), batch_size, seed=seed, generator=generator, rank=rank,
                                        world_size=world_size)
-            return DataLoader(part, batch_sampler=sampler, generator=generator, num_workers=num_workers)
+            return DataLoader(part, batch_sampler=sampler, generator=generator, **_workers(num_workers, timeout_s))
         shard = ShardBatches(len(part), batch_size * 4, rank=rank, world_size=world_size)
-        return DataLoader(part, batch_sampler=shard, num_workers=num_workers, generator=_own(seed))
+        return DataLoader(part, batch_sampler=shard, generator=_own(seed), **_workers(num_workers, timeout_s))
     if (isinstance(part, Iterable) and hasattr(part, "__len__")
             and not isinstance(part, (str, bytes, Mapping, torch.Tensor))):  # a tensor's rows are not batches
         return part
@@ -205,6 +207,19 @@ def _batches(part: Any, *, train: bool, batch_size: int, num_workers: int, seed:
 
 
 MAX_WORKERS = 256
+TIMEOUT_S = 300.0  # long enough for a slow batch, short enough that a stuck worker is found the same hour
+
+
+def _workers(num_workers: int, timeout_s: float) -> dict[str, Any]:
+    """The DataLoader's worker arguments: torch refuses a timeout without workers (the main process reads)."""
+    return {"num_workers": num_workers, **({"timeout": float(timeout_s)} if num_workers else {})}
+
+
+def check_timeout(timeout_s: Any) -> None:
+    """Refuses a ``data.timeout_s`` that is not a positive, finite number of seconds (never is not an option)."""
+    if (type(timeout_s) not in (int, float) or not 0 < timeout_s < float("inf")):
+        raise ConfigError(f"data.timeout_s={timeout_s!r} must be a number of seconds > 0 (how long a DataLoader "
+                          "worker may take to deliver a batch before the run stops with an error)")
 
 
 def check_workers(num_workers: Any) -> None:
@@ -223,6 +238,7 @@ def as_loaders(returned: Any, node: Mapping[str, Any] | None = None, *, seed: in
     node = dict(node or {})
     source = node.get("_target_") or node.get("type") or "?"
     batch_size, num_workers = node.get("batch_size", 64), node.get("num_workers", 0)
+    timeout_s = node.get("timeout_s", TIMEOUT_S)
     if isinstance(returned, Loaders):
         return returned
     pair = returned if isinstance(returned, (tuple, list)) and len(returned) == 2 else (returned, None)
@@ -231,8 +247,10 @@ def as_loaders(returned: Any, node: Mapping[str, Any] | None = None, *, seed: in
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ConfigError(f"data.batch_size={batch_size!r} must be an integer >= 1")
     check_workers(num_workers)
+    check_timeout(timeout_s)
     built = [None if part is None and index == 1 else
-             _batches(part, train=index == 0, batch_size=batch_size, num_workers=num_workers, seed=seed, rank=rank,
+             _batches(part, train=index == 0, batch_size=batch_size, num_workers=num_workers, timeout_s=timeout_s,
+                      seed=seed, rank=rank,
                       world_size=world_size)
              for index, part in enumerate(pair)]
     if built[0] is None or (pair[1] is not None and built[1] is None):
@@ -256,11 +274,12 @@ def _split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.
 
 
 def _loaders(x: torch.Tensor, y: torch.Tensor, val_idx: torch.Tensor, train_idx: torch.Tensor,
-             batch_size: int, seed: int, num_workers: int, train_samples: int | None = None,
+             batch_size: int, seed: int, num_workers: int, timeout_s: float, train_samples: int | None = None,
              rank: int = 0, world_size: int = 1) -> Loaders:
     if batch_size < 1:
         raise ConfigError(f"data.batch_size={batch_size} must be >= 1")
     check_workers(num_workers)
+    check_timeout(timeout_s)
     if train_samples is not None:
         if not 1 <= train_samples <= len(train_idx):
             raise ConfigError(f"data.train_samples={train_samples} must be in [1, {len(train_idx)}] (the training split)")
@@ -269,12 +288,12 @@ def _loaders(x: torch.Tensor, y: torch.Tensor, val_idx: torch.Tensor, train_idx:
     sampler = ResumableSampler(len(train_idx), batch_size, seed=seed, generator=generator, rank=rank,
                                world_size=world_size)
     train = DataLoader(TensorDataset(x[train_idx], y[train_idx]), batch_sampler=sampler, generator=generator,
-                       num_workers=num_workers)
+                       **_workers(num_workers, timeout_s))
     val = None
     if len(val_idx):
         shard = ShardBatches(len(val_idx), batch_size * 4, rank=rank, world_size=world_size)
-        val = DataLoader(TensorDataset(x[val_idx], y[val_idx]), batch_sampler=shard, num_workers=num_workers,
-                         generator=_own(seed))
+        val = DataLoader(TensorDataset(x[val_idx], y[val_idx]), batch_sampler=shard, generator=_own(seed),
+                         **_workers(num_workers, timeout_s))
     return Loaders(train, val)
 
 
@@ -285,12 +304,13 @@ def _check_shape(name: str, in_features: int, out_features: int, inputs: int, ou
 
 
 def digits(batch_size: int = 64, val_fraction: float = 0.2, seed: int = 0, num_workers: int = 0,
-           train_samples: int | None = None, in_features: int = 64, out_features: int = 10, *, rank: int = 0,
-           world_size: int = 1) -> Loaders:
+           train_samples: int | None = None, in_features: int = 64, out_features: int = 10,
+           timeout_s: float = TIMEOUT_S, *, rank: int = 0, world_size: int = 1) -> Loaders:
     """8×8 digits as 64 features scaled to [0, 1]; targets are class indices 0–9.
 
     ``train_samples`` keeps only that many training samples (e.g. a small labelled subset); the
-    validation split is unchanged. ``rank``/``world_size`` shard both loaders for distributed
+    validation split is unchanged. ``timeout_s`` is how long a worker (``num_workers`` > 0) may take to
+    deliver a batch before the run stops with one line (a stuck worker would hang it). ``rank``/``world_size`` shard both loaders for distributed
     training; ``batch_size`` is per process. ``in_features`` and ``out_features`` state the
     set's shape for the model's config to read (``${data.in_features}``); other values are refused.
     """
@@ -298,12 +318,12 @@ def digits(batch_size: int = 64, val_fraction: float = 0.2, seed: int = 0, num_w
     raw = _load("digits")
     x, y = raw["x"].float() / 16.0, raw["y"].long()
     train_idx, val_idx = _split(len(x), val_fraction, seed)
-    return _loaders(x, y, val_idx, train_idx, batch_size, seed, num_workers, train_samples, rank, world_size)
+    return _loaders(x, y, val_idx, train_idx, batch_size, seed, num_workers, timeout_s, train_samples, rank, world_size)
 
 
 def diabetes(batch_size: int = 32, val_fraction: float = 0.2, seed: int = 0, num_workers: int = 0,
-             train_samples: int | None = None, in_features: int = 10, out_features: int = 1, *, rank: int = 0,
-             world_size: int = 1) -> Loaders:
+             train_samples: int | None = None, in_features: int = 10, out_features: int = 1,
+             timeout_s: float = TIMEOUT_S, *, rank: int = 0, world_size: int = 1) -> Loaders:
     """Diabetes progression: 10 features and the target, standardised with the training split's statistics.
 
     The metrics are therefore in standardised units: ``val/rmse`` and ``val/mae`` in standard
@@ -323,4 +343,4 @@ def diabetes(batch_size: int = 32, val_fraction: float = 0.2, seed: int = 0, num
                            std=round(y_std.item(), 3),
                            note="val/rmse and val/mae are in target standard deviations (times std: original units); "
                                 "val/mape is relative to standardised targets near 0")
-    return _loaders(x, y, val_idx, train_idx, batch_size, seed, num_workers, train_samples, rank, world_size)
+    return _loaders(x, y, val_idx, train_idx, batch_size, seed, num_workers, timeout_s, train_samples, rank, world_size)

@@ -17,7 +17,8 @@ from trainwire.checkpointing.parts import Position
 from trainwire.checkpointing.session import Checkpointing
 from trainwire.checkpointing.store import CheckpointStore
 from trainwire.data import epoch_batches, not_resumable
-from trainwire.errors import ConfigError, TrainingInterrupted
+from trainwire.data.reading import read
+from trainwire.errors import ConfigError, DataError, NonFiniteError, TrainingInterrupted
 from trainwire.loop.hooks import emit
 from trainwire.loop.settings import TrainerSettings, gradient_health
 from trainwire.loop.signals import StopToken, stop_requests
@@ -213,7 +214,11 @@ class Trainer:
             finally:
                 if self._compiler is not None:
                     self._compiler.stop()
+        failure = self._no_step(result)
         self.sink.summary(result.summary())
+        if failure is not None:  # the record says so, and the run is not a success
+            self.sink.finish("failed")
+            raise failure
         self.sink.finish("finished")
         self.log.info("train_end", **result.summary())
         self._emit("on_train_end", state, result)
@@ -261,6 +266,18 @@ class Trainer:
         self._meter.start(precision.device, self.strategy.world_size)
         return precision, module
 
+    def _check_batch(self, model: nn.Module, batch: Any, index: int, precision: Precision) -> None:
+        """The objective's check of one batch (eval mode, no_grad: no running statistics or random draws
+        change, so a resumed run stays exact); raises DataError (exit 2) with the objective's line."""
+        model.eval()
+        try:
+            with torch.no_grad(), precision.autocast():
+                problem = self.objective.check_batch(model, batch)
+        finally:
+            model.train()
+        if problem:
+            raise DataError(f"data (train split, batch {index}): {problem}", exit_code=2)
+
     def _not_taken(self, state: TrainState) -> None:
         self.sink.log({"train/skipped_steps": self.nonfinite.skipped + 1}, step=state.step, epoch=state.epoch)
         self.log.warning("nonfinite_step_skipped", epoch=state.epoch, step=state.step,
@@ -271,7 +288,7 @@ class Trainer:
         """The objective's metrics over the validation data (eval mode, no_grad), as ``val/<name>``."""
         state.model.eval()
         with torch.no_grad(), precision.autocast():
-            measured = self.objective.evaluate(state.module, map(move, val_data), reduce=self.strategy.reduce)
+            measured = self.objective.evaluate(state.module, map(move, read(val_data, "val")), reduce=self.strategy.reduce)
         state.model.train()
         metrics = {f"val/{key}": value for key, value in measured.items()}
         for key, image in self.objective.images().items():  # generated samples, for image-capable sinks
@@ -287,12 +304,16 @@ class Trainer:
         self._emit("on_train_start", state)
         checkpointing.at_start()  # a token stopped before the run stops it before the first step
         model.train()
+        unchecked = True
         for epoch in range(position.epoch, settings.max_epochs if position.stop_reason is None else 0):
             state.epoch, started, skip, first_step = epoch, time.perf_counter(), position.batch, state.step
             self._emit("on_epoch_start", state)
             meter.start_epoch()
-            for index, batch in enumerate(epoch_batches(train_data, epoch, skip), start=skip):
+            for index, batch in enumerate(read(epoch_batches(train_data, epoch, skip), "train", skip), start=skip):
                 state.batch, batch = index, move(batch)
+                if unchecked:  # the fit's first batch, against the model's output, before it trains
+                    self._check_batch(model, batch, index, precision)
+                    unchecked = False
                 if meter.counted:
                     result = step.train_step(module, batch, index)
                 else:  # a fresh run's first optimizer step: its FLOPs are counted once
@@ -311,6 +332,9 @@ class Trainer:
                 else:  # non-finite, or fp16 overflow (the scaler has lowered its scale): the schedule waits
                     self._not_taken(state)
                 checkpointing.at_step(state.step, result.taken)
+            if unchecked:  # not one batch came: no step can be taken
+                raise DataError(f"data (train split, epoch {epoch}): the training data gave no batch "
+                                f"(its length says {len(train_data)}): no optimizer step can be taken")
             verdict = self._end_epoch(state, position, precision, move, val_data, started, first_step)
             checkpointing.at_epoch(epoch, verdict.improved)
             if verdict.stop:
@@ -347,6 +371,17 @@ class Trainer:
         position.epoch, position.batch = epoch + 1, 0
         position.stop_reason = (verdict.reason or "stopped") if verdict.stop else None
         return verdict
+
+    def _no_step(self, result: FitResult) -> NonFiniteError | None:
+        """A run that took no optimizer step learned nothing: its cause goes into ``result`` and is returned to raise."""
+        if result.steps or not self.nonfinite.skipped:  # no batch at all is the loop's DataError
+            return None
+        error = NonFiniteError(
+            f"no optimizer step was taken: every step ({self.nonfinite.skipped}) had a non-finite loss or gradient "
+            "and was skipped (nonfinite.max_in_a_row is more than the run's steps); check the data and the lr")
+        result.stop_reason = "no_step_taken"
+        result.notes.append(str(error))
+        return error
 
     def _result(self, state: TrainState, position: Position) -> FitResult:
         history = position.history

@@ -15,6 +15,7 @@ from trainwire.errors import ConfigError
 from trainwire.policies.losses import Loss, aligned, as_loss
 
 Reduce = Callable[[Tensor], Tensor]
+IGNORE_INDEX = -100  # the label that Hugging Face models and torch's cross_entropy leave out of the loss
 
 
 def local(totals: Tensor) -> Tensor:
@@ -45,6 +46,16 @@ class Objective(ABC):
         may be empty): apply it to the sums, then divide, so the metrics cover the whole set.
         """
 
+    def check_batch(self, model: nn.Module, batch: Any) -> str | None:
+        """What makes ``batch`` one this objective cannot learn from with ``model``, in one line; None when it fits.
+
+        Called once per fit, on its first training batch (already on the device), in eval mode
+        under ``no_grad``, before that batch trains: cheap checks of labels against the model's
+        output (range, shape, dtype) that would otherwise fail inside the loss as a traceback
+        (or, on a GPU, as a device-side assert). The default checks nothing and runs no forward.
+        """
+        return None
+
     def images(self) -> dict[str, Any]:
         """Images the last ``evaluate`` made (name -> ``numpy.uint8`` ``[H, W]`` or ``[H, W, 3]``), for the sinks.
 
@@ -61,6 +72,35 @@ class Objective(ABC):
         """Restores what ``state_dict`` returned."""
 
 
+def _describe(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {list(value.shape)} ({str(value.dtype).removeprefix('torch.')})"
+    if isinstance(value, (tuple, list)):
+        kinds = sorted({type(item).__name__ for item in value})
+        return f"a {type(value).__name__} of {len(value)} {'/'.join(kinds) or 'items'}"
+    return f"a {type(value).__name__}"
+
+
+def _pair_output(model: nn.Module, batch: Any, name: str) -> tuple[Tensor, Tensor] | str:
+    """The model's output and the targets of an ``(inputs, targets)`` batch, or why there are none (one line)."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        return f"objective={name} takes (inputs, targets) batches; the batch is {_describe(batch)}"
+    inputs, targets = batch
+    if not isinstance(targets, Tensor):
+        return f"the targets are {_describe(targets)}; objective={name} takes a tensor of them"
+    if not isinstance(inputs, Tensor):  # a model's own error on strings or lists says nothing of the data
+        try:
+            output = model(inputs)
+        except Exception as error:
+            return (f"the inputs are {_describe(inputs)}, which the model cannot take ({type(error).__name__}: "
+                    f"{' '.join(str(error).split())}); a sample's features must be numbers or tensors")
+    else:
+        output = model(inputs)
+    if not isinstance(output, Tensor):
+        return f"the model's output is {_describe(output)}; objective={name} takes a tensor"
+    return output, targets
+
+
 class Classification(Objective):
     """Cross-entropy on ``(inputs, class_index)`` batches; reports loss and accuracy."""
 
@@ -74,6 +114,33 @@ class Classification(Objective):
     def training_loss(self, model: nn.Module, batch: Any) -> Tensor:
         inputs, targets = batch
         return F.cross_entropy(model(inputs), targets, label_smoothing=self.label_smoothing)
+
+    def check_batch(self, model: nn.Module, batch: Any) -> str | None:
+        pair = _pair_output(model, batch, "classification")
+        if isinstance(pair, str):
+            return pair
+        output, targets = pair
+        if not output.is_floating_point() or output.dim() < 1:
+            return f"the model's output is {_describe(output)}; objective=classification takes floating-point logits [batch, classes]"
+        classes = output.shape[1] if output.dim() > 1 else output.shape[0]
+        index_shape = output.shape[:1] + output.shape[2:] if output.dim() > 1 else torch.Size([])
+        expected = (f"class indices of shape {list(index_shape)} (integers in [0, {classes - 1}]) or class "
+                    f"probabilities of shape {list(output.shape)} (floats)")
+        if targets.is_floating_point():
+            if targets.shape != output.shape:
+                return (f"the targets are {_describe(targets)} and the model's output is {_describe(output)}; "
+                        f"objective=classification takes {expected}")
+            return None
+        if targets.dtype in (torch.bool, torch.complex64, torch.complex128) or targets.shape != index_shape:
+            return (f"the targets are {_describe(targets)} and the model's output is {_describe(output)}; "
+                    f"objective=classification takes {expected}")
+        bad = ((targets < 0) & (targets != IGNORE_INDEX)) | (targets >= classes)  # -100: left out of the loss
+        if bool(bad.any()):  # one sync, once per fit
+            where = bad.nonzero()[0].tolist()
+            return (f"label {int(targets[tuple(where)])} (sample {where[0]} of the batch) is out of range for the "
+                    f"model's {classes} outputs: objective=classification takes class indices in [0, {classes - 1}] "
+                    f"(or {IGNORE_INDEX}, left out of the loss); give the model one output per class")
+        return None
 
     def evaluate(self, model: nn.Module, batches: Iterable[Any], reduce: Reduce = local) -> dict[str, float]:
         totals: Tensor | None = None  # loss sum, correct, count
@@ -113,6 +180,21 @@ class Regression(Objective):
         predictions, targets = aligned(model(inputs), targets)
         return self.loss(predictions, targets.to(predictions.dtype))
 
+    def check_batch(self, model: nn.Module, batch: Any) -> str | None:
+        pair = _pair_output(model, batch, "regression")
+        if isinstance(pair, str):
+            return pair
+        output, targets = pair
+        if not output.is_floating_point() or targets.dtype in (torch.bool, torch.complex64, torch.complex128):
+            return (f"the targets are {_describe(targets)} and the model's output is {_describe(output)}; "
+                    "objective=regression takes floating-point predictions and numeric targets")
+        try:
+            aligned(output, targets)
+        except ConfigError:
+            return (f"the targets are {_describe(targets)} and the model's output is {_describe(output)}; "
+                    "objective=regression takes targets of the output's shape (a trailing 1 on either is squeezed)")
+        return None
+
     def _loss_sum(self, predictions: Tensor, targets: Tensor) -> tuple[Tensor, int]:
         if isinstance(self.loss, Loss):
             values = self.loss.unreduced(predictions, targets)
@@ -148,9 +230,6 @@ class Regression(Objective):
             "mape": sape / n,
             "r2": 1.0 - sse / variance_sum if variance_sum > 0 else float("nan"),
         }
-
-
-IGNORE_INDEX = -100  # the label that Hugging Face models and torch's cross_entropy leave out of the loss
 
 
 def model_output_loss(output: Any) -> Tensor:
