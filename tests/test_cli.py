@@ -148,6 +148,38 @@ def test_a_read_only_run_folder_is_one_line_before_hydra_starts(tmp_path):
     assert os.listdir(run_dir) == []
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("args", "line"), [
+    (["hydra.run.dir=/proc/x"], "the run folder /proc/x cannot be made in /proc: No such file or directory"),
+    (["model.hidden=é"], "model.hidden=é: the override grammar reads only ASCII outside quotes; quote the value: "
+                         "model.hidden='é' (in a shell: \"model.hidden='é'\")"),
+    (["optimizer.lr=1e-3,2e-3"], "optimizer.lr=1e-3,2e-3 is a sweep: add -m to run one job for each value; "
+                                 "for a list write optimizer.lr=[1e-3,2e-3], for text optimizer.lr='1e-3,2e-3'"),
+], ids=["proc", "unicode", "comma-list"])
+def test_a_run_folder_that_cannot_be_made_and_hydra_syntax_errors_are_one_line_and_exit_2(tmp_path, args, line):
+    """Before: a 'cannot lock' line with exit 1 (/proc/x), and Hydra's messages of several lines."""
+    done = trainwire("train", *args, "trainer.max_epochs=1", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [f"trainwire: error: {line}"]
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_full_disk_under_the_run_folder_is_one_line_before_anything_starts(tmp_path, monkeypatch):
+    """ENOSPC shows only when a byte is written (a folder's entry may still fit): the probe writes one and syncs."""
+    import errno
+
+    from trainwire.cli.train import _unwritable
+
+    def full(handle):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)  # the one way to fill a disk in a test without mounting one
+    run_dir = tmp_path / "outputs" / "run"
+    assert _unwritable(run_dir) == (f"the run folder {run_dir} cannot be written: {tmp_path} is full "
+                                    "(No space left on device)", 1)
+    assert os.listdir(tmp_path) == []  # the probe file is gone
+
+
 def test_resume_auto_on_a_folder_whose_checkpoints_all_fail_refuses_and_changes_nothing(tmp_path):
     """Before: exit 0, a fresh start from epoch 0 over the folder."""
     import torch

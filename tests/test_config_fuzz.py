@@ -48,6 +48,39 @@ KNOWN = [
 ]
 
 
+# Issue 21: each was a traceback, a message of many lines, silently accepted, or a failure later that did not
+# name the key. Checked in-process, where the config is composed and the container built (before any work).
+REFUSED = [
+    ("data.batch_size=100000000000000000000000000000",
+     "data.batch_size=100000000000000000000000000000 is too large: an integer here is at most 2**63-1"),
+    ("optimizer.weight_decay=nan", "optimizer.weight_decay=nan must be a finite number"),
+    ("stopping.min_delta=nan", "stopping.min_delta=nan must be a finite number"),
+    ("stopping.goal=nan", "stopping.goal=nan must be a finite number"),
+    ("lr.min_lr=nan", "lr.min_lr=nan must be a finite number"),
+    ("optimizer.betas=[0.9,inf]", "optimizer.betas=inf must be a finite number"),
+    ("gradient.norm_type=nan", "gradient.norm_type=nan must be a finite number"),
+    ("gradient.norm_type=-1", "gradient.norm_type=-1.0 must be a number >= 1, or inf (the largest |gradient|)"),
+    ("trainer.compile=2", "trainer.compile=2: a true/false key takes true, false, 1 or 0, not another number"),
+    ("model.hidden=é", "model.hidden=é: the override grammar reads only ASCII outside quotes; quote the value: "
+                       "model.hidden='é' (in a shell: \"model.hidden='é'\")"),
+    ("optimizer.lr=1e-3,2e-3", "optimizer.lr=1e-3,2e-3 is a sweep: add -m to run one job for each value; for a list "
+                               "write optimizer.lr=[1e-3,2e-3], for text optimizer.lr='1e-3,2e-3'"),
+]
+
+
+@pytest.mark.parametrize(("override", "line"), REFUSED, ids=[o for o, _ in REFUSED])
+def test_nan_inf_overflow_numbers_for_booleans_unicode_and_comma_lists_are_one_line(override, line):
+    with pytest.raises(ConfigError) as refused:
+        build_container(compose([override]))
+    assert str(refused.value) == line
+
+
+@pytest.mark.parametrize("override", ["gradient.norm_type=inf", "trainer.compile=1", "trainer.compile=0",
+                                      "stage='é'"])
+def test_values_that_make_sense_still_compose(override):
+    build_container(compose([override]))  # inf is the max-norm; 1 and 0 read as true and false
+
+
 def leaves(node, prefix=""):
     for key, value in node.items():
         path = f"{prefix}{key}"

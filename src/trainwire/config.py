@@ -14,11 +14,12 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import inspect
+import math
 import re
 import threading
 import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Dict, List, Optional, Union
@@ -333,15 +334,136 @@ def explain(error: BaseException) -> ConfigError | None:
 
 
 def resolved(cfg: DictConfig) -> dict[str, Any]:
-    """The config as plain containers, interpolations resolved; one ConfigError line for one that cannot be."""
+    """The config as plain containers, interpolations resolved and values checked (``check_values``).
+
+    One ConfigError line for an interpolation that cannot be resolved or a value no key takes.
+    """
     from omegaconf.errors import InterpolationResolutionError
 
     try:
-        return OmegaConf.to_container(cfg, resolve=True)
+        plain = OmegaConf.to_container(cfg, resolve=True)
     except InterpolationResolutionError as error:
         key = getattr(error, "full_key", None) or "the config"
         raise ConfigError(f"{key}: {str(error.msg if hasattr(error, 'msg') else error).splitlines()[0]}; "
                           f"set {key}=<value>") from None
+    check_values(plain)
+    return plain
+
+
+# The largest integer a config value may be: torch, NumPy and the OS take signed 64-bit integers.
+INT_MAX = 2**63 - 1
+
+
+def check_values(plain: Mapping[str, Any]) -> None:
+    """Refuses, in one line naming the key, what no setting takes: an integer past 64 bits, and NaN or inf.
+
+    The one check of these for every key (ADR 0025): a float may be NaN or infinite only where the
+    parameter's default is, or where it is annotated ``Annotated[float, registry.INFINITY]`` (inf,
+    never NaN). A number past 64 bits would fail deep inside torch; a NaN would train silently
+    (``stopping.min_delta=nan`` never improves) or fail later without the key.
+    """
+    for key, value in _leaves(plain):
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int) and not -INT_MAX - 1 <= value <= INT_MAX:
+            raise ConfigError(f"{key}={value} is too large: an integer here is at most 2**63-1")
+        if isinstance(value, float) and not math.isfinite(value) and not _may_be(key, value, plain):
+            raise ConfigError(f"{key}={value} must be a finite number")
+
+
+def _leaves(node: Any, key: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every scalar in ``node``; a list's items are named by the list's key."""
+    if isinstance(node, Mapping):
+        for name, value in node.items():
+            yield from _leaves(value, f"{key}.{name}" if key else str(name))
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            yield from _leaves(value, key)
+    else:
+        yield key, node
+
+
+def _may_be(key: str, value: float, plain: Mapping[str, Any]) -> bool:
+    """Whether the parameter behind ``key`` takes the non-finite ``value`` (its default is one, or it says so)."""
+    parts = key.split(".")
+    found = _parameter(parts, plain)
+    if found is None:
+        return False
+    default, hint = found
+    if isinstance(default, float) and ((math.isnan(value) and math.isnan(default))
+                                       or (math.isinf(value) and math.isinf(default))):
+        return True
+    hints = [hint, *typing.get_args(hint)] if typing.get_origin(hint) in (Union, types.UnionType) else [hint]
+    return math.isinf(value) and any(registry.INFINITY in getattr(each, "__metadata__", ()) for each in hints)
+
+
+def _parameter(parts: list[str], plain: Mapping[str, Any]) -> tuple[Any, Any] | None:
+    """The default and annotation of the parameter or field a key sets; None where none is known."""
+    if parts[0] == "trainer" and len(parts) == 2:
+        target: Any = TrainerSettings
+        fields = {f.name: f.default for f in dataclasses.fields(TrainerSettings)}
+        return (fields[parts[1]], typing.get_type_hints(target, include_extras=True).get(parts[1])) \
+            if parts[1] in fields else None
+    spec = registry.GROUPS.get(parts[0])
+    if spec is None:
+        return None
+    node, rest = (plain.get(parts[0], {}).get(parts[1], {}), parts[2:]) if spec.multi and len(parts) > 1 \
+        else (plain.get(parts[0], {}), parts[1:])
+    if len(rest) != 1 or not isinstance(node, Mapping):
+        return None
+    try:
+        target = (registry.locate(node["_target_"], parts[0]) if "_target_" in node
+                  else registry.option(parts[0], node.get("type")).load())
+        parameter = inspect.signature(target).parameters.get(rest[0])
+    except Exception:  # noqa: BLE001 - an option or target that does not load is reported where it is built
+        return None
+    try:
+        hint = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target,
+                                     include_extras=True).get(rest[0])
+    except Exception:  # noqa: BLE001 - an annotation that does not evaluate: the default alone decides
+        hint = None
+    return None if parameter is None else (parameter.default, hint)
+
+
+def check_overrides(overrides: list[str], *, sweep: bool = False) -> list[Any]:
+    """Hydra's parse of each override, or one ConfigError line: a value its grammar cannot read, a sweep without ``-m``.
+
+    Hydra reports either over several lines (``LexerNoViableAltException``, "Ambiguous value");
+    here the line says what to write. ``sweep``: ``-m`` was given, so ``a=1,2`` is a sweep.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser, parsed = OverridesParser.create(), []
+    for override in overrides:
+        try:
+            parsed.append(parser.parse_override(override))
+        except HydraException as error:
+            key, _, value = override.partition("=")
+            if not value.isascii():
+                raise ConfigError(f"{override}: the override grammar reads only ASCII outside quotes; quote the value: "
+                                  f"{key}='{value}' (in a shell: \"{key}='{value}'\")") from None
+            raise ConfigError(f"{override}: {str(error).splitlines()[0]}; quote a value with spaces or "
+                              f"symbols: {key}='{value}'") from None
+        if parsed[-1].is_sweep_override() and not sweep:
+            key, _, value = override.partition("=")
+            other = "" if key.lstrip("+~") in CHOICE_GROUPS else f"; for a list write {key}=[{value}], for text {key}='{value}'"
+            raise ConfigError(f"{override} is a sweep: add -m to run one job for each value{other}")
+    return parsed
+
+
+def check_booleans(plain: Mapping[str, Any], parsed: Iterable[Any]) -> None:
+    """Refuses a number other than 0 or 1 given for a true/false key (OmegaConf reads ``trainer.compile=2`` as true)."""
+    for override in parsed:
+        value = override.value() if not override.is_sweep_override() and not override.is_delete() else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value in (0, 1):
+            continue
+        node: Any = plain
+        for part in override.key_or_group.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if isinstance(node, bool):
+            raise ConfigError(f"{override.key_or_group}={override.get_value_element_as_str()}: a true/false key "
+                              "takes true, false, 1 or 0, not another number")
 
 
 # experiment/ holds `# @package _global_` presets that pick options of the groups above.
@@ -437,6 +559,7 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
     from hydra import initialize_config_module
     from hydra.errors import ConfigCompositionException
 
+    parsed = check_overrides(list(overrides or []))
     overrides = check_choices(list(overrides or []))
     # Hydra keeps one global state per process: the context saves it and puts it back (a caller's
     # own Hydra app is undisturbed), and the lock keeps two threads from initializing it at once.
@@ -444,12 +567,26 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
         register_schemas(overrides)
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
             try:
-                return hydra_compose(config_name="train", overrides=overrides)
+                cfg = hydra_compose(config_name="train", overrides=overrides)
             except ConfigCompositionException as error:
                 explained = explain(error)
                 if explained is None:
                     raise
                 raise explained from error
+    _checked(cfg, parsed)
+    return cfg
+
+
+def _checked(cfg: DictConfig, parsed: list[Any]) -> None:
+    """The value checks of a composed config (an interpolation that cannot resolve is left for ``resolved`` to name)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:
+        return
+    check_values(plain)
+    check_booleans(plain, parsed)
 
 
 _COMPOSE_LOCK = threading.Lock()

@@ -29,6 +29,9 @@ from trainwire.errors import ConfigError
 
 ENTRY_POINT_PREFIX = "trainwire."
 EMPTY = inspect.Parameter.empty
+# A float parameter that may be infinite (``norm_type: Annotated[float, INFINITY] = 2.0``: the max-norm). Every
+# other config float is refused as NaN or infinite (``trainwire.config.check_values``), unless its default is.
+INFINITY = "infinity allowed"
 
 
 @dataclass(frozen=True)

@@ -166,15 +166,39 @@ class HydraRecord:
         self.written = True
 
 
-def _unwritable(folder: Path) -> str | None:
-    """Why the run folder cannot be written (said before anything is built: the run would fail at its first record)."""
+def _unwritable(folder: Path) -> tuple[str, int] | None:
+    """Why the run folder cannot hold a run, and the exit code; said before anything is built or written.
+
+    The deepest folder that exists is asked by writing a small file there and removing it: a
+    pseudo-filesystem (``/proc``), a read-only mount, a full disk or a quota say no only when
+    tried, and the run would otherwise fail at its first record (or inside Hydra). A path that
+    cannot be a folder is the user's input (2); a folder that cannot be written now is 1.
+    """
+    import errno
+    import tempfile
+
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        return f"the run folder {folder} cannot be made: {existing} is not a folder"
+        return f"the run folder {folder} cannot be made: {existing} is not a folder", 2
     if not os.access(existing, os.W_OK | os.X_OK):
-        return f"the run folder {folder} is not writable ({existing}: read-only, immutable or not permitted)"
+        return f"the run folder {folder} is not writable ({existing}: read-only, immutable or not permitted)", 1
+    try:
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".trainwire-probe-")
+        try:
+            os.write(handle, b"probe\n")
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+            os.unlink(probe)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"the run folder {folder} cannot be written: {existing} is full ({reason})", 1
+        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return f"the run folder {folder} is not writable ({existing}: {reason})", 1
+        return f"the run folder {folder} cannot be made in {existing}: {reason}", 2
     return None
 
 
@@ -209,9 +233,10 @@ def _prepared(args: list[str]) -> tuple[dict[str, Any], HydraRecord | None]:
     from hydra.types import RunMode
     from omegaconf import OmegaConf, open_dict, read_write
 
-    from trainwire.config import check_choices, resolved
+    from trainwire.config import check_booleans, check_choices, check_overrides, resolved
     from trainwire.errors import ConfigError
 
+    parsed = check_overrides(args)
     overrides = check_choices(args)
     if launch.distributed:  # every rank uses rank 0's folder; the default is named from rank 0's clock alone
         overrides = [*overrides, *([] if any(o.startswith("hydra.run.dir=") for o in overrides)
@@ -220,7 +245,7 @@ def _prepared(args: list[str]) -> tuple[dict[str, Any], HydraRecord | None]:
     run_dir = Path(str(config.hydra.run.dir)).absolute()
     problem = _unwritable(run_dir)
     if problem:
-        raise Refused(problem, 1)
+        raise Refused(*problem)
     with read_write(config.hydra), open_dict(config.hydra):
         config.hydra.runtime.output_dir = str(run_dir)
         config.hydra.mode = RunMode.RUN
@@ -230,6 +255,7 @@ def _prepared(args: list[str]) -> tuple[dict[str, Any], HydraRecord | None]:
     task = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
     record = HydraRecord.of(task, config.hydra, config.hydra.output_subdir)
     plain = resolved(task)
+    check_booleans(plain, parsed)
     plain["run_dir"] = str(run_dir)
     _decide_strategy(plain)
     if config.hydra.job.chdir:
@@ -355,13 +381,14 @@ def _sweep_job(cfg: Any) -> None:
     """Hydra's task for each job of a sweep (and its other modes): the job's config takes the same path on."""
     from hydra.core.hydra_config import HydraConfig
 
-    from trainwire.config import resolved
+    from trainwire.config import check_booleans, check_overrides, resolved
     from trainwire.errors import ConfigError
 
     hydra = HydraConfig.get()
     run_dir = Path(hydra.runtime.output_dir)
     try:
         plain = resolved(cfg)
+        check_booleans(plain, check_overrides(list(hydra.overrides.task), sweep=True))
     except ConfigError as error:
         launch.say(f"trainwire: error: {error}")
         sys.exit(2)
@@ -377,8 +404,9 @@ def _hydra_main(args: list[str]) -> None:
     """Hands a sweep or a printing mode to ``@hydra.main``; each job's Hydra record is deferred to ``_fit``."""
     import hydra
 
-    from trainwire.config import CONFIG_MODULE, check_choices, register_schemas
+    from trainwire.config import CONFIG_MODULE, check_choices, check_overrides, register_schemas
 
+    check_overrides([arg for arg in args if "=" in arg and not arg.startswith("-")], sweep=True)
     overrides = check_choices(args)
     register_schemas(overrides)
     given = [arg.partition("=")[2] for arg in overrides if arg.startswith("hydra.output_subdir=")]

@@ -9,12 +9,13 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor
 
 from trainwire.errors import ConfigError
+from trainwire.registry import INFINITY
 
 
 class GradStats:
@@ -76,11 +77,16 @@ class NoClip(GradientPolicy):
 
 
 class NormClipper(GradientPolicy):
-    """Scales gradients so their total ``norm_type``-norm is at most ``max_norm`` (None: never)."""
+    """Scales gradients so their total ``norm_type``-norm is at most ``max_norm`` (None: never).
 
-    def __init__(self, max_norm: float | None = 1.0, norm_type: float = 2.0) -> None:
+    ``norm_type`` is a p-norm's p: at least 1 (below 1 it is no norm), or inf for the largest |gradient|.
+    """
+
+    def __init__(self, max_norm: float | None = 1.0, norm_type: Annotated[float, INFINITY] = 2.0) -> None:
         if max_norm is not None and not max_norm > 0:
             raise ConfigError(f"gradient.max_norm={max_norm} must be > 0 (or null for no clipping)")
+        if isinstance(norm_type, bool) or not isinstance(norm_type, (int, float)) or not norm_type >= 1:
+            raise ConfigError(f"gradient.norm_type={norm_type!r} must be a number >= 1, or inf (the largest |gradient|)")
         self.max_norm, self.norm_type = max_norm, norm_type
 
     def apply(self, parameters: Sequence[Tensor]) -> GradStats:
