@@ -171,7 +171,9 @@ def _unwritable(folder: Path) -> tuple[str, int] | None:
 
     The deepest folder that exists is asked by writing a small file there and removing it: a
     pseudo-filesystem (``/proc``), a read-only mount, a full disk or a quota say no only when
-    tried, and the run would otherwise fail at its first record (or inside Hydra). A path that
+    tried, and the run would otherwise fail at its first record (or inside Hydra). A run folder
+    that exists already (a resume) is not written to, as a refused resume must leave it as it
+    was, its mtime included: there the file system's free space is asked instead. A path that
     cannot be a folder is the user's input (2); a folder that cannot be written now is 1.
     """
     import errno
@@ -184,6 +186,11 @@ def _unwritable(folder: Path) -> tuple[str, int] | None:
         return f"the run folder {folder} cannot be made: {existing} is not a folder", 2
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"the run folder {folder} is not writable ({existing}: read-only, immutable or not permitted)", 1
+    if existing == folder:
+        space = os.statvfs(folder)
+        if space.f_bavail == 0 or (space.f_files and space.f_favail == 0):
+            return f"the run folder {folder} cannot be written: its file system is full", 1
+        return None
     try:
         handle, probe = tempfile.mkstemp(dir=existing, prefix=".trainwire-probe-")
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,7 +178,7 @@ class Trainer:
         optimizer step, with ``last.pt`` written there; SIGTERM/SIGINT in the main thread set it.
         """
         settings, strategy = self.settings, self.strategy
-        n_batches, unrestorable = self._check_data(train_data, val_data)
+        n_batches = self._check_data(train_data, val_data)
         precision, module = self._place(model)
         token = stop if stop is not None else StopToken()
         context = StepContext(strategy, precision, self.nonfinite.checks, n_batches, settings.max_epochs,
@@ -186,7 +186,7 @@ class Trainer:
                               self.health)
         position = Position()  # where the loop is: restored with the other parts
         checkpointing = Checkpointing(self.checkpoints, self.cadence, strategy, token, self.log,
-                                      asynchronous=settings.async_checkpoint)
+                                      asynchronous=settings.async_checkpoint, record=self.sink)
         checkpointing.hold(model, self.step.setup(model, context), precision=precision, stopping=self.stopping,
                            nonfinite=self.nonfinite, objective=self.objective, throughput=self._meter,
                            gradient_health=self.health, train_data=train_data, position=position, hooks=self.hooks,
@@ -202,8 +202,6 @@ class Trainer:
             try:
                 self.step.start(model, resumed=resumed is not None)
                 result = self._loop(state, position, checkpointing, precision, train_data, val_data)
-                if unrestorable:
-                    result.notes.append(f"data order not resumable: {unrestorable}")
                 checkpointing.close()  # the last save is committed (or its failure raised) before fit returns
                 result.checkpoint_wait_s, result.checkpoint_waits = checkpointing.waited_s, checkpointing.waits
             except BaseException as error:
@@ -214,25 +212,23 @@ class Trainer:
             finally:
                 if self._compiler is not None:
                     self._compiler.stop()
-        failure = self._no_step(result)
+        failure = self._no_step(result)  # the record says so, and the run is not a success
         self.sink.summary(result.summary())
-        if failure is not None:  # the record says so, and the run is not a success
-            self.sink.finish("failed")
+        self.sink.finish("failed" if failure is not None else "finished")
+        if failure is not None:
             raise failure
-        self.sink.finish("finished")
         self.log.info("train_end", **result.summary())
         self._emit("on_train_end", state, result)
         return result
 
-    def _check_data(self, train_data: Any, val_data: Any) -> tuple[int, str | None]:
-        """Refuses data the run cannot use, before any work; returns the batches of an epoch and why the
-        data order cannot be resumed (None when it can)."""
+    def _check_data(self, train_data: Any, val_data: Any) -> int:
+        """Refuses data the run cannot use, before any work; returns the batches of an epoch."""
         n_batches = _batch_count(train_data, "train_data")
         accumulate = self.settings.accumulate_steps
         if accumulate > n_batches:
             raise ConfigError(f"trainer.accumulate_steps={accumulate} is more than the "
                               f"{n_batches} batches of an epoch (data.batch_size): no window would fill")
-        unrestorable = not_resumable(train_data)
+        self._unrestorable = unrestorable = not_resumable(train_data)  # a note in the result
         if unrestorable:  # said once, at the start and in the summary, rather than resumed inexactly in silence
             self.log.warning("data_order_not_resumable", reason=unrestorable)
         if val_data is not None:
@@ -242,7 +238,7 @@ class Trainer:
                 f"stopping.monitor={self.stopping.monitor!r} needs validation data, and none was given "
                 "(monitor a train/ metric or use stopping=none)"
             )
-        return n_batches, unrestorable
+        return n_batches
 
     def _plan(self, n_batches: int) -> dict[str, Any]:
         """What a checkpoint must have been planned with for this run to resume it (config key -> value)."""
@@ -264,11 +260,29 @@ class Trainer:
             module = self.step.compile(module, self._compiler)
         self._meter = Throughput(self.settings.peak_tflops)  # the run's throughput, on that device
         self._meter.start(precision.device, self.strategy.world_size)
+        self._unchecked = True  # the fit's first batch is checked before it trains
         return precision, module
+
+    def _batches(self, model: nn.Module, train_data: Iterable[Any], epoch: int, skip: int, move: Any,
+                 precision: Precision) -> Iterator[tuple[int, Any]]:
+        """Epoch ``epoch``'s batches from ``skip`` on, numbered and on the device; the fit's first one is
+        checked by the objective before it trains. DataError when an epoch gives no batch from its start."""
+        index = -1
+        for index, batch in enumerate(read(epoch_batches(train_data, epoch, skip), "train", skip), start=skip):
+            batch = move(batch)
+            if self._unchecked:
+                self._check_batch(model, batch, index, precision)
+            yield index, batch
+        if index < 0 and skip == 0:  # (a resume at an epoch's last batch has none left, rightly)
+            raise DataError(f"data (train split, epoch {epoch}): the training data gave no batch "
+                            f"(its length says {len(train_data)}): no optimizer step can be taken")
 
     def _check_batch(self, model: nn.Module, batch: Any, index: int, precision: Precision) -> None:
         """The objective's check of one batch (eval mode, no_grad: no running statistics or random draws
         change, so a resumed run stays exact); raises DataError (exit 2) with the objective's line."""
+        if not self.step.checks_first_batch:
+            self._unchecked = False
+            return
         model.eval()
         try:
             with torch.no_grad(), precision.autocast():
@@ -277,6 +291,7 @@ class Trainer:
             model.train()
         if problem:
             raise DataError(f"data (train split, batch {index}): {problem}", exit_code=2)
+        self._unchecked = False
 
     def _not_taken(self, state: TrainState) -> None:
         self.sink.log({"train/skipped_steps": self.nonfinite.skipped + 1}, step=state.step, epoch=state.epoch)
@@ -304,16 +319,12 @@ class Trainer:
         self._emit("on_train_start", state)
         checkpointing.at_start()  # a token stopped before the run stops it before the first step
         model.train()
-        unchecked = True
         for epoch in range(position.epoch, settings.max_epochs if position.stop_reason is None else 0):
             state.epoch, started, skip, first_step = epoch, time.perf_counter(), position.batch, state.step
             self._emit("on_epoch_start", state)
             meter.start_epoch()
-            for index, batch in enumerate(read(epoch_batches(train_data, epoch, skip), "train", skip), start=skip):
-                state.batch, batch = index, move(batch)
-                if unchecked:  # the fit's first batch, against the model's output, before it trains
-                    self._check_batch(model, batch, index, precision)
-                    unchecked = False
+            for index, batch in self._batches(model, train_data, epoch, skip, move, precision):
+                state.batch = index
                 if meter.counted:
                     result = step.train_step(module, batch, index)
                 else:  # a fresh run's first optimizer step: its FLOPs are counted once
@@ -332,9 +343,6 @@ class Trainer:
                 else:  # non-finite, or fp16 overflow (the scaler has lowered its scale): the schedule waits
                     self._not_taken(state)
                 checkpointing.at_step(state.step, result.taken)
-            if unchecked:  # not one batch came: no step can be taken
-                raise DataError(f"data (train split, epoch {epoch}): the training data gave no batch "
-                                f"(its length says {len(train_data)}): no optimizer step can be taken")
             verdict = self._end_epoch(state, position, precision, move, val_data, started, first_step)
             checkpointing.at_epoch(epoch, verdict.improved)
             if verdict.stop:
@@ -391,4 +399,5 @@ class Trainer:
             steps=state.step, avg_epoch_time_s=math.fsum(h["time/epoch_s"] for h in history) / max(len(history), 1),
             counts={**self.health.counts(),
                     **({"compile/recompiles": self._compiler.recompiles} if self._compiler is not None else {})},
+            notes=[f"data order not resumable: {self._unrestorable}"] if self._unrestorable else [],
         )
