@@ -105,10 +105,17 @@ class Signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, signal.SIG_IGN)
 
-    def _handle(self, signum: int, frame: object) -> None:
+    def _handle(self, signum: int, frame: Any) -> None:
         self.received.append(signum)
         if self._leaving or len(self.received) > 1 or sys.exc_info()[1] is not None:
             return
+        if _importing(frame):
+            # An exception raised here may cross a C++ extension's module init (torch's pybind11
+            # callbacks), which aborts the process ("terminate called ..."). An import writes
+            # nothing of the run, so leaving at once loses nothing.
+            sys.stderr.write(f"trainwire: interrupted by {self.name()} before training; nothing was saved\n")
+            sys.stderr.flush()
+            os._exit(self.exit_code())
         raise KeyboardInterrupt(f"signal {signum}")
 
     def check(self) -> None:
@@ -126,6 +133,15 @@ class Signals:
         import signal
 
         return 128 + (self.received[0] if self.received else signal.SIGINT)
+
+
+def _importing(frame: Any) -> bool:
+    """Whether ``frame`` runs inside a module import (importlib's frames are on its stack)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 launch = Launch()

@@ -272,6 +272,7 @@ class Trainer:
             batch = move(batch)
             if self._unchecked:
                 self._check_batch(model, batch, index, precision)
+                self._unchecked = False
             yield index, batch
         if index < 0 and skip == 0:  # (a resume at an epoch's last batch has none left, rightly)
             raise DataError(f"data (train split, epoch {epoch}): the training data gave no batch "
@@ -281,7 +282,6 @@ class Trainer:
         """The objective's check of one batch (eval mode, no_grad: no running statistics or random draws
         change, so a resumed run stays exact); raises DataError (exit 2) with the objective's line."""
         if not self.step.checks_first_batch:
-            self._unchecked = False
             return
         model.eval()
         try:
@@ -291,7 +291,6 @@ class Trainer:
             model.train()
         if problem:
             raise DataError(f"data (train split, batch {index}): {problem}", exit_code=2)
-        self._unchecked = False
 
     def _not_taken(self, state: TrainState) -> None:
         self.sink.log({"train/skipped_steps": self.nonfinite.skipped + 1}, step=state.step, epoch=state.epoch)
