@@ -449,6 +449,41 @@ def _hydra_main(args: list[str]) -> None:
 
 def train(args: list[str]) -> None:
     """``trainwire train [overrides ...]``: exits 0, or with one line and the code of the first refusal."""
+    try:
+        _train(args)
+    finally:
+        if launch.distributed:
+            _exit_now()
+
+
+def _exit_now() -> None:
+    """Ends a torchrun worker with its exit code, skipping the interpreter's teardown.
+
+    Every rank has passed the last barrier and the run's files are closed by now; what is left is
+    teardown, and there gloo's threads can outlive their owners and abort the process
+    ("terminate called without an active exception", exit -6) after a run that succeeded.
+    """
+    import traceback
+
+    problem = sys.exc_info()[1]
+    if problem is None:
+        code = 0
+    elif isinstance(problem, SystemExit):
+        code = problem.code if isinstance(problem.code, int) else (0 if problem.code is None else 1)
+        if isinstance(problem.code, str):
+            print(problem.code, file=sys.stderr)
+    else:
+        traceback.print_exc()
+        code = 1
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _train(args: list[str]) -> None:
     from trainwire.errors import ConfigError
 
     signals.install()  # before the slow imports: a SIGTERM from here on ends in one line, not a traceback
