@@ -10,11 +10,10 @@ from __future__ import annotations
 import ast
 import dataclasses
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import trainwire
 
 from trainwire import Cadence, SkipNonFinite, TrainerSettings
 from trainwire.checkpointing.store import LocalCheckpointStore
@@ -156,9 +155,8 @@ def test_the_new_keys_reach_their_policies():
 
 
 def test_an_old_key_on_the_command_line_exits_2_with_one_line(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "trainwire", "train", "trainer.nonfinite=raise",
-                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120)
+    done = trainwire("train", "trainer.nonfinite=raise", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+                     module=True, timeout=120)
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines() == ["trainwire: error: trainer.nonfinite moved: write nonfinite=raise"]
     assert not (tmp_path / "run").exists()
