@@ -25,6 +25,10 @@ class ProgressBar(MetricsSink):
     def __init__(self, max_epochs: int, monitor: str | None = None, file: IO[str] | None = None) -> None:
         from tqdm.auto import tqdm
 
+        # No monitor thread: tqdm starts one per bar class that lives as long as the process, and a run
+        # leaves no thread behind (README, "No trace left"). Its one job, forcing a refresh of a bar that
+        # waits past ``miniters``, is done here by the refresh at every epoch's end.
+        tqdm = type("tqdm", (tqdm,), {"monitor_interval": 0})
         self._tqdm, self.max_epochs, self.monitor = tqdm, max_epochs, monitor
         self.file = file
         self.epochs = self.steps = None
