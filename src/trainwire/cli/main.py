@@ -15,7 +15,7 @@ USAGE = """usage: trainwire train [hydra overrides ...]
        trainwire compare SWEEP_DIR | RUN_DIR [RUN_DIR ...] [--csv]
        trainwire lr-preview [hydra overrides ...] [-o lr.png]
        trainwire lr-find [hydra overrides ...] [--steps 100] [--start-lr 1e-7] [--end-lr 10] [-o lr_find.png]
-       trainwire export-weights RUN_DIR|CHECKPOINT [-o model.pt]
+       trainwire export-weights RUN_DIR|CHECKPOINT [-o model.pt] [--format torch|safetensors]
 
   trainwire train                               train the default job (MLP on the bundled digits)
   trainwire train lr=constant optimizer.lr=0.01 override any key of the config
@@ -28,8 +28,10 @@ USAGE = """usage: trainwire train [hydra overrides ...]
   trainwire lr-find data=diabetes objective=regression
                                                 LR range test: suggests an optimizer.lr, plots loss vs lr
   trainwire export-weights outputs/a -o model.pt
-                                                the newest checkpoint's weights as a plain state dict
-                                                (single-file or FSDP-sharded), for torch.load + load_state_dict
+                                                the run's best weights (best.pt; else its newest checkpoint) as a
+                                                plain state dict (single-file or FSDP-sharded), for torch.load +
+                                                load_state_dict; --format safetensors (or -o *.safetensors) for
+                                                safetensors.torch.load_file (pip install safetensors)
   torchrun --nproc_per_node=2 -m trainwire train
                                                 data-parallel over 2 processes (strategy=auto: ddp)
 """
@@ -136,15 +138,20 @@ def _export_weights(args: list[str]) -> None:
     from trainwire.checkpointing.export import export_weights
     from trainwire.errors import CheckpointError
 
-    sources, out = _split_output(args, "model.pt")
+    sources, out = _split_output(args, "")
+    sources, fmt = _take_option(sources, "--format", "")
     if len(sources) != 1:
         raise ValueError("export-weights needs one run folder or checkpoint file")
+    fmt = fmt or ("safetensors" if out.endswith(".safetensors") else "torch")  # -o model.safetensors says it
+    out = out or ("model.safetensors" if fmt == "safetensors" else "model.pt")
     try:
-        source, weights = export_weights(sources[0], out)
+        source, weights = export_weights(sources[0], out, format=fmt)
     except CheckpointError as error:
         print(f"trainwire: error: {error}", file=sys.stderr)
         sys.exit(1)
-    print(out, f"({len(weights)} tensors from {source})")
+    which = "" if not Path(sources[0]).is_dir() else (
+        ": the run's best weights" if source.name == "best.pt" else ": its newest checkpoint, as the run kept no best.pt")
+    print(out, f"({len(weights)} tensors, {fmt}, from {source}{which})")
 
 
 def main(argv: list[str] | None = None) -> None:
