@@ -34,7 +34,12 @@ USAGE = """usage: trainwire train [hydra overrides ...]
                                                 safetensors.torch.load_file (pip install safetensors)
   torchrun --nproc_per_node=2 -m trainwire train
                                                 data-parallel over 2 processes (strategy=auto: ddp)
+
+  trainwire COMMAND --help                      a command's usage (train: every config group's options)
 """
+
+
+COMMANDS = ("train", "plot", "compare", "lr-preview", "lr-find", "export-weights")
 
 
 def _split_output(args: list[str], default: str) -> tuple[list[str], str]:
@@ -161,6 +166,11 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         sys.exit(0 if args else 2)
     command, rest = args[0], args[1:]
+    if command in COMMANDS and any(arg in ("-h", "--help") for arg in rest):
+        from trainwire.cli.help import command_help
+
+        print(command_help(command), end="")
+        sys.exit(0)
     if command == "train":
         from trainwire.cli.train import train
 
@@ -168,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     tools = {"plot": _plot, "lr-preview": _lr_preview, "lr-find": _lr_find, "compare": _compare,
              "export-weights": _export_weights}
-    if command not in tools:
+    if command not in COMMANDS:
         print(f"trainwire: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         sys.exit(2)
     from trainwire.errors import ConfigError
