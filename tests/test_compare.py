@@ -29,16 +29,18 @@ def test_compare_tables_a_2x2_sweep_best_first(sweep):
     done = trainwire("compare", str(sweep), cwd=sweep)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0].split() == ["run", "optimizer.lr", "model.hidden", "best_value", "monitor", "stop_reason", "epochs"]
+    assert lines[0].split() == ["run", "optimizer.lr", "model.hidden", "status", "best_value", "monitor", "val/accuracy",
+                                "stop_reason", "epochs"]
     rows = [line.split() for line in lines[1:]]
     assert len(rows) == 4
-    values = [float(row[3]) for row in rows]
+    values = [float(row[4]) for row in rows]
     assert values == sorted(values)  # val/loss: lowest first
     assert {(row[1], row[2]) for row in rows} == {("0.03", "[16]"), ("0.03", "[64]"), ("0.0003", "[16]"), ("0.0003", "[64]")}
     for row in rows:
         summary = json.loads((Path(row[0]) / "summary.json").read_text())
-        assert float(row[3]) == pytest.approx(summary["best_value"], rel=1e-5)
-        assert row[4:] == ["val/loss", summary["stop_reason"], "2"]
+        assert float(row[4]) == pytest.approx(summary["best_value"], rel=1e-5)
+        assert float(row[6]) == pytest.approx(summary["val/accuracy"], rel=1e-5)
+        assert [row[3], row[5], *row[7:]] == ["finished", "val/loss", summary["stop_reason"], "2"]
     assert rows[0][1] == "0.03"  # two epochs at lr 3e-4 cannot beat lr 3e-2
 
 
@@ -83,4 +85,36 @@ def test_table_text_is_aligned():
     from trainwire.cli.compare import RunRow
 
     text = table(["lr"], [RunRow(Path("a"), {"lr": "0.1"}, 0.5, "val/loss", "min", "max_epochs", 3)])
-    assert text.splitlines()[1].split() == ["a", "0.1", "0.5", "val/loss", "max_epochs", "3"]
+    assert text.splitlines()[1].split() == ["a", "0.1", "finished", "0.5", "val/loss", "max_epochs", "3"]
+
+
+def write_run(folder: Path, overrides: list[str], summary: dict | None) -> Path:
+    """A run folder as a run leaves it: Hydra's overrides, a record, and its summary (none: it was killed)."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {item}\n" for item in overrides))
+    (folder / "metrics.jsonl").write_text("")
+    if summary is not None:
+        (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def test_compare_lists_every_run_with_its_status_its_val_metrics_and_unquoted_overrides(tmp_path, capsys):
+    from trainwire.cli.main import main
+
+    done = {"monitor": "val/loss", "stop_reason": "max_epochs", "epochs_completed": 2}
+    write_run(tmp_path / "0", ['lr="constant"', "optimizer.lr=0.1"],
+              {**done, "status": "finished", "best_value": 0.2, "val/loss": 0.2, "val/accuracy": 0.9})
+    write_run(tmp_path / "1", ["lr='warmup_cosine'", "optimizer.lr=0.1"],
+              {**done, "status": "failed", "error": "boom", "best_value": 0.1, "val/loss": 0.1, "val/accuracy": 0.95})
+    write_run(tmp_path / "2", ["lr=constant", "optimizer.lr=0.01"], None)  # killed before its summary
+    write_run(tmp_path / "3", ["lr=constant", "optimizer.lr=0.3"], {**done, "best_value": 0.3, "val/loss": 0.3})
+    (tmp_path / "multirun.yaml").write_text("hydra: {}\n")  # Hydra's own file in the sweep folder
+    main(["compare", str(tmp_path)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["run", "lr", "optimizer.lr", "status", "best_value", "monitor", "val/accuracy",
+                                "stop_reason", "epochs"]
+    assert [line.split() for line in lines[1:]] == [  # finished best first, then those that did not finish
+        [str(tmp_path / "0"), "constant", "0.1", "finished", "0.2", "val/loss", "0.9", "max_epochs", "2"],
+        [str(tmp_path / "3"), "constant", "0.3", "finished", "0.3", "val/loss", "-", "max_epochs", "2"],
+        [str(tmp_path / "1"), "warmup_cosine", "0.1", "failed", "0.1", "val/loss", "0.95", "max_epochs", "2"],
+        [str(tmp_path / "2"), "constant", "0.01", "incomplete", "-", "-", "-", "-", "-"]]
