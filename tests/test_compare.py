@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -15,13 +16,16 @@ from trainwire.cli.compare import compare, labels, table
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
-    """Four short runs: optimizer.lr × model.hidden."""
+    """Four short runs: optimizer.lr × model.hidden, where the README says a sweep lands: multirun/<date>/<time>."""
     cwd = tmp_path_factory.mktemp("sweep")
     done = trainwire("train", "-m", "optimizer.lr=0.03,0.0003", "model.hidden=[16],[64]", "trainer.max_epochs=2",
-                      "data.batch_size=128", "progress=never", "log.level=warning", f"hydra.sweep.dir={cwd / 'multi'}",
-                      cwd=cwd)
+                      "data.batch_size=128", "progress=never", "log.level=warning", cwd=cwd)
     assert done.returncode == 0, done.stderr[-3000:]
-    return cwd / "multi"
+    (folder,) = cwd.glob("multirun/*/*")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d", folder.relative_to(cwd / "multirun").as_posix())
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert "trainwire compare multirun/<date>/<time>" in readme and "outputs/multirun" not in readme
+    return folder
 
 
 @pytest.mark.slow
