@@ -59,23 +59,30 @@ def test_compare_as_csv_and_of_run_folders_given_one_by_one(sweep):
 
 
 @pytest.mark.slow
-def test_plot_labels_runs_by_the_overrides_that_differ_with_the_legend_beside_the_curves(sweep):
+def test_plot_takes_the_sweep_folder_labels_runs_by_their_overrides_with_legend_and_title_in_view(sweep, capsys):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from trainwire.cli.plots import figure_of, run_curves
+    from trainwire.cli.main import main
+    from trainwire.cli.plots import figure_of, plotted_dirs, run_curves
 
-    runs = [sweep / name for name in ("0", "3")]
-    assert labels(runs) == ["optimizer.lr=0.03 model.hidden=[16]", "optimizer.lr=0.0003 model.hidden=[64]"]
+    main(["plot", str(sweep), "-o", str(sweep / "all.png")])  # the folder compare takes
+    assert capsys.readouterr().out == f"{sweep / 'all.png'} (4 runs)\n"
+    runs = plotted_dirs([sweep])
+    assert runs == [sweep / name for name in ("0", "1", "2", "3")]
+    assert labels(runs)[0] == "optimizer.lr=0.03 model.hidden=[16]"
     figure = figure_of([run_curves(run, label) for run, label in zip(runs, labels(runs))])
     renderer = FigureCanvasAgg(figure).get_renderer()
     figure.draw(renderer)
-    for ax in figure.axes:
-        legend = ax.get_legend()
-        if legend is None:
-            continue
-        assert any(text.get_text().startswith("optimizer.lr=0.03 model.hidden=[16]") for text in legend.get_texts())
-        box, panel = legend.get_window_extent(renderer), ax.get_window_extent(renderer)
-        assert box.x0 >= panel.x1  # beside the panel: it covers no curve
+    page = figure.bbox
+    (legend,) = figure.legends
+    texts = [text.get_text() for text in legend.get_texts()]
+    assert all(any(text.startswith(label) for text in texts) for label in labels(runs))
+    box = legend.get_window_extent(renderer)
+    assert box.y1 <= min(ax.get_window_extent(renderer).y0 for ax in figure.axes)  # below the panels: covers no curve
+    assert box.width < 0.7 * page.width and page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0
+    for text in [figure._suptitle, *(ax.title for ax in figure.axes)]:  # every title whole on the page
+        extent = text.get_window_extent(renderer)
+        assert page.x0 <= extent.x0 and extent.x1 <= page.x1 and extent.y1 <= page.y1
 
 
 def test_compare_refuses_a_folder_without_runs(tmp_path):

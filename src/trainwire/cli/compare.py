@@ -17,7 +17,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +52,11 @@ def _is_run(path: Path) -> bool:
     return any((path / name).exists() for name in _RUN_FILES)
 
 
+def in_sweep_order(folders: Iterable[Path]) -> list[Path]:
+    """A sweep's job folders in job order (``0``, ``1``, ..., ``10``), then any others by name."""
+    return sorted(folders, key=lambda sub: (not sub.name.isdigit(), int(sub.name) if sub.name.isdigit() else 0, sub.name))
+
+
 def run_dirs(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """The run folders ``paths`` name: a folder with a run's record is one, a sweep's folder holds several."""
     found: list[Path] = []
@@ -61,8 +66,7 @@ def run_dirs(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
             continue
         if not path.is_dir():
             raise ValueError(f"{path} is not a folder")
-        inner = sorted((sub for sub in path.iterdir() if sub.is_dir() and _is_run(sub)),
-                       key=lambda sub: (not sub.name.isdigit(), int(sub.name) if sub.name.isdigit() else 0, sub.name))
+        inner = in_sweep_order(sub for sub in path.iterdir() if sub.is_dir() and _is_run(sub))
         if not inner:
             raise ValueError(f"{path} holds no run (no run record in it or in its sub-folders)")
         found.extend(inner)

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 USAGE = """usage: trainwire train [hydra overrides ...]
-       trainwire plot RUN_DIR [RUN_DIR ...] [-o curves.png]
+       trainwire plot RUN_DIR|SWEEP_DIR [RUN_DIR ...] [-o curves.png]
        trainwire compare SWEEP_DIR | RUN_DIR [RUN_DIR ...] [--csv]
        trainwire lr-preview [hydra overrides ...] [-o lr.png]
        trainwire lr-find [hydra overrides ...] [--steps 100] [--start-lr 1e-7] [--end-lr 10] [-o lr_find.png]
@@ -61,7 +61,7 @@ def _plot(args: list[str]) -> None:
 
     run_dirs, out = _split_output(args, "")
     if not run_dirs:
-        raise ValueError("plot needs at least one run directory")
+        raise ValueError("plot needs at least one run directory or sweep folder")
     written = plot_runs(run_dirs, out or Path(run_dirs[0]) / "curves.png")
     print(out or Path(run_dirs[0]) / "curves.png", f"({len(written)} run{'s' if len(written) > 1 else ''})")
 
