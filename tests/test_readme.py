@@ -17,12 +17,12 @@ def python_blocks(section: str) -> list[str]:
     """The ```python blocks of the README's ``## <section>``, in order."""
     text = README.read_text(encoding="utf-8")
     body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"^```python\n(.*?)^```", body, flags=re.S | re.M)
+    return re.findall(r"^```python\n(.*?)^```", body, flags=re.DOTALL | re.MULTILINE)
 
 
 def test_the_plug_in_example_runs_as_pasted(task):
     namespace: dict = {}
-    exec(python_blocks("Adding your own policy")[0], namespace)  # a fresh module's globals: only its own imports
+    exec(python_blocks("Adding your own policy")[0], namespace)  # noqa: S102 - the README's own code, in fresh globals
     sink = RecordingSink()
     make_trainer(lr_policy=namespace["StepDecay"](every=1, gamma=0.5), sink=sink,
                  settings=TrainerSettings(max_epochs=2, device="cpu", log_every_n_steps=1)).fit(

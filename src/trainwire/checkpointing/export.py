@@ -16,7 +16,12 @@ from torch import nn
 from torch.optim import Optimizer
 
 from trainwire.checkpointing import sharding
-from trainwire.checkpointing.format import MANIFEST, read_checkpoint, read_manifest, write_file
+from trainwire.checkpointing.format import (
+    MANIFEST,
+    read_checkpoint,
+    read_manifest,
+    write_file,
+)
 from trainwire.checkpointing.store import LocalCheckpointStore
 from trainwire.errors import CheckpointError, ConfigError
 
@@ -95,7 +100,7 @@ def _safetensors_bytes(weights: dict[str, Any], source: Path) -> bytes:
 
 
 def export_weights(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
-                   format: str = "torch") -> tuple[Path, dict[str, Any]]:  # noqa: A002 (the CLI's --format)
+                   format: str = "torch") -> tuple[Path, dict[str, Any]]:
     """Writes the model's weights of a checkpoint to ``out`` as a plain state dict, for inference.
 
     ``source`` is a run folder or a checkpoint folder (its ``best.pt`` when the run kept one, else

@@ -8,6 +8,7 @@ neither torch nor Hydra: it answers at once.
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any
 
 HELP = {
     "plot": """usage: trainwire plot RUN_DIR|SWEEP_DIR [RUN_DIR ...] [-o curves.png]
@@ -77,6 +78,12 @@ def _defaults() -> dict[str, str]:
             for key, value in item.items()}
 
 
+def _shown(name: str, option: Any, default: str | None) -> str:
+    """``name``, ``*`` when it is the default, and where a plug-in's option comes from (``module:Class``)."""
+    plugin = f" ({option.reference})" if option is not None and option.origin != "trainwire" else ""
+    return f"{name}{'*' if name == default else ''}{plugin}"
+
+
 def train_help() -> str:
     """``trainwire train --help``: the usage, and each group's options, installed plug-ins included."""
     from trainwire import registry
@@ -87,15 +94,9 @@ def train_help() -> str:
     for group, spec in registry.GROUPS.items():
         found = registry.options(group)
         names = sorted(set(found) | _packaged(group) | (set() if spec.multi else {"custom"}))
-        chosen = defaults.get(group)
-
-        def shown(name: str) -> str:
-            option = found.get(name)
-            plugin = f" ({option.reference})" if option is not None and option.origin != "trainwire" else ""
-            return f"{name}{'*' if name == chosen else ''}{plugin}"
-
+        shown = [_shown(name, found.get(name), defaults.get(group)) for name in names]
         note = "  (several at once: sink=[wandb,tensorboard])" if spec.multi else ""
-        lines.append(f"  {group.ljust(width)}{', '.join(map(shown, names))}{note}")
+        lines.append(f"  {group.ljust(width)}{', '.join(shown)}{note}")
     presets = sorted(_packaged("experiment"))
     lines.append(f"  {'experiment'.ljust(width)}{', '.join(presets)}  (presets over the choices above; none by default)")
     return _TRAIN.format(groups="\n".join(lines))
