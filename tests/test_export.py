@@ -54,7 +54,8 @@ def test_a_run_folder_ships_its_best_weights_and_says_so(run_dir, tmp_path, caps
     assert "last.pt: its newest checkpoint, as the run kept no best.pt" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("target", ["checkpoints/last.pt", "checkpoints/new.pt", "link/last.pt", "link/deeper/x.pt"])
+@pytest.mark.parametrize("target", ["checkpoints/last.pt", "checkpoints/new.pt", "checkpoints", "link/last.pt",
+                                    "link/deeper/x.pt"])
 def test_nothing_is_written_inside_a_checkpoint_folder(run_dir, tmp_path, capsys, target):
     (tmp_path / "link").symlink_to(run_dir / "checkpoints")  # a symlink is followed to where it leads
     before = snapshot(run_dir / "checkpoints")

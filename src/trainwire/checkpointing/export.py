@@ -73,7 +73,8 @@ def _checkpoint_folder_around(out: Path) -> Path | None:
     A checkpoint folder holds a ``manifest.json``, or is a run folder's ``checkpoints/``: a file
     written there could replace a checkpoint (``last.pt``) or be pruned or taken for one.
     """
-    for folder in out.resolve().parents:
+    resolved = out.resolve()
+    for folder in (resolved, *resolved.parents):  # the folder itself too: -o RUN/checkpoints
         if (folder / MANIFEST).is_file():
             return folder
         if folder.name == "checkpoints" and any((folder.parent / name).exists()
