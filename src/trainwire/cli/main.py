@@ -23,7 +23,9 @@ USAGE = """usage: trainwire train [hydra overrides ...]
   trainwire train --cfg job                     print the composed config
   trainwire train -m optimizer.lr=1e-3,3e-3     a Hydra sweep
   trainwire plot outputs/a outputs/b -o ab.png  loss, monitored metric, lr and grad norm of runs, as PNG
-  trainwire compare multirun/2026-11-30/12-00-00 each run's overrides vs its best value, monitor, stop reason
+  trainwire compare multirun/2026-11-30/12-00-00
+                                                each run of a sweep: its overrides vs its status, best value,
+                                                other val/ metrics and stop reason (trainwire plot takes it too)
   trainwire lr-preview lr.warmup_epochs=5       the lr curve a config would produce, without training
   trainwire lr-find data=diabetes objective=regression
                                                 LR range test: suggests an optimizer.lr, plots loss vs lr
