@@ -117,7 +117,7 @@ def test_a_run_with_every_external_sink_leaves_no_trace_in_the_callers_process(t
         "resumed": {"outcome": "max_epochs", "changed": [], "threads": []},
         "raised": {"outcome": "boom", "changed": [], "threads": []},
     }
-    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))  # the sinks did run
+    assert list((tmp_path / "wandb_home" / "wandb").glob("offline-run-*"))  # the sinks did run (W&B's in WANDB_DIR)
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     assert (tmp_path / "run" / "mlflow.db").is_file()
 

@@ -53,8 +53,12 @@ def test_plot_draws_the_record_of_each_run(two_runs, tmp_path):
     for curves in runs:
         for key, series in curves.series.items():
             assert drawn[f"{curves.label} {key}"] == (list(series[0]), list(series[1]))
-    markers = {tuple(line.get_xdata()) for line in figure.axes[0].lines if line.get_label().startswith("_")}
-    assert {(c.best_step, c.best_step) for c in runs} | {(c.stop_step, c.stop_step) for c in runs} == markers
+    for curves in runs:  # the best epoch (star) and the stop (cross) on the run's own val/loss curve
+        marks = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in figure.axes[0].lines
+                 if line.get_label().startswith("_") and line.get_label().endswith(f" {curves.label}")}
+        values = dict(zip(*curves.series["val/loss"]))
+        assert marks == {f"_* {curves.label}": ([curves.best_step], [values[curves.best_step]]),
+                         f"_X {curves.label}": ([curves.stop_step], [values[curves.stop_step]])}
 
 
 def test_lr_preview_is_the_schedule_of_the_config(tmp_path):

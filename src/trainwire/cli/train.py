@@ -7,9 +7,10 @@ once and trains. Hydra's ``.hydra/`` record is written by ``HydraRecord`` when t
 so a refused run (a bad value, a live or used folder, a changed config, damaged checkpoints)
 leaves the run folder as it found it.
 
-A sweep (``-m``) and the modes that print or explain (``--cfg``, ``--help``, ``--info``, ...)
+A sweep (``-m``) and the modes that print or explain (``--cfg``, ``--hydra-help``, ``--info``, ...)
 are Hydra's own: ``@hydra.main`` composes each job, and each job then takes the same path
-(``_fit``) from its composed config on, with Hydra's record deferred the same way.
+(``_fit``) from its composed config on, with Hydra's record deferred the same way. ``--help`` is
+the CLI's own (``trainwire.cli.help``), answered before this module is imported.
 """
 
 from __future__ import annotations
