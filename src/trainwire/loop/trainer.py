@@ -67,6 +67,7 @@ class FitResult:
     notes: list[str] = field(default_factory=list)  # what the user should know about the run (data not resumable)
     checkpoint_wait_s: float = 0.0  # time the loop waited for a checkpoint still being written (ADR 0009)
     checkpoint_waits: int = 0  # saves that had to wait for the one before
+    extended_from: dict[str, Any] = field(default_factory=dict)  # plan key -> first planned value (ADR 0031)
 
     @property
     def best_metrics(self) -> dict[str, float]:
@@ -88,6 +89,7 @@ class FitResult:
             "steps": self.steps,
             **self.counts,
             **({"notes": list(self.notes)} if self.notes else {}),
+            **({"extended_from": dict(self.extended_from)} if self.extended_from else {}),
             "checkpoint/wait_s": self.checkpoint_wait_s,
             "checkpoint/waits": self.checkpoint_waits,
             **best_val,
@@ -399,4 +401,5 @@ class Trainer:
             counts={**self.health.counts(),
                     **({"compile/recompiles": self._compiler.recompiles} if self._compiler is not None else {})},
             notes=[f"data order not resumable: {self._unrestorable}"] if self._unrestorable else [],
+            extended_from=dict(position.extended_from),
         )
