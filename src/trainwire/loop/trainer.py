@@ -13,6 +13,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from trainwire import logs
+from trainwire.checkpointing.initial import load_initial_weights
 from trainwire.checkpointing.parts import Position
 from trainwire.checkpointing.session import Checkpointing
 from trainwire.checkpointing.store import CheckpointStore
@@ -181,6 +182,8 @@ class Trainer:
         """
         settings, strategy = self.settings, self.strategy
         n_batches = self._check_data(train_data, val_data)
+        if settings.init_from is not None:  # a new run's first weights (a resume below puts its own back)
+            load_initial_weights(model, settings.init_from, strict=settings.init_strict, log=self.log)
         precision, module = self._place(model)
         token = stop if stop is not None else StopToken()
         context = StepContext(strategy, precision, self.nonfinite.checks, n_batches, settings.max_epochs,
