@@ -52,7 +52,7 @@ def test_keys_that_do_not_fit_are_one_line_before_training_and_init_strict_false
     weights = make_model(seed=1).state_dict()
     weights["head.weight"] = weights.pop("0.bias")  # one key missing, one unexpected
     torch.save(weights, tmp_path / "other.pt")
-    settings = dict(max_epochs=1, device="cpu", init_from=str(tmp_path / "other.pt"))
+    settings = {"max_epochs": 1, "device": "cpu", "init_from": str(tmp_path / "other.pt")}
     sink, model = RecordingSink(), make_model(seed=0)
     x = [(torch.randn(4, 8), torch.randint(0, 3, (4,)))]
     with pytest.raises(ConfigError) as refused:

@@ -13,9 +13,9 @@ so a checkpoint loads with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import random
-from pathlib import Path
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch

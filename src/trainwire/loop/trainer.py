@@ -69,6 +69,11 @@ class FitResult:
     checkpoint_wait_s: float = 0.0  # time the loop waited for a checkpoint still being written (ADR 0009)
     checkpoint_waits: int = 0  # saves that had to wait for the one before
     extended_from: dict[str, Any] = field(default_factory=dict)  # plan key -> first planned value (ADR 0031)
+    # The verdict: finished, failed (``error``: its first line), interrupted (SIGTERM/SIGINT) or cancelled
+    # (``StopToken.stop()``); ``resumable``: whether a checkpoint to continue from exists after a stop.
+    status: str = "finished"
+    error: str | None = None
+    resumable: bool | None = None
 
     @property
     def best_metrics(self) -> dict[str, float]:
@@ -81,6 +86,9 @@ class FitResult:
         """What ``summary.json`` and the sinks' summaries hold."""
         best_val = {key: value for key, value in self.best_metrics.items() if key.startswith("val/")}
         return {
+            "status": self.status,
+            **({"error": self.error} if self.error is not None else {}),
+            **({"resumable": self.resumable} if self.resumable is not None else {}),
             "epochs_completed": self.epochs_completed,
             "best_epoch": self.best_epoch,
             "best_value": self.best_value,
@@ -95,6 +103,12 @@ class FitResult:
             "checkpoint/waits": self.checkpoint_waits,
             **best_val,
         }
+
+
+def _one_line(error: BaseException) -> str:
+    """``error`` as one line for a summary: its type and the first line of its message."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def _batch_count(data: Any, name: str) -> int:
@@ -182,8 +196,6 @@ class Trainer:
         """
         settings, strategy = self.settings, self.strategy
         n_batches = self._check_data(train_data, val_data)
-        if settings.init_from is not None:  # a new run's first weights (a resume below puts its own back)
-            load_initial_weights(model, settings.init_from, strict=settings.init_strict, log=self.log)
         precision, module = self._place(model)
         token = stop if stop is not None else StopToken()
         context = StepContext(strategy, precision, self.nonfinite.checks, n_batches, settings.max_epochs,
@@ -212,14 +224,14 @@ class Trainer:
             except BaseException as error:
                 checkpointing.close(error)
                 self._emit("on_exception", state, error)
-                self.sink.finish("killed" if isinstance(error, (KeyboardInterrupt, TrainingInterrupted)) else "failed")
+                self._not_finished(state, position, error)
                 raise
             finally:
                 if self._compiler is not None:
                     self._compiler.stop()
         failure = self._no_step(result)  # the record says so, and the run is not a success
         self.sink.summary(result.summary())
-        self.sink.finish("failed" if failure is not None else "finished")
+        self.sink.finish(result.status)
         if failure is not None:
             raise failure
         self.log.info("train_end", **result.summary())
@@ -251,12 +263,14 @@ class Trainer:
                 "batches per epoch (data.batch_size)": n_batches, **self.step.plan()}
 
     def _place(self, model: nn.Module) -> tuple[Precision, nn.Module]:
-        """Moves ``model`` to its device, makes what runs forward (the strategy's form, compiled if asked)
-        and starts the throughput meter there.
+        """Loads ``trainer.init_from``'s weights, moves ``model`` to its device, makes what runs forward (the
+        strategy's form, compiled if asked) and starts the throughput meter there.
 
-        Both before the step builds its optimizers: FSDP replaces the parameters, and the compiled
-        module shares them (the checkpoint keeps the plain model's keys).
+        All before the step builds its optimizers: FSDP replaces the parameters, and the compiled
+        module shares them (the checkpoint keeps the plain model's keys). A resume puts its own weights back.
         """
+        if self.settings.init_from is not None:  # into the plain module, before any strategy wraps it
+            load_initial_weights(model, self.settings.init_from, strict=self.settings.init_strict, log=self.log)
         precision = Precision(self.settings.precision, self.strategy.device(self.settings.device))
         model.to(precision.device)
         module = self.strategy.setup(model)
@@ -384,6 +398,27 @@ class Trainer:
         position.stop_reason = (verdict.reason or "stopped") if verdict.stop else None
         return verdict
 
+    def _not_finished(self, state: TrainState, position: Position, error: BaseException) -> None:
+        """The verdict on a run that ``error`` ends, in its summary, then the sinks' finish (the error is raised on).
+
+        ``interrupted`` by SIGTERM/SIGINT, ``cancelled`` by ``StopToken.stop()`` (with ``resumable``:
+        whether a checkpoint to continue from was written), else ``failed`` with the error's first line.
+        """
+        status = "failed"
+        if isinstance(error, (KeyboardInterrupt, TrainingInterrupted)):
+            status = "cancelled" if isinstance(error, TrainingInterrupted) and error.signum is None else "interrupted"
+        try:
+            result = self._result(state, position)
+            result.status = status
+            if isinstance(error, TrainingInterrupted):
+                result.resumable = error.saved
+            elif status == "failed":
+                result.error = _one_line(error)
+            self.sink.summary(result.summary())
+        except Exception as failure:  # (a record that cannot be written): the run's own error is the one to raise
+            self.log.warning("summary_not_written", error=str(failure))
+        self.sink.finish("failed" if status == "failed" else "killed")
+
     def _no_step(self, result: FitResult) -> NonFiniteError | None:
         """A run that took no optimizer step learned nothing: its cause goes into ``result`` and is returned to raise."""
         if result.steps or not self.nonfinite.skipped:  # no batch at all is the loop's DataError
@@ -391,7 +426,7 @@ class Trainer:
         error = NonFiniteError(
             f"no optimizer step was taken: every step ({self.nonfinite.skipped}) had a non-finite loss or gradient "
             "and was skipped (nonfinite.max_in_a_row is more than the run's steps); check the data and the lr")
-        result.stop_reason = "no_step_taken"
+        result.stop_reason, result.status, result.error = "no_step_taken", "failed", _one_line(error)
         result.notes.append(str(error))
         return error
 
