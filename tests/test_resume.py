@@ -459,6 +459,10 @@ def test_a_finished_run_extended_to_6_epochs_logs_the_lr_of_a_run_planned_for_6(
     assert later == {step: lrs[step] for step in later}
     assert [row["epoch"] for row in rows if "val/loss" in row] == list(range(6))
     assert (extended.epochs_completed, extended.steps) == (6, planned.steps)
+    assert [row["epoch"] for row in extended.history] == list(range(6))  # FitResult.history rows say their epoch
+    events = [r.msg for r in caplog.records if isinstance(r.msg, dict)]
+    assert events[0]["event"] == "run_folder" and events[-1]["event"] == "run_end"
+    assert events[0]["run_dir"] == events[-1]["run_dir"] == str(tmp_path / "run")
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["extended_from"] == {"trainer.max_epochs": 3} and summary["epochs_completed"] == 6
     assert [r.msg["changes"] for r in caplog.records if r.msg.get("event") == "run_extended"] == ["trainer.max_epochs: 3 -> 6"]

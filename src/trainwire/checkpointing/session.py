@@ -104,7 +104,7 @@ class Checkpointing:
             position.extended_from.setdefault(key, then)  # the length the run was first planned for
         self.log.info("run_extended", changes="; ".join(f"{key}: {then} -> {self.plan[key]}"
                                                         for key, then in extended.items()),
-                      stopped_by=position.stop_reason)
+                      **({"stopped_by": position.stop_reason} if position.stop_reason else {}))
         position.stop_reason = None
 
     def _fresh_record(self) -> None:

@@ -61,7 +61,7 @@ class FitResult:
     best_value: float | None
     monitor: str | None
     stop_reason: str
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)  # one row an epoch: ``epoch`` (from 0), its metrics
     steps: int = 0
     avg_epoch_time_s: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)  # flagged gradient steps, recompilations
@@ -272,6 +272,9 @@ class Trainer:
         if self.settings.init_from is not None:  # into the plain module, before any strategy wraps it
             load_initial_weights(model, self.settings.init_from, strict=self.settings.init_strict, log=self.log)
         precision = Precision(self.settings.precision, self.strategy.device(self.settings.device))
+        self.log.info("model", parameters=sum(p.numel() for p in model.parameters()),  # what trains, and where
+                      trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+                      device=str(precision.device), precision=precision.precision)
         model.to(precision.device)
         module = self.strategy.setup(model)
         self._compiler = Compiler(self.settings.compile_mode) if self.settings.compile else None
@@ -390,7 +393,7 @@ class Trainer:
         metrics["train/skipped_steps"] = self.nonfinite.skipped
         if self._compiler is not None:
             self._compiler.report(metrics, self.log, epoch)
-        position.history.append(metrics)
+        position.history.append({"epoch": epoch, **metrics})
         self.sink.log(metrics, step=state.step, epoch=epoch)
         self.log.info("epoch", epoch=epoch, step=state.step, **metrics)
         self._emit("on_epoch_end", state, metrics)
