@@ -82,9 +82,12 @@ def load_initial_weights(model: nn.Module, source: str | os.PathLike[str], *, st
     unexpected = [key for key in weights if key not in own]
     reshaped = [key for key in own if key in weights and weights[key].shape != own[key].shape]
     if strict and (missing or unexpected or reshaped):
+        first = reshaped[0] if reshaped else None
         problems = [f"{what} {keys[0]!r}" + (f" (and {len(keys) - 1} more)" if len(keys) > 1 else "")
-                    for what, keys in (("missing", missing), ("unexpected", unexpected), ("other shape:", reshaped))
-                    if keys]
+                    for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+        if first is not None:
+            problems.append(f"{first!r} is {list(weights[first].shape)} there, {list(own[first].shape)} in the model"
+                            + (f" (and {len(reshaped) - 1} more)" if len(reshaped) > 1 else ""))
         raise ConfigError(f"{KEY}={str(source)!r} does not fit the model ({'; '.join(problems)}); "
                           "set trainer.init_strict=false to load the keys that fit")
     fitting = {key: value for key, value in weights.items() if key in own and key not in reshaped}
