@@ -67,3 +67,18 @@ def test_keys_that_do_not_fit_are_one_line_before_training_and_init_strict_false
     assert torch.equal(model.state_dict()["0.bias"], before)  # the rest is left as initialised
     with pytest.raises(ConfigError, match=r"trainer.init_from='.*nowhere.pt': no such file or folder"):
         make_trainer(settings=TrainerSettings(**{**settings, "init_from": str(tmp_path / "nowhere.pt")})).fit(model, x)
+
+
+def test_a_run_started_from_weights_resumes_from_its_own_checkpoint_without_them(tmp_path):
+    from trainwire.checkpointing.store import LocalCheckpointStore
+
+    torch.save(make_model(seed=1).state_dict(), tmp_path / "start.pt")
+    x = [(torch.randn(4, 8), torch.randint(0, 3, (4,))) for _ in range(3)]
+
+    def fit(epochs):
+        settings = TrainerSettings(max_epochs=epochs, device="cpu", resume="auto", init_from=str(tmp_path / "start.pt"))
+        return make_trainer(settings=settings, checkpoints=LocalCheckpointStore(tmp_path / "ck")).fit(make_model(), x)
+
+    fit(1)
+    (tmp_path / "start.pt").unlink()  # the source is gone: the run's checkpoint holds what it needs
+    assert fit(2).epochs_completed == 2

@@ -227,6 +227,20 @@ def restore(checkpoint: Mapping[str, Any], parts: Mapping[str, Any], plan: Mappi
     return extended
 
 
+def restores(resume: str | None, store: CheckpointStore | None) -> bool:
+    """Whether ``trainer.resume`` will restore a checkpoint (a path; ``auto`` over a folder that holds one),
+    told from the folder's listing alone: a new run's first weights (``trainer.init_from``) are then not read.
+
+    A store of one's own (no ``directory``) may restore: False, so the first weights are loaded (and replaced).
+    """
+    if resume is None:
+        return False
+    if resume != "auto":
+        return True
+    directory = getattr(store, "directory", None)
+    return directory is not None and runfolder.holds_checkpoints(directory)
+
+
 def find(resume: str | None, store: CheckpointStore | None, log: Any,
          processes: int = 1) -> tuple[str | None, dict[str, Any] | None]:
     """Starts ``store``, then the checkpoint ``trainer.resume`` names, verified and loaded: (where, state),

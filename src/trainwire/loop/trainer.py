@@ -14,7 +14,7 @@ from torch.optim import Optimizer
 
 from trainwire import logs
 from trainwire.checkpointing.initial import load_initial_weights
-from trainwire.checkpointing.parts import Position
+from trainwire.checkpointing.parts import Position, restores
 from trainwire.checkpointing.session import Checkpointing
 from trainwire.checkpointing.store import CheckpointStore
 from trainwire.data import epoch_batches, not_resumable
@@ -267,10 +267,13 @@ class Trainer:
         strategy's form, compiled if asked) and starts the throughput meter there.
 
         All before the step builds its optimizers: FSDP replaces the parameters, and the compiled
-        module shares them (the checkpoint keeps the plain model's keys). A resume puts its own weights back.
+        module shares them (the checkpoint keeps the plain model's keys).
         """
-        if self.settings.init_from is not None:  # into the plain module, before any strategy wraps it
-            load_initial_weights(model, self.settings.init_from, strict=self.settings.init_strict, log=self.log)
+        settings = self.settings
+        # A new run's first weights, into the plain module before any strategy wraps it; not when a checkpoint
+        # will be restored (its weights win, and the source need not be there any more).
+        if settings.init_from is not None and not restores(settings.resume, self.checkpoints):
+            load_initial_weights(model, settings.init_from, strict=settings.init_strict, log=self.log)
         precision = Precision(self.settings.precision, self.strategy.device(self.settings.device))
         self.log.info("model", parameters=sum(p.numel() for p in model.parameters()),  # what trains, and where
                       trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
