@@ -103,8 +103,8 @@ class _SchedulerPolicy(LRPolicy):
         shadow = torch.optim.SGD([{"params": [torch.zeros(1, requires_grad=True)], "lr": group["initial_lr"]}
                                   for group in groups])
         scheduler = self._build(shadow, total=self._total, per_epoch=self._per_epoch)
+        shadow.step()  # (no gradient: nothing moves) torch's schedulers expect an optimizer step before their first
         for _ in range(done):
-            shadow.step()  # (no gradient: nothing moves; torch's schedulers expect a step before theirs)
             scheduler.step()
         self._scheduler.load_state_dict(scheduler.state_dict())
         for group, replayed in zip(groups, shadow.param_groups):
