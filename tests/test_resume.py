@@ -468,3 +468,11 @@ def test_a_finished_run_extended_to_6_epochs_logs_the_lr_of_a_run_planned_for_6(
     assert [r.msg["changes"] for r in caplog.records if r.msg.get("event") == "run_extended"] == ["trainer.max_epochs: 3 -> 6"]
     with pytest.raises(ConfigError, match=r"trainer.max_epochs: 6 -> 4 \(a run can be extended, not shortened\)"):
         job(tmp_path / "run", 4, "trainer.resume=auto")
+
+
+def test_a_run_is_extended_from_its_file_into_a_new_folder(tmp_path):
+    """The issue's second refusal: `trainer.resume=<its last.pt>` with more epochs, in another folder, goes on too."""
+    _, first, _ = fit(tmp_path / "first")
+    _, longer, sink = fit(tmp_path / "longer", resume=str(tmp_path / "first" / "last.pt"), max_epochs=EPOCHS + 1)
+    assert (longer.epochs_completed, longer.extended_from) == (EPOCHS + 1, {"trainer.max_epochs": EPOCHS})
+    assert min(step for step, _ in sink.series("train/loss")) == first.steps + 1
