@@ -71,7 +71,7 @@ def test_three_runs_without_a_run_dir_started_together_each_get_their_own(tmp_pa
 def test_every_record_goes_through_stdlib_logging_with_the_run_id(tmp_path):
     with capture_logs() as logs:
         run(compose([f"run_dir={tmp_path / 'mine'}", *SMALL]))
-    assert [entry["event"] for entry in logs] == ["epoch", "train_end"]
+    assert [entry["event"] for entry in logs] == ["run_folder", "model", "epoch", "train_end", "run_end"]
     assert {entry["run_id"] for entry in logs} == {"mine"}
 
 
@@ -98,7 +98,7 @@ def test_an_application_that_configured_logging_gets_the_records_with_a_run_id(t
                   f"run(compose({SMALL + ['run_dir=loud']!r}))\n", tmp_path)
     assert done.returncode == 0, done.stderr
     lines = [line.split("|") for line in done.stdout.splitlines() if line.startswith("trainwire|")]
-    assert [message.split()[0] for _, _, message in lines] == ["epoch", "train_end"]
+    assert [message.split()[0] for _, _, message in lines] == ["run_folder", "model", "epoch", "train_end", "run_end"]
     assert all(level == "INFO" and " run_id=loud" in message for _, level, message in lines)
 
 

@@ -5,6 +5,7 @@ Slow (each case starts training processes); they run in CI with the rest of the 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -144,8 +145,11 @@ def test_a_stop_signal_saves_exits_with_its_code_and_resume_continues_exactly(tm
     saved = read_checkpoint(run_dir / "checkpoints" / "last.pt")
     step_records = [r["step"] for r in read_metrics(run_dir) if "train/loss" in r]
     assert saved["loop"]["step"] == step_records[-1]  # the step in flight was finished and saved
+    summary = json.loads((run_dir / "summary.json").read_text())  # a verdict for the run that did not finish
+    assert (summary["status"], summary["resumable"], summary["steps"]) == ("interrupted", True, saved["loop"]["step"])
     finish(run_dir, f"data.num_workers={workers}", "trainer.resume=auto", "checkpoint.every_n_steps=null")
     assert_matches(reference, run_dir)
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
 
 
 def test_an_impatient_operator_s_sigterms_end_in_exit_143_with_the_checkpoint_saved(tmp_path):

@@ -87,12 +87,25 @@ class Checkpointing:
             if resume == "auto":  # nothing to continue: a record already there would get a second run
                 self._fresh_record()
             return None
-        restore(checkpoint, self.parts, self.plan, name=f"checkpoint {where}")
+        extended = restore(checkpoint, self.parts, self.plan, name=f"checkpoint {where}")
         if checkpoint.get(RECORD) is not None:  # (None: saved without a record, or before records were kept)
             self.record.rewind(checkpoint[RECORD])  # the rows a killed run logged after this checkpoint go
         position = self.position
         self.log.info("resumed", checkpoint=where, epoch=position.epoch, batch=position.batch, step=position.step)
+        if extended:
+            self._extend(extended)
         return where
+
+    def _extend(self, extended: Mapping[str, Any]) -> None:
+        """The run goes on past its planned end (ADR 0031): the record says from what, and a stopping
+        policy that had ended it judges the new epochs from its saved state (its patience carries on)."""
+        position = self.position
+        for key, then in extended.items():
+            position.extended_from.setdefault(key, then)  # the length the run was first planned for
+        self.log.info("run_extended", changes="; ".join(f"{key}: {then} -> {self.plan[key]}"
+                                                        for key, then in extended.items()),
+                      **({"stopped_by": position.stop_reason} if position.stop_reason else {}))
+        position.stop_reason = None
 
     def _fresh_record(self) -> None:
         """Refuses (every process, as rank 0 says) a fresh start over a record that holds a run."""

@@ -13,7 +13,8 @@ from torch import nn
 from torch.optim import Optimizer
 
 from trainwire import logs
-from trainwire.checkpointing.parts import Position
+from trainwire.checkpointing.initial import load_initial_weights
+from trainwire.checkpointing.parts import Position, restores
 from trainwire.checkpointing.session import Checkpointing
 from trainwire.checkpointing.store import CheckpointStore
 from trainwire.data import epoch_batches, not_resumable
@@ -60,13 +61,19 @@ class FitResult:
     best_value: float | None
     monitor: str | None
     stop_reason: str
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)  # one row an epoch: ``epoch`` (from 0), its metrics
     steps: int = 0
     avg_epoch_time_s: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)  # flagged gradient steps, recompilations
     notes: list[str] = field(default_factory=list)  # what the user should know about the run (data not resumable)
     checkpoint_wait_s: float = 0.0  # time the loop waited for a checkpoint still being written (ADR 0009)
     checkpoint_waits: int = 0  # saves that had to wait for the one before
+    extended_from: dict[str, Any] = field(default_factory=dict)  # plan key -> first planned value (ADR 0031)
+    # The verdict: finished, failed (``error``: its first line), interrupted (SIGTERM/SIGINT) or cancelled
+    # (``StopToken.stop()``); ``resumable``: whether a checkpoint to continue from exists after a stop.
+    status: str = "finished"
+    error: str | None = None
+    resumable: bool | None = None
 
     @property
     def best_metrics(self) -> dict[str, float]:
@@ -79,6 +86,9 @@ class FitResult:
         """What ``summary.json`` and the sinks' summaries hold."""
         best_val = {key: value for key, value in self.best_metrics.items() if key.startswith("val/")}
         return {
+            "status": self.status,
+            **({"error": self.error} if self.error is not None else {}),
+            **({"resumable": self.resumable} if self.resumable is not None else {}),
             "epochs_completed": self.epochs_completed,
             "best_epoch": self.best_epoch,
             "best_value": self.best_value,
@@ -88,10 +98,17 @@ class FitResult:
             "steps": self.steps,
             **self.counts,
             **({"notes": list(self.notes)} if self.notes else {}),
+            **({"extended_from": dict(self.extended_from)} if self.extended_from else {}),
             "checkpoint/wait_s": self.checkpoint_wait_s,
             "checkpoint/waits": self.checkpoint_waits,
             **best_val,
         }
+
+
+def _one_line(error: BaseException) -> str:
+    """``error`` as one line for a summary: its type and the first line of its message."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def _batch_count(data: Any, name: str) -> int:
@@ -207,14 +224,14 @@ class Trainer:
             except BaseException as error:
                 checkpointing.close(error)
                 self._emit("on_exception", state, error)
-                self.sink.finish("killed" if isinstance(error, (KeyboardInterrupt, TrainingInterrupted)) else "failed")
+                self._not_finished(state, position, error)
                 raise
             finally:
                 if self._compiler is not None:
                     self._compiler.stop()
         failure = self._no_step(result)  # the record says so, and the run is not a success
         self.sink.summary(result.summary())
-        self.sink.finish("failed" if failure is not None else "finished")
+        self.sink.finish(result.status)
         if failure is not None:
             raise failure
         self.log.info("train_end", **result.summary())
@@ -246,13 +263,21 @@ class Trainer:
                 "batches per epoch (data.batch_size)": n_batches, **self.step.plan()}
 
     def _place(self, model: nn.Module) -> tuple[Precision, nn.Module]:
-        """Moves ``model`` to its device, makes what runs forward (the strategy's form, compiled if asked)
-        and starts the throughput meter there.
+        """Loads ``trainer.init_from``'s weights, moves ``model`` to its device, makes what runs forward (the
+        strategy's form, compiled if asked) and starts the throughput meter there.
 
-        Both before the step builds its optimizers: FSDP replaces the parameters, and the compiled
+        All before the step builds its optimizers: FSDP replaces the parameters, and the compiled
         module shares them (the checkpoint keeps the plain model's keys).
         """
+        settings = self.settings
+        # A new run's first weights, into the plain module before any strategy wraps it; not when a checkpoint
+        # will be restored (its weights win, and the source need not be there any more).
+        if settings.init_from is not None and not restores(settings.resume, self.checkpoints):
+            load_initial_weights(model, settings.init_from, strict=settings.init_strict, log=self.log)
         precision = Precision(self.settings.precision, self.strategy.device(self.settings.device))
+        self.log.info("model", parameters=sum(p.numel() for p in model.parameters()),  # what trains, and where
+                      trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+                      device=str(precision.device), precision=precision.precision)
         model.to(precision.device)
         module = self.strategy.setup(model)
         self._compiler = Compiler(self.settings.compile_mode) if self.settings.compile else None
@@ -371,13 +396,34 @@ class Trainer:
         metrics["train/skipped_steps"] = self.nonfinite.skipped
         if self._compiler is not None:
             self._compiler.report(metrics, self.log, epoch)
-        position.history.append(metrics)
+        position.history.append({"epoch": epoch, **metrics})
         self.sink.log(metrics, step=state.step, epoch=epoch)
         self.log.info("epoch", epoch=epoch, step=state.step, **metrics)
         self._emit("on_epoch_end", state, metrics)
         position.epoch, position.batch = epoch + 1, 0
         position.stop_reason = (verdict.reason or "stopped") if verdict.stop else None
         return verdict
+
+    def _not_finished(self, state: TrainState, position: Position, error: BaseException) -> None:
+        """The verdict on a run that ``error`` ends, in its summary, then the sinks' finish (the error is raised on).
+
+        ``interrupted`` by SIGTERM/SIGINT, ``cancelled`` by ``StopToken.stop()`` (with ``resumable``:
+        whether a checkpoint to continue from was written), else ``failed`` with the error's first line.
+        """
+        status = "failed"
+        if isinstance(error, (KeyboardInterrupt, TrainingInterrupted)):
+            status = "cancelled" if isinstance(error, TrainingInterrupted) and error.signum is None else "interrupted"
+        try:
+            result = self._result(state, position)
+            result.status = status
+            if isinstance(error, TrainingInterrupted):
+                result.resumable = error.saved
+            elif status == "failed":
+                result.error = _one_line(error)
+            self.sink.summary(result.summary())
+        except Exception as failure:  # (a record that cannot be written): the run's own error is the one to raise
+            self.log.warning("summary_not_written", error=str(failure))
+        self.sink.finish("failed" if status == "failed" else "killed")
 
     def _no_step(self, result: FitResult) -> NonFiniteError | None:
         """A run that took no optimizer step learned nothing: its cause goes into ``result`` and is returned to raise."""
@@ -386,7 +432,7 @@ class Trainer:
         error = NonFiniteError(
             f"no optimizer step was taken: every step ({self.nonfinite.skipped}) had a non-finite loss or gradient "
             "and was skipped (nonfinite.max_in_a_row is more than the run's steps); check the data and the lr")
-        result.stop_reason = "no_step_taken"
+        result.stop_reason, result.status, result.error = "no_step_taken", "failed", _one_line(error)
         result.notes.append(str(error))
         return error
 
@@ -399,4 +445,5 @@ class Trainer:
             counts={**self.health.counts(),
                     **({"compile/recompiles": self._compiler.recompiles} if self._compiler is not None else {})},
             notes=[f"data order not resumable: {self._unrestorable}"] if self._unrestorable else [],
+            extended_from=dict(position.extended_from),
         )
