@@ -20,26 +20,19 @@ import torch
 from torch import Tensor, nn
 
 from trainwire.checkpointing import sharding
+from trainwire.checkpointing.export import weights_checkpoint
 from trainwire.checkpointing.format import read_checkpoint, read_manifest
-from trainwire.checkpointing.store import LocalCheckpointStore
 from trainwire.errors import CheckpointError, ConfigError
 
 KEY = "trainer.init_from"
 
 
 def run_checkpoint(folder: Path) -> Path:
-    """The checkpoint whose weights a run folder (or its ``checkpoints/``) stands for: ``best.pt`` when kept, else the newest.
-
-    A damaged ``best.pt`` is refused when read, never swapped for another file.
-    """
-    folder = folder / "checkpoints" if (folder / "checkpoints").is_dir() else folder
-    manifest = read_manifest(folder)
-    if manifest is not None and "best.pt" in manifest["files"]:
-        return folder / "best.pt"
-    name = LocalCheckpointStore(folder).latest()
-    if name is None:
-        raise ConfigError(f"{KEY}={str(folder)!r}: the folder holds no checkpoint")
-    return folder / f"{name}.pt"
+    """The checkpoint a run folder stands for, as ``export-weights`` ships it (``export.weights_checkpoint``)."""
+    try:
+        return weights_checkpoint(folder)
+    except CheckpointError as error:
+        raise ConfigError(f"{KEY}={str(folder)!r}: {error}") from None
 
 
 def read_weights(source: str | os.PathLike[str]) -> tuple[dict[str, Tensor], Path]:
