@@ -51,7 +51,12 @@ class Checkpointing:
         self.record = record or NullSink()  # the run's sink: where its record ends goes into each checkpoint
         # Sharded saves are collectives of every process: written in the loop's thread (ADR 0014).
         self.writer = None if store is None else CheckpointWriter(
-            store, asynchronous=asynchronous and not strategy.sharded_checkpoints)
+            store, asynchronous=asynchronous and not strategy.sharded_checkpoints, on_failure=self._failed)
+        # The step from which the loop must call ``at_step`` (a stop request aside): the cadence's next
+        # save, or the next step when a save has failed in the background or the processes must agree
+        # on a stop at every step (a collective). 0 until the first ``at_step`` has asked the cadence.
+        self.due: float = 0
+        self._told_wait = False
         self.parts: dict[str, Any] = {}  # set by hold, before anything else is asked
         self.plan: dict[str, Any] = {}
         self.position = Position()
@@ -135,6 +140,15 @@ class Checkpointing:
         names = self.cadence.at_step(step) if taken else []
         if names or stopping:
             self._save(names, stopping)
+        if self.strategy.world_size == 1:
+            after = self.cadence.next_step(step)
+            self.due = float("inf") if after is None else after
+            if writer is not None and writer.failed:  # (set by the writer's thread just now: see ``_failed``)
+                self.due = 0
+
+    def _failed(self) -> None:
+        """Called by the writer's thread when a background save fails: the loop comes here at its next step."""
+        self.due = 0
 
     def at_epoch(self, epoch: int, improved: bool) -> None:
         """At the end of epoch ``epoch`` (from 0), after the stopping verdict and the epoch's bookkeeping."""
@@ -163,8 +177,12 @@ class Checkpointing:
                 position = self.position
                 waited = writer.save(saved, names, meta={"epoch": position.epoch, "batch": position.batch,
                                                          "step": position.step})
-                if waited > 0:  # the save before this one was still being written; the total goes to the summary
-                    self.log.info("checkpoint_wait", step=position.step, wait_s=waited, waits=writer.waits)
+                if waited > 0 and not self._told_wait:  # said once; the totals go to the summary
+                    self._told_wait = True
+                    self.log.info("checkpoint_wait", step=position.step, wait_s=waited, waits=writer.waits,
+                                  note="saves come faster than the writer commits them: each waits for the "
+                                       "rest of the one before (said once; totals in checkpoint/wait_s, "
+                                       "checkpoint/waits of summary.json)")
         if stopping:
             if writer is not None:
                 writer.wait()

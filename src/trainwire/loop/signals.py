@@ -28,6 +28,7 @@ class StopToken:
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self.asked = False  # ``stopped`` as a plain field: what the loop reads after every optimizer step
         self.signum: int | None = None
         self.received: list[int] = []  # every signal noted, the impatient operator's second one included
 
@@ -37,6 +38,7 @@ class StopToken:
             self.received.append(signum)
             if not self._event.is_set():
                 self.signum = signum
+        self.asked = True
         self._event.set()
 
     @property

@@ -339,7 +339,9 @@ class Trainer:
               train_data: Iterable[Any], val_data: Iterable[Any] | None) -> FitResult:
         """The epochs and their batches, as ``fit``'s docstring shows them; returns what the run did."""
         settings, step, model, module, meter = self.settings, self.step, state.model, state.module, self._meter
-        log_every, move = settings.log_every_n_steps, self.strategy.mover(precision.device)
+        log_every, move, stop, nonfinite = settings.log_every_n_steps, self.strategy.mover(precision.device), \
+            checkpointing.stop, self.nonfinite
+        batch_hooks = [hook for hook in self.hooks if getattr(hook, "on_batch_end", None) is not None]
         self._emit("on_train_start", state)
         checkpointing.at_start()  # a token stopped before the run stops it before the first step
         model.train()
@@ -348,25 +350,26 @@ class Trainer:
             self._emit("on_epoch_start", state)
             meter.start_epoch()
             for index, batch in self._batches(model, train_data, epoch, skip, move, precision):
-                state.batch = index
-                if meter.counted:
-                    result = step.train_step(module, batch, index)
-                else:  # a fresh run's first optimizer step: its FLOPs are counted once
-                    result = meter.count(step.train_step, module, batch, index)
+                state.batch = index  # a fresh run's first optimizer step runs under the meter: FLOPs counted once
+                result = step.train_step(module, batch, index) if meter.counted else \
+                    meter.count(step.train_step, module, batch, index)
                 meter.batch(batch)
-                self._emit("on_batch_end", state, result.loss)
+                if batch_hooks:
+                    emit(batch_hooks, "on_batch_end", state, result.loss)
                 if not result.counted:
                     continue
                 position.batch = index + 1
                 if result.taken:
-                    self.nonfinite.taken()
+                    if nonfinite.in_a_row:  # a run of skipped steps ends: the policy's only bookkeeping
+                        nonfinite.taken()
                     position.step = state.step = state.step + 1
                     if state.step % log_every == 0:  # the only per-step host reads besides the finite check
                         self.sink.log(step.log_values(), step=state.step, epoch=epoch)
                         self.health.judge()
                 else:  # non-finite, or fp16 overflow (the scaler has lowered its scale): the schedule waits
                     self._not_taken(state)
-                checkpointing.at_step(state.step, result.taken)
+                if state.step >= checkpointing.due or stop.asked:  # else nothing to save, stop or raise here
+                    checkpointing.at_step(state.step, result.taken)
             verdict = self._end_epoch(state, position, precision, move, val_data, started, first_step)
             checkpointing.at_epoch(epoch, verdict.improved)
             if verdict.stop:

@@ -20,6 +20,14 @@ class CheckpointPolicy(ABC):
     def at_step(self, step: int) -> list[str]:
         """Called after each optimizer step that was taken (``step``: steps so far); names to write now."""
 
+    def next_step(self, step: int) -> int | None:
+        """The first step after ``step`` at which ``at_step`` may name a checkpoint; None: none ever.
+
+        The loop asks ``at_step`` only from that step on, so a step that saves nothing costs it one
+        comparison (issue 22). The default asks at every step; a policy that knows better says so.
+        """
+        return step + 1
+
     @abstractmethod
     def at_epoch(self, epoch: int, improved: bool) -> list[str]:
         """Called at the end of each epoch (from 0), after the stopping verdict; names to write now."""
@@ -39,6 +47,10 @@ class Cadence(CheckpointPolicy):
 
     def at_step(self, step: int) -> list[str]:
         return ["last"] if self.every_n_steps and step % self.every_n_steps == 0 else []
+
+    def next_step(self, step: int) -> int | None:
+        every = self.every_n_steps
+        return None if every is None else (step // every + 1) * every
 
     def at_epoch(self, epoch: int, improved: bool) -> list[str]:
         periodic = [f"epoch-{epoch:04d}"] if (epoch + 1) % self.every_n_epochs == 0 else []

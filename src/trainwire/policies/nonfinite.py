@@ -26,7 +26,11 @@ class NonFinitePolicy(ABC):
         self.in_a_row = 0
 
     def taken(self) -> None:
-        """Called after each optimizer step that was applied."""
+        """Called after an optimizer step that was applied and ends a run of skipped ones (``in_a_row`` > 0).
+
+        Not on every applied step: with nothing skipped there is nothing to reset, and the loop
+        pays no call for it (issue 22).
+        """
         self.in_a_row = 0
 
     @abstractmethod

@@ -30,6 +30,9 @@ from torch import Tensor, nn
 from trainwire.policies.gradients import GradStats
 
 
+_INF = float("inf")
+
+
 def _float(norm: Tensor) -> Tensor:
     full = getattr(norm, "full_tensor", None)  # a DTensor (FSDP): its global value
     return (full() if full is not None else norm).detach().float().reshape(())
@@ -47,39 +50,41 @@ class GradientMonitor:
         self._ordered: list[float] = []  # ``recent`` sorted, kept by bisection: a median in O(1), not a sort a step
         self.small_in_a_row = self.vanishing = self.exploding = 0
         self.warned: set[str] = set()
-        self._pending: list[tuple[int, Any]] = []  # (step, float or 0-dim tensor) not judged yet
+        # Kept, not judged, on each step: (step, GradStats) until the next logged step or epoch end.
+        # The list is appended to by ``GradientHealth`` directly (one C call a step) and never replaced.
+        self.pending: list[tuple[int, GradStats]] = []
 
     def observe(self, step: int, grads: GradStats) -> None:
-        """Called once per counted optimizer step; keeps the norm (a float when already read, else the tensor)."""
-        self._pending.append((step, grads.read if grads.read is not None else grads.norm))
+        """Keeps one counted optimizer step's norms, to be judged by ``judge``."""
+        self.pending.append((step, grads))
 
     def judge(self, log: Any) -> None:
-        """Judges the norms kept so far (one host read for those still tensors); called on logged steps and epoch ends."""
-        if not self._pending:
+        """Judges the norms kept so far (one host read for those not read yet); called on logged steps and epoch ends."""
+        if not self.pending:
             return
-        pending, self._pending = self._pending, []
-        tensors = [value for _, value in pending if isinstance(value, Tensor)]
-        if tensors:
-            values = iter(torch.stack([_float(t) for t in tensors]).tolist())
-            pending = [(step, next(values) if isinstance(value, Tensor) else value) for step, value in pending]
-        for step, norm in pending:
-            self._judge_one(step, norm, log)
-
-    def _judge_one(self, step: int, norm: float, log: Any) -> None:
-        if norm != norm or norm in (float("inf"), float("-inf")):
-            return  # non-finite steps are the non-finite policy's
-        self.small_in_a_row = self.small_in_a_row + 1 if norm < self.vanishing_norm else 0
-        if self.small_in_a_row >= self.vanishing_steps:
-            self.vanishing += 1
-            self._warn_once(log, "gradient_vanishing", step=step, grad_norm=norm, below=self.vanishing_norm,
-                            steps_in_a_row=self.small_in_a_row)
-        if len(self.recent) >= self.warmup:
-            median = self.median()
-            if median > 0 and norm > self.exploding_factor * median:
-                self.exploding += 1
-                self._warn_once(log, "gradient_exploding", step=step, grad_norm=norm, running_median=median,
-                                factor=self.exploding_factor)
-        self._remember(norm)
+        kept = self.pending[:]
+        self.pending.clear()
+        unread = [grads.norm for _, grads in kept if grads.read is None]
+        values = iter(torch.stack([_float(t) for t in unread]).tolist() if unread else ())
+        # One loop over the plain floats, the policy's state in locals: no call a norm but the bookkeeping's.
+        small, vanishing, exploding = self.small_in_a_row, self.vanishing, self.exploding
+        for step, grads in kept:
+            norm = grads.read if grads.read is not None else next(values)
+            if norm != norm or norm in (_INF, -_INF):
+                continue  # non-finite steps are the non-finite policy's
+            small = small + 1 if norm < self.vanishing_norm else 0
+            if small >= self.vanishing_steps:
+                vanishing += 1
+                self._warn_once(log, "gradient_vanishing", step=step, grad_norm=norm, below=self.vanishing_norm,
+                                steps_in_a_row=small)
+            if len(self.recent) >= self.warmup:
+                median = self.median()
+                if median > 0 and norm > self.exploding_factor * median:
+                    exploding += 1
+                    self._warn_once(log, "gradient_exploding", step=step, grad_norm=norm, running_median=median,
+                                    factor=self.exploding_factor)
+            self._remember(norm)
+        self.small_in_a_row, self.vanishing, self.exploding = small, vanishing, exploding
 
     def _remember(self, norm: float) -> None:
         if len(self.recent) == self.recent.maxlen:
@@ -110,7 +115,8 @@ class GradientMonitor:
         for norm in state["recent"]:
             self._remember(norm)
         self.small_in_a_row, self.vanishing, self.exploding = state["small_in_a_row"], state["vanishing"], state["exploding"]
-        self.warned, self._pending = set(state["warned"]), []
+        self.warned = set(state["warned"])
+        self.pending.clear()
 
 
 def module_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
@@ -134,6 +140,7 @@ class GradientHealth:
                  histograms: bool = True) -> None:
         self.monitor, self.every, self.histograms = monitor, watch_every_n_steps, histograms
         self._groups: dict[str, list[nn.Parameter]] = {}
+        self._keep = monitor.pending.append if monitor is not None else None
         self._position: Any = None
         self._sink: Any = None
         self._log: Any = None
@@ -145,8 +152,8 @@ class GradientHealth:
     def gradients(self, grads: GradStats) -> None:
         """Called by a step once per counted optimizer step, after the optimizer, before the gradients are cleared."""
         step = self._position.step + 1  # the step this update is counted as (if it was taken)
-        if self.monitor is not None:
-            self.monitor.observe(step, grads)
+        if self._keep is not None:
+            self._keep((step, grads))  # the monitor's ``observe``, without the call: judged at the next log
         if self.every is not None and step % self.every == 0:
             self._watch(step)
 

@@ -112,17 +112,13 @@ class Throughput:
         # Checked where it is configured (TrainerSettings: trainer.peak_tflops); None: the table's peak.
         self.configured_peak = peak_tflops
         self.flops_per_sample: float | None = None  # counted once, then saved with the checkpoint
+        self.counted = False  # whether the FLOPs of a step are known (the loop then calls ``batch`` alone)
         self._counter: Any = None
         self._window_flops = self._window_samples = 0
 
     def start(self, device: torch.device, world_size: int) -> None:
         self.device, self.world_size = device, world_size
         self.peak = peak_tflops(device, self.configured_peak)
-
-    @property
-    def counted(self) -> bool:
-        """Whether the FLOPs of a step are known (the loop then calls ``batch`` alone)."""
-        return self.flops_per_sample is not None
 
     def count(self, run: Callable[[Any, Any, int], Any], module: Any, batch: Any, index: int) -> Any:
         """``run(module, batch, index)`` (a step's ``train_step``) under the FLOP counter, until a counted step ends."""
@@ -137,6 +133,7 @@ class Throughput:
         self._window_samples += _samples(batch)
         if result.counted:
             self.flops_per_sample = self._window_flops / max(self._window_samples, 1)
+            self.counted = True
             self._counter = None
         return result
 
@@ -180,3 +177,4 @@ class Throughput:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.flops_per_sample = state["flops_per_sample"]
+        self.counted = self.flops_per_sample is not None
