@@ -2,9 +2,11 @@
 
 ``CheckpointWriter.save`` snapshots the captured state (every tensor copied off the live ones:
 to CPU memory, pinned when it comes from a GPU) and hands the copy to one background thread,
-which calls the store's ``save`` (serialise, sha256, fsync, rename, manifest commit: ADR 0009).
-At most one save is in flight: the next one waits for it, and that wait is what the loop
-reports as ``checkpoint/wait_s``. A save that failed in the background is raised again, as
+which calls the store's ``save`` (serialise and sha256 in one pass, fsync, rename, manifest
+commit: ADR 0009). The copies go into the buffers of the save before (``Snapshots``), so a
+save costs the loop a memory copy, not an allocation and its page faults. At most one save is
+in flight: the next one waits for the rest of it (its buffers are free only then), and that
+wait is what the loop reports as ``checkpoint/wait_s``. A save that failed in the background is raised again, as
 the store raised it, by the writer's next call; ``wait`` returns only once the save in flight
 is committed (or has failed), so a stopped run exits with its checkpoint durable.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -21,37 +23,63 @@ import torch
 from trainwire.checkpointing.store import CheckpointStore
 
 
-def snapshot(value: Any, memo: dict[int, Any] | None = None) -> Any:
-    """``value`` with every tensor in it copied to CPU memory, and every container rebuilt.
+class Snapshots:
+    """Copies of captured state into buffers kept from one save to the next.
 
     ``optimizer.state_dict()`` and most policies' ``state_dict()`` hand out their live tensors
-    and lists; the copy is what lets training go on while they are written. Tensors that are
-    one object in ``value`` stay one object (``torch.save`` writes shared storage once).
+    and lists; the copy is what lets training go on while they are written. The n-th tensor
+    of a state is copied into the n-th buffer of the state before when their shape, strides
+    and dtype agree (a run saves the same state again and again), else into a new one. Tensors
+    that are one object in the state stay one object (``torch.save`` writes shared storage once).
     Copies from a GPU go to pinned memory without blocking, then one synchronise covers them all.
+    The caller must not take a snapshot while the one before is still read (the writer waits).
     """
-    top = memo is None
-    memo = {} if memo is None else memo
-    if isinstance(value, torch.Tensor):
-        if id(value) not in memo:
-            tensor = value.detach()
-            if tensor.device.type == "cpu":
-                memo[id(value)] = tensor.clone()
-            else:
-                copy = torch.empty_like(tensor, device="cpu", pin_memory=torch.cuda.is_available())
-                memo[id(value)] = copy.copy_(tensor, non_blocking=True)
-                memo["gpu"] = True
-        result = memo[id(value)]
-    elif isinstance(value, dict):
-        result = {key: snapshot(item, memo) for key, item in value.items()}
-    elif isinstance(value, tuple) and hasattr(value, "_fields"):
-        result = type(value)(*(snapshot(item, memo) for item in value))
-    elif isinstance(value, (list, tuple)):
-        result = type(value)(snapshot(item, memo) for item in value)
-    else:
-        result = value  # numbers, strings, None: immutable
-    if top and memo.get("gpu"):
-        torch.cuda.synchronize()  # the non-blocking copies have landed before the tensors can change
-    return result
+
+    def __init__(self) -> None:
+        self._buffers: list[torch.Tensor] = []
+
+    def take(self, value: Any) -> Any:
+        """``value`` with every tensor in it copied to CPU memory, and every container rebuilt."""
+        memo: dict[int, torch.Tensor] = {}
+        used: list[torch.Tensor] = []
+        gpu = [False]
+        result = self._copy(value, memo, used, gpu)
+        self._buffers = used
+        if gpu[0]:
+            torch.cuda.synchronize()  # the non-blocking copies have landed before the tensors can change
+        return result
+
+    def _copy(self, value: Any, memo: dict[int, torch.Tensor], used: list[torch.Tensor], gpu: list[bool]) -> Any:
+        if isinstance(value, torch.Tensor):
+            if id(value) not in memo:
+                memo[id(value)] = self._tensor(value.detach(), len(used), gpu)
+                used.append(memo[id(value)])
+            return memo[id(value)]
+        if isinstance(value, dict):
+            return {key: self._copy(item, memo, used, gpu) for key, item in value.items()}
+        if isinstance(value, tuple) and hasattr(value, "_fields"):
+            return type(value)(*(self._copy(item, memo, used, gpu) for item in value))
+        if isinstance(value, (list, tuple)):
+            return type(value)(self._copy(item, memo, used, gpu) for item in value)
+        return value  # numbers, strings, None: immutable
+
+    def _tensor(self, tensor: torch.Tensor, index: int, gpu: list[bool]) -> torch.Tensor:
+        on_gpu = tensor.device.type != "cpu"
+        old = self._buffers[index] if index < len(self._buffers) else None
+        if old is not None and old.shape == tensor.shape and old.dtype == tensor.dtype \
+                and old.stride() == tensor.stride() and old.is_pinned() == (on_gpu and torch.cuda.is_available()):
+            buffer = old
+        elif on_gpu:
+            buffer = torch.empty_like(tensor, device="cpu", pin_memory=torch.cuda.is_available())
+        else:
+            return tensor.clone()  # clone keeps the strides (and the storage's size) as they are
+        gpu[0] = gpu[0] or on_gpu
+        return buffer.copy_(tensor, non_blocking=on_gpu)
+
+
+def snapshot(value: Any) -> Any:
+    """``value`` with every tensor in it copied to CPU memory (new buffers), and every container rebuilt."""
+    return Snapshots().take(value)
 
 
 class CheckpointWriter:
@@ -61,9 +89,12 @@ class CheckpointWriter:
     finished even when the caller forgets to ``wait`` before the interpreter exits.
     """
 
-    def __init__(self, store: CheckpointStore, *, asynchronous: bool = True) -> None:
+    def __init__(self, store: CheckpointStore, *, asynchronous: bool = True,
+                 on_failure: Callable[[], None] | None = None) -> None:
         self.store = store
         self.asynchronous = asynchronous
+        self.on_failure = on_failure  # called in the writer's thread when a save fails there
+        self._snapshots = Snapshots()
         self.waited_s = 0.0  # total time the loop spent waiting for a save in flight
         self.waits = 0  # saves that had to wait for the one before
         self._thread: threading.Thread | None = None
@@ -79,7 +110,7 @@ class CheckpointWriter:
         if not self.asynchronous:
             self.store.save(state, names, meta=meta)
             return waited
-        copied = snapshot(state)
+        copied = self._snapshots.take(state)
         self._thread = threading.Thread(target=self._write, args=(copied, list(names), dict(meta)),
                                         name="trainwire-checkpoint", daemon=False)
         self._thread.start()
@@ -90,6 +121,13 @@ class CheckpointWriter:
             self.store.save(state, names, meta=meta)
         except BaseException as error:  # noqa: BLE001 - handed to the loop's thread by check()
             self._failure = error
+            if self.on_failure is not None:
+                self.on_failure()
+
+    @property
+    def failed(self) -> bool:
+        """Whether a save failed in the background and ``check`` has not raised it yet."""
+        return self._failure is not None
 
     @property
     def busy(self) -> bool:
