@@ -488,3 +488,26 @@ def test_a_hostile_manifest_is_one_line_and_the_folder_is_unchanged(tmp_path, da
     assert words in str(refused.value) and "\n" not in str(refused.value)
     assert {path.name: (path.read_bytes() if not path.is_symlink() else os.readlink(path))
             for path in tmp_path.iterdir()} == before
+
+
+def test_a_flipped_byte_torch_load_skips_is_still_refused_and_the_manifest_is_the_file_s_sha256(tmp_path):
+    """The hash is taken of the bytes torch.load reads as it loads (one read): a byte it never looks at,
+    in a record's header padding, must still be covered, and the save's digest is the file's."""
+    import zipfile
+
+    store = LocalCheckpointStore(tmp_path)
+    save(store, 3, "last")
+    path = tmp_path / "last.pt"
+    data = bytearray(path.read_bytes())
+    entry = json.loads((tmp_path / "manifest.json").read_text())["files"]["last.pt"]
+    assert entry["sha256"] == hashlib.sha256(data).hexdigest() and entry["size"] == len(data)
+    with zipfile.ZipFile(path) as archive:  # the padding torch puts before a tensor's bytes (its extra field)
+        info = next(info for info in archive.infolist() if info.filename.endswith("/data/0"))
+    name_length = int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little")
+    extra_length = int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
+    assert extra_length > 4
+    data[info.header_offset + 30 + name_length + extra_length - 1] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert torch.load(path, weights_only=True)["i"] == 3  # torch itself does not notice
+    with pytest.raises(CheckpointError, match=r"last\.pt is corrupt or truncated"):
+        store.load("last")
