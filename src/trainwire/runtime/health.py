@@ -66,8 +66,10 @@ class GradientMonitor:
         self.pending.clear()
         unread = [grads.norm for _, grads in kept if grads.read is None]
         values = iter(torch.stack([_float(t) for t in unread]).tolist() if unread else ())
-        # One loop over the plain floats, the policy's state in locals: no call a norm but the bookkeeping's.
+        # One loop over the plain floats, the policy's state in locals: no Python call a norm (``median``
+        # and ``_remember``, inlined), but a warning's.
         small, vanishing, exploding = self.small_in_a_row, self.vanishing, self.exploding
+        recent, ordered, window = self.recent, self._ordered, self.recent.maxlen
         for step, grads in kept:
             norm = grads.read if grads.read is not None else next(values)
             if norm != norm or norm in (_INF, -_INF):
@@ -77,13 +79,18 @@ class GradientMonitor:
                 vanishing += 1
                 self._warn_once(log, "gradient_vanishing", step=step, grad_norm=norm, below=self.vanishing_norm,
                                 steps_in_a_row=small)
-            if len(self.recent) >= self.warmup:
-                median = self.median()
+            count = len(recent)
+            if count >= self.warmup:
+                half = count // 2
+                median = ordered[half] if count % 2 else (ordered[half - 1] + ordered[half]) / 2
                 if median > 0 and norm > self.exploding_factor * median:
                     exploding += 1
                     self._warn_once(log, "gradient_exploding", step=step, grad_norm=norm, running_median=median,
                                     factor=self.exploding_factor)
-            self._remember(norm)
+            if count == window:
+                del ordered[bisect.bisect_left(ordered, recent[0])]
+            recent.append(norm)
+            bisect.insort(ordered, norm)
         self.small_in_a_row, self.vanishing, self.exploding = small, vanishing, exploding
 
     def _remember(self, norm: float) -> None:
