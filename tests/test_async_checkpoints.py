@@ -15,7 +15,7 @@ from trainwire.checkpointing.format import read_checkpoint, read_manifest
 from trainwire.checkpointing.store import LocalCheckpointStore
 from trainwire.checkpointing.writer import CheckpointWriter, snapshot
 from trainwire.errors import CheckpointError
-from trainwire.policies.cadence import Cadence
+from trainwire.policies.cadence import Cadence, CheckpointPolicy
 from trainwire.testing import RecordingSink, capture_logs
 
 
@@ -174,3 +174,54 @@ def test_a_save_copies_into_the_buffers_of_the_save_before_when_the_state_is_ali
     assert writer._snapshots._buffers[0] is not first
     writer.wait()
     assert torch.equal(read_checkpoint(tmp_path / "last.pt")["model"]["w"], torch.ones(4))
+
+
+class AskedCadence(Cadence):
+    """The default cadence, noting each step it is asked about."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.asked: list[int] = []
+
+    def at_step(self, step: int) -> list[str]:
+        self.asked.append(step)
+        return super().at_step(step)
+
+
+class AskedEveryStep(AskedCadence):
+    """A policy that does not say when it saves next (the port's default): asked at every step."""
+
+    def next_step(self, step: int) -> int | None:
+        return CheckpointPolicy.next_step(self, step)
+
+
+def test_the_loop_asks_the_cadence_only_at_the_steps_it_may_save(tmp_path):
+    settings = TrainerSettings(max_epochs=1, device="cpu", log_every_n_steps=100)
+    every_five, every_step = AskedCadence(every_n_steps=5), AskedEveryStep(every_n_steps=5)
+    for policy in (every_five, every_step):
+        make_trainer(settings=settings, checkpoint_policy=policy).fit(make_model(), data())
+    assert every_five.asked == [5, 10, 15] and every_step.asked == list(range(1, 17))
+
+
+def test_a_background_failure_between_saves_is_raised_at_the_very_next_step(tmp_path):
+    failed, seen = threading.Event(), []
+
+    def full_disk(point: str) -> None:
+        if point == "written":
+            failed.set()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    class WaitForTheFailure:
+        def on_batch_end(self, state, loss) -> None:
+            seen.append(state.step)
+            if state.step == 4:  # step 5's batch: the save of step 4 has failed before step 5 ends
+                assert failed.wait(30)
+                for thread in threading.enumerate():
+                    if thread.name == "trainwire-checkpoint":
+                        thread.join(30)
+
+    settings = TrainerSettings(max_epochs=1, device="cpu")
+    with pytest.raises(CheckpointError, match="No space left on device"):
+        make_trainer(settings=settings, checkpoints=LocalCheckpointStore(tmp_path, hook=full_disk), hooks=[WaitForTheFailure()],
+                     checkpoint_policy=Cadence(every_n_steps=4)).fit(make_model(), data())
+    assert seen[-1] == 4  # raised at step 5, not at the cadence's next save (step 8)

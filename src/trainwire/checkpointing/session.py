@@ -125,6 +125,7 @@ class Checkpointing:
     def at_start(self) -> None:
         """Before the first batch: a stop asked for before the run ends it here (with ``last`` written)."""
         self._boundary([])
+        self._plan(self.position.step)
 
     def at_step(self, step: int, taken: bool = True) -> None:
         """After each counted optimizer step (``step``: steps taken so far; ``taken``: whether this one was applied).
@@ -140,10 +141,14 @@ class Checkpointing:
         names = self.cadence.at_step(step) if taken else []
         if names or stopping:
             self._save(names, stopping)
+        self._plan(step)
+
+    def _plan(self, step: int) -> None:
+        """Sets ``due`` after step ``step``: the cadence's next save, or the next step when it must be every step."""
         if self.strategy.world_size == 1:
             after = self.cadence.next_step(step)
             self.due = float("inf") if after is None else after
-            if writer is not None and writer.failed:  # (set by the writer's thread just now: see ``_failed``)
+            if self.writer is not None and self.writer.failed:  # (set by the writer's thread just now: ``_failed``)
                 self.due = 0
 
     def _failed(self) -> None:
