@@ -164,14 +164,14 @@ def test_a_save_copies_into_the_buffers_of_the_save_before_when_the_state_is_ali
     writer, weight = CheckpointWriter(store), torch.zeros(8, 8)
     meta = {"epoch": 0, "batch": 0, "step": 1}
     writer.save({"model": {"w": weight}}, ["last"], meta=meta)
-    first = writer._snapshots._buffers[0]
+    first = writer._snapshots._buffers[0][0]
     weight.fill_(1.0)
     writer.save({"model": {"w": weight}}, ["last"], meta=meta)  # waits for the first write, then reuses its buffer
-    assert writer._snapshots._buffers[0] is first
+    assert writer._snapshots._buffers[0][0] is first
     writer.wait()
     assert torch.equal(read_checkpoint(tmp_path / "last.pt")["model"]["w"], torch.ones(8, 8))  # the new values
     writer.save({"model": {"w": torch.ones(4)}}, ["last"], meta=meta)  # another shape: a new buffer
-    assert writer._snapshots._buffers[0] is not first
+    assert writer._snapshots._buffers[0][0] is not first
     writer.wait()
     assert torch.equal(read_checkpoint(tmp_path / "last.pt")["model"]["w"], torch.ones(4))
 

@@ -36,12 +36,12 @@ class Snapshots:
     """
 
     def __init__(self) -> None:
-        self._buffers: list[torch.Tensor] = []
+        self._buffers: list[tuple[torch.Tensor, bool]] = []  # (copy, whether it is pinned), in the order taken
 
     def take(self, value: Any) -> Any:
         """``value`` with every tensor in it copied to CPU memory, and every container rebuilt."""
         memo: dict[int, torch.Tensor] = {}
-        used: list[torch.Tensor] = []
+        used: list[tuple[torch.Tensor, bool]] = []
         gpu = [False]
         result = self._copy(value, memo, used, gpu)
         self._buffers = used
@@ -52,8 +52,8 @@ class Snapshots:
     def _copy(self, value: Any, memo: dict[int, torch.Tensor], used: list[torch.Tensor], gpu: list[bool]) -> Any:
         if isinstance(value, torch.Tensor):
             if id(value) not in memo:
-                memo[id(value)] = self._tensor(value.detach(), len(used), gpu)
-                used.append(memo[id(value)])
+                used.append(self._tensor(value.detach(), len(used), gpu))
+                memo[id(value)] = used[-1][0]
             return memo[id(value)]
         if isinstance(value, dict):
             return {key: self._copy(item, memo, used, gpu) for key, item in value.items()}
@@ -63,18 +63,19 @@ class Snapshots:
             return type(value)(self._copy(item, memo, used, gpu) for item in value)
         return value  # numbers, strings, None: immutable
 
-    def _tensor(self, tensor: torch.Tensor, index: int, gpu: list[bool]) -> torch.Tensor:
+    def _tensor(self, tensor: torch.Tensor, index: int, gpu: list[bool]) -> tuple[torch.Tensor, bool]:
         on_gpu = tensor.device.type != "cpu"
-        old = self._buffers[index] if index < len(self._buffers) else None
-        if old is not None and old.shape == tensor.shape and old.dtype == tensor.dtype \
-                and old.stride() == tensor.stride() and old.is_pinned() == (on_gpu and torch.cuda.is_available()):
+        pinned = on_gpu and torch.cuda.is_available()  # (tracked here: is_pinned() may start CUDA on a CPU run)
+        old, was_pinned = self._buffers[index] if index < len(self._buffers) else (None, False)
+        if old is not None and was_pinned == pinned and old.shape == tensor.shape and old.dtype == tensor.dtype \
+                and old.stride() == tensor.stride():
             buffer = old
         elif on_gpu:
-            buffer = torch.empty_like(tensor, device="cpu", pin_memory=torch.cuda.is_available())
+            buffer = torch.empty_like(tensor, device="cpu", pin_memory=pinned)
         else:
-            return tensor.clone()  # clone keeps the strides (and the storage's size) as they are
+            return tensor.clone(), False  # clone keeps the strides (and the storage's size) as they are
         gpu[0] = gpu[0] or on_gpu
-        return buffer.copy_(tensor, non_blocking=on_gpu)
+        return buffer.copy_(tensor, non_blocking=on_gpu), pinned
 
 
 def snapshot(value: Any) -> Any:
