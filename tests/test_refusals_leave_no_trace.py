@@ -85,7 +85,7 @@ CASES = {
     "manifest naming missing files": (_manifest_names_missing_files, ["trainer.resume=auto"], 1, "checkpoints"),
     "another model width": (_nothing, ["trainer.resume=auto", "model.hidden=[32]"], 2,
                             "model.hidden: [16] -> [32]"),
-    "a wrong resume path": (_nothing, ["trainer.resume={run}/checkpoints/nowhere.pt"], 1, "nowhere.pt"),
+    "a wrong resume path": (_nothing, ["trainer.resume={run}/checkpoints/nowhere.pt"], 2, "nowhere.pt': no such"),
     "a folder locked by a live run": ("locked", ["trainer.resume=auto"], 1, "is in use by process"),
 }
 
