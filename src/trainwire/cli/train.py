@@ -32,6 +32,7 @@ class Launch:
 
     def __init__(self) -> None:
         self.rank, self.world_size, self.started = 0, 1, False
+        self.said = ""  # the last line said: a failed trial of a search records it
 
     @property
     def distributed(self) -> bool:
@@ -52,6 +53,7 @@ class Launch:
         self.rank = dist.get_rank()
 
     def say(self, message: str) -> None:
+        self.said = message
         if self.rank == 0:
             print(message, file=sys.stderr)
 
@@ -377,15 +379,37 @@ def _fit(plain: dict[str, Any], record: HydraRecord | None) -> None:
     launch.leave()
 
 
-def _sweep_job(cfg: Any) -> None:
-    """Hydra's task for each job of a sweep (and its other modes): the job's config takes the same path on."""
-    from hydra.core.hydra_config import HydraConfig
+class TrialFailed(Exception):
+    """A search's trial that was refused or failed: its sweeper records it as failed and the study goes on."""
 
-    from trainwire.config import check_booleans, check_overrides, resolved
-    from trainwire.errors import ConfigError
+
+def _sweep_job(cfg: Any) -> float | None:
+    """Hydra's task for each job of a sweep (and its other modes): the job's config takes the same path on.
+
+    Returns the run's monitored best value (``best_value`` in its ``summary.json``), which a
+    search sweeper optimises (ADR 0029). Under such a sweeper a refused or failed trial raises
+    ``TrialFailed`` instead of ending the process, so the study records it and goes on; a stop
+    signal still ends the study, with its checkpoint, as it ends a run.
+    """
+    from hydra.core.hydra_config import HydraConfig
 
     hydra = HydraConfig.get()
     run_dir = Path(hydra.runtime.output_dir)
+    searching = not str(hydra.sweeper.get("_target_", "")).endswith("BasicSweeper")
+    try:
+        _sweep_fit(cfg, hydra, run_dir)
+    except SystemExit as exit_:
+        if not searching or exit_.code not in (1, 2):
+            raise
+        _record_failure(run_dir, launch.said, int(exit_.code))
+        raise TrialFailed(launch.said) from None
+    return _best_value(run_dir)
+
+
+def _sweep_fit(cfg: Any, hydra: Any, run_dir: Path) -> None:
+    from trainwire.config import check_booleans, check_overrides, resolved
+    from trainwire.errors import ConfigError
+
     try:
         plain = resolved(cfg)
         check_booleans(plain, check_overrides(list(hydra.overrides.task), sweep=True))
@@ -395,6 +419,33 @@ def _sweep_job(cfg: Any) -> None:
     plain["run_dir"] = str(run_dir)
     _decide_strategy(plain)
     _fit(plain, HydraRecord.of(cfg, hydra, _SWEEP_SUBDIR[0]))
+
+
+def _best_value(run_dir: Path) -> float | None:
+    """The monitored best value of the run in ``run_dir``; None where its summary has none (a run with no validation)."""
+    import json
+
+    try:
+        value = json.loads((run_dir / "summary.json").read_text()).get("best_value")
+    except (OSError, ValueError):
+        return None
+    return None if value is None else float(value)
+
+
+def _record_failure(run_dir: Path, line: str, code: int) -> None:
+    """A failed trial's folder says why in ``summary.json``, unless the run already wrote one of its own."""
+    import json
+
+    from trainwire.sinks.jsonl import write_atomic
+
+    summary = run_dir / "summary.json"
+    if summary.exists():
+        return
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(summary, json.dumps({"stop_reason": "failed", "error": line, "exit_code": code}, indent=2) + "\n")
+    except OSError:  # an unwritable trial folder: the study's log still says why
+        pass
 
 
 _SWEEP_SUBDIR: list[str | None] = [".hydra"]  # where each sweep job's record goes (hydra.output_subdir, as given)
