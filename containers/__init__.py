@@ -11,7 +11,7 @@ from dependency_injector.containers import Container
 from omegaconf import DictConfig
 from structlog.contextvars import bound_contextvars
 
-from trainwire import registry
+from trainwire import logs, registry
 from trainwire.checkpointing import runfolder
 from trainwire.config import (
     GROUPS,
@@ -149,14 +149,19 @@ def run(cfg: DictConfig | dict[str, Any] | Container, *, stop: StopToken | None 
     # another's and a resume under another config, before anything is written.
     lock = runfolder.claim(container.run_dir(), container.config.trainer.resume(),
                            _yaml(container.config())) if strategy.is_rank0 else None
+    log = logs.get_logger()
     try:
         with run_scope(), bound_contextvars(run_id=container.run_dir().name):
+            log.info("run_folder", run_dir=str(container.run_dir()))  # where the record goes: said first ...
             paradigm = container.paradigm()  # the one loop's Trainer with the paradigm's step (trainwire.paradigms.base)
             loaders = container.data()  # the bundled loaders draw from generators of their own
             with SEEDING:  # the initial weights, drawn from the global generator by this run alone
                 torch.manual_seed(container.config.seed())
                 model = container.model()
-            result = paradigm.run(model, loaders.train, loaders.val, stop=stop)
+            try:
+                result = paradigm.run(model, loaders.train, loaders.val, stop=stop)
+            finally:
+                log.info("run_end", run_dir=str(container.run_dir()))  # ... and last, however the run ended
     finally:
         if lock is not None:
             lock.release()  # the checkpoint store holds it on until it is closed or dropped

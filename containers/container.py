@@ -91,8 +91,10 @@ def _settings(node: dict[str, Any]) -> TrainerSettings:
 
 def _stage_trainer(objective: Any, *, max_epochs: int, settings: TrainerSettings, sink: Any, **parts: Any) -> Trainer:
     """A Trainer for a step's nested fit (the GAN's classification stage): every ``trainer.*`` setting of the
-    run but its length, the run's strategy, hooks and sinks (its metrics under ``stage/``), no checkpoints."""
-    return Trainer(objective=objective, settings=dataclasses.replace(settings, max_epochs=max_epochs, resume=None),
+    run but its length, resume and first weights, the run's strategy, hooks and sinks (its metrics under
+    ``stage/``), no checkpoints."""
+    stage = dataclasses.replace(settings, max_epochs=max_epochs, resume=None, init_from=None)
+    return Trainer(objective=objective, settings=stage,
                    sink=PrefixedSink("stage/", sink, lifecycle=False), **parts)
 
 

@@ -3,7 +3,8 @@
     python examples/service.py --port 8000 --root service-runs
 
     POST /runs                 {"overrides": ["optimizer.lr=0.01"]} -> 201 {"id": ..., "status": ...}
-                               (a bad override -> 400 {"error": "optimizer.lr=..."}; nothing starts)
+                               (a bad override, or a body that is not a JSON object -> 400 {"error": ...};
+                               nothing starts)
     GET  /runs                 -> [{"id", "status", "run_dir", ...}, ...]
     GET  /runs/<id>            -> {"id", "status", "run_dir", "summary", "error"}
     GET  /runs/<id>/events     -> one JSON event a line, as they happen, until the run ends (?since=N)
@@ -81,7 +82,10 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         parts = [part for part in urlparse(self.path).path.split("/") if part]
         if parts == ["runs"]:
-            body = self._body()
+            try:
+                body = self._body()
+            except ValueError as error:  # not JSON, not UTF-8, not an object, or a bad Content-Length
+                return self._json(HTTPStatus.BAD_REQUEST, {"error": f"the body must be a JSON object: {error}"})
             overrides = body.get("overrides", [])
             if not isinstance(overrides, list) or not all(isinstance(item, str) for item in overrides):
                 return self._json(HTTPStatus.BAD_REQUEST, {"error": "overrides must be a list of strings"})
@@ -104,8 +108,12 @@ class Handler(BaseHTTPRequestHandler):
         return job
 
     def _body(self) -> dict:
+        """The request's JSON object (``{}`` when there is no body); ValueError when it is anything else."""
         length = int(self.headers.get("Content-Length") or 0)
-        return json.loads(self.rfile.read(length) or b"{}")
+        body = json.loads(self.rfile.read(length) or b"{}")
+        if not isinstance(body, dict):
+            raise ValueError(f"got a JSON {type(body).__name__}")  # noqa: TRY004 - a bad body, as a bad JSON is
+        return body
 
     def _json(self, status: HTTPStatus, value) -> None:
         data = json.dumps(value).encode()

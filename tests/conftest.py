@@ -9,15 +9,20 @@ module fixture (a reference run, a first compile): each runs whole on one worker
 from __future__ import annotations
 
 import functools
+import json
 import os
+import select
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+import trainwire as package
 from trainwire import Classification, Trainer, TrainerSettings
 
 
@@ -93,15 +98,54 @@ def clean_env(*drop: str, **extra: str) -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": "1", **extra}  # one thread: see the module docstring
 
 
-def trainwire(*args: str, cwd, env: dict[str, str] | None = None, module: bool = False,
+def trainwire(*args: str, cwd, env: dict[str, str] | None = None, module: bool = False, fresh: bool = False,
               timeout: float = 600) -> subprocess.CompletedProcess:
-    """Runs ``trainwire *args`` (``python -m trainwire`` with ``module``) to its end; text output captured.
+    """Runs ``trainwire *args`` to its end in a process of its own; text output captured.
 
+    The process is forked from this worker's zygote (see ``zygote.py``: the same ``main``, without
+    paying the imports again), unless ``fresh`` asks for the console script itself, or ``module``
+    for ``python -m trainwire``: for tests about how the command starts or what it imports.
+    (``module`` alone runs in the zygote as ``python -m`` would: the working directory first on ``sys.path``.)
     The timeout is generous: it bounds a hung run, not a slow one on a loaded machine.
     """
-    command = [sys.executable, "-m", "trainwire"] if module else [TRAINWIRE]
-    return subprocess.run([*command, *args], cwd=cwd, env=clean_env() if env is None else env, capture_output=True,
-                          text=True, timeout=timeout)
+    env = clean_env() if env is None else env
+    if fresh:
+        command = [sys.executable, "-m", "trainwire"] if module else [TRAINWIRE]
+        return subprocess.run([*command, *args], check=False, cwd=cwd, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    return _ZYGOTE.run(list(args), cwd=str(cwd), env=env, module=module, timeout=timeout)
+
+
+class _Zygote:
+    """This worker's zygote, started at its first request (one request at a time)."""
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+
+    def run(self, args: list[str], cwd: str, env: dict[str, str], module: bool,
+            timeout: float) -> subprocess.CompletedProcess:
+        with self._lock:
+            if self._process is None or self._process.poll() is not None:
+                self._process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("zygote.py"))],
+                                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                                 env=clean_env(), cwd=Path(__file__).parent)
+            process = self._process
+            request = {"args": args, "cwd": cwd, "env": env, "module": module,
+                       "argv0": os.path.join(os.path.dirname(package.__file__), "__main__.py") if module else TRAINWIRE}
+            process.stdin.write(json.dumps(request) + "\n")
+            process.stdin.flush()
+            pid = json.loads(process.stdout.readline())["pid"]
+            ready, _, _ = select.select([process.stdout], [], [], timeout)
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                process.stdout.readline()
+                raise subprocess.TimeoutExpired([TRAINWIRE, *args], timeout)
+            reply = json.loads(process.stdout.readline())
+        return subprocess.CompletedProcess([TRAINWIRE, *args], reply["returncode"], reply["stdout"], reply["stderr"])
+
+
+_ZYGOTE = _Zygote()
 
 
 def start_trainwire(run_dir: Path, *args: str) -> subprocess.Popen:

@@ -15,7 +15,7 @@ import time
 
 import pytest
 import torch
-from conftest import TRAINWIRE, clean_env, make_model, make_trainer
+from conftest import TRAINWIRE, clean_env, make_model, make_trainer, trainwire
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -194,9 +194,8 @@ def test_the_cli_says_one_line_for_bad_data_and_a_run_without_steps(tmp_path, ca
         "import torch\nfrom torch.utils.data import TensorDataset\n"
         "def labels():\n    return TensorDataset(torch.rand(64, 64), torch.arange(64) % 12), None\n"
         "def nan():\n    return TensorDataset(torch.full((64, 64), float('nan')), torch.arange(64) % 10), None\n")
-    done = subprocess.run([TRAINWIRE, "train", f"data._target_=baddata.{case}", "model.in_features=64",
-                           "model.out_features=10", f"hydra.run.dir={tmp_path / 'run'}", *QUICK], cwd=tmp_path,
-                          env=clean_env(), capture_output=True, text=True, timeout=300)
+    done = trainwire("train", f"data._target_=baddata.{case}", "model.in_features=64", "model.out_features=10",
+                     f"hydra.run.dir={tmp_path / 'run'}", *QUICK, cwd=tmp_path, timeout=300)
     lines = done.stderr.strip().splitlines()
     expected = {"labels": (2, "trainwire: error: data (train split, batch 0): label 1"),
                 "nan": (1, "trainwire: error: no optimizer step was taken: every step (1) had a non-finite")}[case]

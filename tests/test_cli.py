@@ -56,6 +56,11 @@ def test_console_logs_and_early_stop_line(tmp_path):
                      f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "early_stop" in done.stdout and "reason=patience" in done.stdout
+    lines = done.stdout.splitlines()  # the run folder first and last, and what trains
+    assert "run_folder" in lines[0] and str(tmp_path / "r") in lines[0], lines[0]
+    assert "run_end" in lines[-1] and str(tmp_path / "r") in lines[-1], lines[-1]
+    assert any("model" in line and "parameters=" in line and "trainable=" in line and "device=cpu" in line
+               and "precision=32" in line for line in lines)
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["epochs_completed"] == 2
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -15,13 +16,16 @@ from trainwire.cli.compare import compare, labels, table
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
-    """Four short runs: optimizer.lr × model.hidden."""
+    """Four short runs: optimizer.lr × model.hidden, where the README says a sweep lands: multirun/<date>/<time>."""
     cwd = tmp_path_factory.mktemp("sweep")
     done = trainwire("train", "-m", "optimizer.lr=0.03,0.0003", "model.hidden=[16],[64]", "trainer.max_epochs=2",
-                      "data.batch_size=128", "progress=never", "log.level=warning", f"hydra.sweep.dir={cwd / 'multi'}",
-                      cwd=cwd)
+                      "data.batch_size=128", "progress=never", "log.level=warning", cwd=cwd)
     assert done.returncode == 0, done.stderr[-3000:]
-    return cwd / "multi"
+    (folder,) = cwd.glob("multirun/*/*")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d", folder.relative_to(cwd / "multirun").as_posix())
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert "trainwire compare multirun/<date>/<time>" in readme and "outputs/multirun" not in readme
+    return folder
 
 
 @pytest.mark.slow
@@ -29,16 +33,18 @@ def test_compare_tables_a_2x2_sweep_best_first(sweep):
     done = trainwire("compare", str(sweep), cwd=sweep)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0].split() == ["run", "optimizer.lr", "model.hidden", "best_value", "monitor", "stop_reason", "epochs"]
+    assert lines[0].split() == ["run", "optimizer.lr", "model.hidden", "status", "best_value", "monitor", "val/accuracy",
+                                "stop_reason", "epochs"]
     rows = [line.split() for line in lines[1:]]
     assert len(rows) == 4
-    values = [float(row[3]) for row in rows]
+    values = [float(row[4]) for row in rows]
     assert values == sorted(values)  # val/loss: lowest first
     assert {(row[1], row[2]) for row in rows} == {("0.03", "[16]"), ("0.03", "[64]"), ("0.0003", "[16]"), ("0.0003", "[64]")}
     for row in rows:
         summary = json.loads((Path(row[0]) / "summary.json").read_text())
-        assert float(row[3]) == pytest.approx(summary["best_value"], rel=1e-5)
-        assert row[4:] == ["val/loss", summary["stop_reason"], "2"]
+        assert float(row[4]) == pytest.approx(summary["best_value"], rel=1e-5)
+        assert float(row[6]) == pytest.approx(summary["val/accuracy"], rel=1e-5)
+        assert [row[3], row[5], *row[7:]] == ["finished", "val/loss", summary["stop_reason"], "2"]
     assert rows[0][1] == "0.03"  # two epochs at lr 3e-4 cannot beat lr 3e-2
 
 
@@ -53,23 +59,30 @@ def test_compare_as_csv_and_of_run_folders_given_one_by_one(sweep):
 
 
 @pytest.mark.slow
-def test_plot_labels_runs_by_the_overrides_that_differ_with_the_legend_beside_the_curves(sweep):
+def test_plot_takes_the_sweep_folder_labels_runs_by_their_overrides_with_legend_and_title_in_view(sweep, capsys):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from trainwire.cli.plots import figure_of, run_curves
+    from trainwire.cli.main import main
+    from trainwire.cli.plots import figure_of, plotted_dirs, run_curves
 
-    runs = [sweep / name for name in ("0", "3")]
-    assert labels(runs) == ["optimizer.lr=0.03 model.hidden=[16]", "optimizer.lr=0.0003 model.hidden=[64]"]
+    main(["plot", str(sweep), "-o", str(sweep / "all.png")])  # the folder compare takes
+    assert capsys.readouterr().out == f"{sweep / 'all.png'} (4 runs)\n"
+    runs = plotted_dirs([sweep])
+    assert runs == [sweep / name for name in ("0", "1", "2", "3")]
+    assert labels(runs)[0] == "optimizer.lr=0.03 model.hidden=[16]"
     figure = figure_of([run_curves(run, label) for run, label in zip(runs, labels(runs))])
     renderer = FigureCanvasAgg(figure).get_renderer()
     figure.draw(renderer)
-    for ax in figure.axes:
-        legend = ax.get_legend()
-        if legend is None:
-            continue
-        assert any(text.get_text().startswith("optimizer.lr=0.03 model.hidden=[16]") for text in legend.get_texts())
-        box, panel = legend.get_window_extent(renderer), ax.get_window_extent(renderer)
-        assert box.x0 >= panel.x1  # beside the panel: it covers no curve
+    page = figure.bbox
+    (legend,) = figure.legends
+    texts = [text.get_text() for text in legend.get_texts()]
+    assert all(any(text.startswith(label) for text in texts) for label in labels(runs))
+    box = legend.get_window_extent(renderer)
+    assert box.y1 <= min(ax.get_window_extent(renderer).y0 for ax in figure.axes)  # below the panels: covers no curve
+    assert box.width < 0.7 * page.width and page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0
+    for text in [figure._suptitle, *(ax.title for ax in figure.axes)]:  # every title whole on the page
+        extent = text.get_window_extent(renderer)
+        assert page.x0 <= extent.x0 and extent.x1 <= page.x1 and extent.y1 <= page.y1
 
 
 def test_compare_refuses_a_folder_without_runs(tmp_path):
@@ -83,4 +96,36 @@ def test_table_text_is_aligned():
     from trainwire.cli.compare import RunRow
 
     text = table(["lr"], [RunRow(Path("a"), {"lr": "0.1"}, 0.5, "val/loss", "min", "max_epochs", 3)])
-    assert text.splitlines()[1].split() == ["a", "0.1", "0.5", "val/loss", "max_epochs", "3"]
+    assert text.splitlines()[1].split() == ["a", "0.1", "finished", "0.5", "val/loss", "max_epochs", "3"]
+
+
+def write_run(folder: Path, overrides: list[str], summary: dict | None) -> Path:
+    """A run folder as a run leaves it: Hydra's overrides, a record, and its summary (none: it was killed)."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {item}\n" for item in overrides))
+    (folder / "metrics.jsonl").write_text("")
+    if summary is not None:
+        (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def test_compare_lists_every_run_with_its_status_its_val_metrics_and_unquoted_overrides(tmp_path, capsys):
+    from trainwire.cli.main import main
+
+    done = {"monitor": "val/loss", "stop_reason": "max_epochs", "epochs_completed": 2}
+    write_run(tmp_path / "0", ['lr="constant"', "optimizer.lr=0.1"],
+              {**done, "status": "finished", "best_value": 0.2, "val/loss": 0.2, "val/accuracy": 0.9})
+    write_run(tmp_path / "1", ["lr='warmup_cosine'", "optimizer.lr=0.1"],
+              {**done, "status": "failed", "error": "boom", "best_value": 0.1, "val/loss": 0.1, "val/accuracy": 0.95})
+    write_run(tmp_path / "2", ["lr=constant", "optimizer.lr=0.01"], None)  # killed before its summary
+    write_run(tmp_path / "3", ["lr=constant", "optimizer.lr=0.3"], {**done, "best_value": 0.3, "val/loss": 0.3})
+    (tmp_path / "multirun.yaml").write_text("hydra: {}\n")  # Hydra's own file in the sweep folder
+    main(["compare", str(tmp_path)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["run", "lr", "optimizer.lr", "status", "best_value", "monitor", "val/accuracy",
+                                "stop_reason", "epochs"]
+    assert [line.split() for line in lines[1:]] == [  # finished best first, then those that did not finish
+        [str(tmp_path / "0"), "constant", "0.1", "finished", "0.2", "val/loss", "0.9", "max_epochs", "2"],
+        [str(tmp_path / "3"), "constant", "0.3", "finished", "0.3", "val/loss", "-", "max_epochs", "2"],
+        [str(tmp_path / "1"), "warmup_cosine", "0.1", "failed", "0.1", "val/loss", "0.95", "max_epochs", "2"],
+        [str(tmp_path / "2"), "constant", "0.01", "incomplete", "-", "-", "-", "-", "-"]]

@@ -168,6 +168,7 @@ def test_fsdp_writes_shards_on_2_processes_and_resumes_on_1(ddp_run, tmp_path):
     assert_same_training(ddp_run, run_dir, exact=False)  # sharded, the same arithmetic as DDP
     assert small < 64 * 1024  # the model and optimizer are in the shards, not in the .pt file
     # Exported whole for inference, with no process group: a plain model loads it.
+    from trainwire.checkpointing.export import weights_checkpoint
     from trainwire.models import MLP
 
     out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "trainwire"), "export-weights", str(run_dir),
@@ -175,7 +176,7 @@ def test_fsdp_writes_shards_on_2_processes_and_resumes_on_1(ddp_run, tmp_path):
     assert out.returncode == 0, out.stderr
     model = MLP(in_features=64, out_features=10, hidden=[32])
     model.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
-    final = whole(read_checkpoint(run_dir / "checkpoints" / "last.pt")["model"])
+    final = whole(read_checkpoint(weights_checkpoint(run_dir))["model"])  # best.pt: what a run folder ships
     assert all(torch.equal(model.state_dict()[k], v) for k, v in final.items())
 
 

@@ -100,6 +100,30 @@ def stream(base: str, path: str):
             yield json.loads(line)
 
 
+def test_the_example_service_answers_400_to_a_body_that_is_not_a_json_object(tmp_path):
+    import importlib.util
+    import threading
+
+    spec = importlib.util.spec_from_file_location("example_service", ROOT / "examples" / "service.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    server = module.serve(tmp_path / "runs", port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        for body in (b"not json", b"\xff\xfe", b"[1, 2]", b'"overrides"'):
+            call = urllib.request.Request(base + "/runs", data=body, method="POST")
+            with pytest.raises(urllib.error.HTTPError) as answer:
+                urllib.request.urlopen(call, timeout=60)
+            assert answer.value.code == 400, body
+            assert json.loads(answer.value.read())["error"].startswith("the body must be a JSON object: ")
+        assert request(base, "GET", "/runs") == (200, [])  # nothing started, and the server still answers
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.fixture
 def service(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -5,6 +5,7 @@ Slow (each case starts training processes); they run in CI with the rest of the 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -54,6 +55,20 @@ def wait_for_step(process: subprocess.Popen, run_dir, step: int, after: int, key
     raise AssertionError(f"step {step} never came")
 
 
+def wait_for_checkpoint(process: subprocess.Popen, run_dir) -> None:
+    """Returns once the run folder holds a committed checkpoint."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if (read_manifest(run_dir / "checkpoints") or {}).get("files"):
+                return
+        except CheckpointError:  # read while being replaced
+            pass
+        assert process.poll() is None, f"the run ended before its first checkpoint: {process.stderr.read()}"
+        time.sleep(0.005)
+    raise AssertionError("no checkpoint was committed")
+
+
 def finish(run_dir, *overrides: str, job: list[str] = JOB) -> None:
     process = start(run_dir, *overrides, job=job)
     _, err = process.communicate(timeout=300)
@@ -89,10 +104,15 @@ def assert_matches(reference, run_dir, keys: tuple[str, ...] = LOSSES) -> None:
     final = read_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert all(torch.equal(model[k], v) for k, v in final["model"].items()), "final parameters differ"
     seen = {}
-    for step, values in logged(run_dir, keys):  # steps replayed after a kill appear twice: both must match
+    steps = []
+    for step, values in logged(run_dir, keys):
         assert values == losses[step], step
         seen[step] = values
+        steps.append(step)
     assert seen == losses
+    assert steps == sorted(losses), "a step is in the record more than once (or out of order)"
+    epochs = [r["epoch"] for r in read_metrics(run_dir) if "val/loss" in r]
+    assert epochs == sorted(set(epochs)), "an epoch's row is in the record more than once"
     assert [{k: v for k, v in h.items() if not k.startswith("time/")} for h in final["loop"]["history"]] == history
 
 
@@ -104,6 +124,7 @@ def test_kill_9_at_random_steps_then_resume_auto_is_exact(tmp_path, reference, w
         seen = len(read_metrics(run_dir))
         process = start(run_dir, f"data.num_workers={workers}", "trainer.resume=auto")
         wait_for_step(process, run_dir, step, after=seen)
+        wait_for_checkpoint(process, run_dir)  # killed before any: resume=auto refuses the record (test_record)
         process.kill()
         process.wait()
         assert process.returncode == -signal.SIGKILL
@@ -124,8 +145,11 @@ def test_a_stop_signal_saves_exits_with_its_code_and_resume_continues_exactly(tm
     saved = read_checkpoint(run_dir / "checkpoints" / "last.pt")
     step_records = [r["step"] for r in read_metrics(run_dir) if "train/loss" in r]
     assert saved["loop"]["step"] == step_records[-1]  # the step in flight was finished and saved
+    summary = json.loads((run_dir / "summary.json").read_text())  # a verdict for the run that did not finish
+    assert (summary["status"], summary["resumable"], summary["steps"]) == ("interrupted", True, saved["loop"]["step"])
     finish(run_dir, f"data.num_workers={workers}", "trainer.resume=auto", "checkpoint.every_n_steps=null")
     assert_matches(reference, run_dir)
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
 
 
 def test_an_impatient_operator_s_sigterms_end_in_exit_143_with_the_checkpoint_saved(tmp_path):
@@ -300,6 +324,7 @@ def test_gan_kill_9_and_sigterm_then_resume_auto_is_exact(tmp_path, gan_referenc
     kill_at = random.Random().randrange(2, 16)  # the SIGTERM at kill_at + 5 leaves 2 epochs to land in
     process = start(run_dir, job=GAN_JOB)
     wait_for_step(process, run_dir, kill_at, after=0, key=GAN_LOSSES[0])
+    wait_for_checkpoint(process, run_dir)
     process.kill()
     process.wait()
     assert process.returncode == -signal.SIGKILL

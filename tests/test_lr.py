@@ -106,3 +106,35 @@ def test_bad_arguments_name_the_key():
         WarmupCosine(warmup_steps=10, interval="epoch")
     with pytest.raises(ConfigError, match="lr.interval='hourly'"):
         WarmupCosine(interval="hourly")
+
+
+@pytest.mark.parametrize("make", [lambda: WarmupCosine(warmup_ratio=0.2, min_lr=1e-4),
+                                  lambda: WarmupCosine(warmup_epochs=1, interval="epoch"),
+                                  lambda: CosineWarmRestarts(T0=2, interval="step")])
+def test_a_policy_restored_into_a_longer_run_goes_on_as_the_longer_plan(make):
+    """ADR 0031: restored after ``attach`` was told a longer run, a policy re-plans for it; the lr of each later
+    step is the longer plan's (``preview``), whatever the saved run's schedule had reached."""
+    per_epoch, done = 4, 9  # saved after 9 steps (2 epochs and 1 step) of a 3-epoch plan
+    short = make()
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    short.attach(optimizer, steps_per_epoch=per_epoch, max_epochs=3)
+    for step in range(done):
+        optimizer.step()
+        short.after_step()
+        if (step + 1) % per_epoch == 0:
+            short.after_epoch({})
+    saved_optimizer, saved = optimizer.state_dict(), short.state_dict()
+
+    longer = make()
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    longer.attach(optimizer, steps_per_epoch=per_epoch, max_epochs=6)
+    optimizer.load_state_dict(saved_optimizer)  # the order a resume restores them in
+    longer.load_state_dict(saved)
+    lrs = []
+    for step in range(done, 6 * per_epoch):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        longer.after_step()
+        if (step + 1) % per_epoch == 0:
+            longer.after_epoch({})
+    assert lrs == preview(make(), lr=0.1, steps_per_epoch=per_epoch, max_epochs=6)[done:]

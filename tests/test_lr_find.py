@@ -7,7 +7,7 @@ import math
 import subprocess
 
 import pytest
-from conftest import TORCHRUN, TRAINWIRE
+from conftest import TORCHRUN, trainwire
 from conftest import clean_env as _env
 
 from trainwire.cli.lr_find import ExponentialRamp, lr_find
@@ -70,16 +70,14 @@ def test_the_command_prints_the_lr_writes_the_png_and_leaves_the_runs_checkpoint
     run(compose([f"run_dir={run_dir}", "data=diabetes", "objective=regression", "trainer.max_epochs=2", "lr=constant",
                  "progress=never"]))
     before, record = _digests(run_dir / "checkpoints"), (run_dir / "metrics.jsonl").read_bytes()
-    done = subprocess.run([TRAINWIRE, "lr-find", f"run_dir={run_dir}", "data=diabetes", "objective=regression",
-                           "--steps", "60", "-o", str(tmp_path / "find.png")],
-                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    done = trainwire("lr-find", f"run_dir={run_dir}", "data=diabetes", "objective=regression", "--steps", "60",
+                     "-o", str(tmp_path / "find.png"), cwd=tmp_path, env=_env(), timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     line, = done.stdout.strip().splitlines()
     assert line.startswith("suggested optimizer.lr=") and str(tmp_path / "find.png") in line
     assert Image.open(tmp_path / "find.png").size == (900, 450)
     assert _digests(run_dir / "checkpoints") == before and (run_dir / "metrics.jsonl").read_bytes() == record
-    bad = subprocess.run([TRAINWIRE, "lr-find", "experiment=gan"], cwd=tmp_path, env=_env(), capture_output=True,
-                         text=True, timeout=300)
+    bad = trainwire("lr-find", "experiment=gan", cwd=tmp_path, env=_env(), timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         "trainwire: error: lr-find ramps the lr of the supervised step; step=gan has GANStep "
         "(use step=supervised)"]

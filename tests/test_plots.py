@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import struct
-import subprocess
-import sys
 
 import pytest
+from conftest import trainwire
 
 from trainwire.cli.plots import figure_of, plot_lr, plot_runs, run_curves
 from trainwire.config import compose
@@ -55,8 +53,12 @@ def test_plot_draws_the_record_of_each_run(two_runs, tmp_path):
     for curves in runs:
         for key, series in curves.series.items():
             assert drawn[f"{curves.label} {key}"] == (list(series[0]), list(series[1]))
-    markers = {tuple(line.get_xdata()) for line in figure.axes[0].lines if line.get_label().startswith("_")}
-    assert {(c.best_step, c.best_step) for c in runs} | {(c.stop_step, c.stop_step) for c in runs} == markers
+    for curves in runs:  # the best epoch (star) and the stop (cross) on the run's own val/loss curve
+        marks = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in figure.axes[0].lines
+                 if line.get_label().startswith("_") and line.get_label().endswith(f" {curves.label}")}
+        values = dict(zip(*curves.series["val/loss"]))
+        assert marks == {f"_* {curves.label}": ([curves.best_step], [values[curves.best_step]]),
+                         f"_X {curves.label}": ([curves.stop_step], [values[curves.stop_step]])}
 
 
 def test_lr_preview_is_the_schedule_of_the_config(tmp_path):
@@ -75,16 +77,14 @@ def test_lr_preview_is_the_schedule_of_the_config(tmp_path):
 
 @pytest.mark.slow
 def test_plot_and_lr_preview_on_the_command_line(two_runs, tmp_path):
-    trainwire = os.path.join(os.path.dirname(sys.executable), "trainwire")
-    done = subprocess.run([trainwire, "plot", *map(str, two_runs), "-o", str(tmp_path / "both.png")],
-                          capture_output=True, text=True, timeout=300)
+    done = trainwire("plot", *map(str, two_runs), "-o", str(tmp_path / "both.png"), cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr
     assert png_size(tmp_path / "both.png")[0] == (1600, 800)
-    done = subprocess.run([trainwire, "lr-preview", "lr=cosine_restarts", "lr.T0=5", "-o", str(tmp_path / "lr.png")],
-                          capture_output=True, text=True, timeout=300)
+    done = trainwire("lr-preview", "lr=cosine_restarts", "lr.T0=5", "-o", str(tmp_path / "lr.png"), cwd=tmp_path,
+                     timeout=300)
     assert done.returncode == 0, done.stderr
     assert png_size(tmp_path / "lr.png")[0] == (900, 450)
-    missing = subprocess.run([trainwire, "plot", str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=300)
+    missing = trainwire("plot", str(tmp_path / "nowhere"), cwd=tmp_path, timeout=300)
     assert missing.returncode == 2 and "no metrics.jsonl" in missing.stderr and "Traceback" not in missing.stderr
     assert run_curves(two_runs[0]).label == "slow"
 

@@ -12,11 +12,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import trainwire as cli
 
 pytestmark = pytest.mark.slow
 
@@ -24,10 +24,7 @@ QUICK = ["trainer.max_epochs=1", "lr=constant", "model.hidden=[16]", "progress=n
 
 
 def trainwire(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    command = [os.path.join(os.path.dirname(sys.executable), "trainwire"), "train", f"hydra.run.dir={run_dir}",
-               *QUICK, *overrides]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
-    return subprocess.run(command, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=300)
+    return cli("train", f"hydra.run.dir={run_dir}", *QUICK, *overrides, cwd=run_dir.parent, timeout=300)
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes | None, int]]:

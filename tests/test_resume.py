@@ -201,6 +201,10 @@ def test_an_early_stopped_run_resumes_as_stopped(tmp_path):
     _, second, sink = fit(tmp_path, max_epochs=10, stopper=goal(), resume="auto")
     assert (second.stop_reason, second.epochs_completed, second.steps) == ("goal", first.epochs_completed, first.steps)
     assert not sink.series("train/loss")  # nothing was trained again
+    # Extended, the stopper judges the new epochs from its saved state: the goal is still met after one.
+    _, third, sink = fit(tmp_path, max_epochs=12, stopper=goal(), resume="auto")
+    assert (third.stop_reason, third.epochs_completed) == ("goal", first.epochs_completed + 1)
+    assert third.extended_from == {"trainer.max_epochs": 10} and sink.series("train/loss")
 
 
 def test_settings_are_checked_with_the_key_and_value():
@@ -409,9 +413,11 @@ def test_resuming_under_a_different_plan_is_refused_before_anything_is_touched(t
     fit(tmp_path, max_epochs=2)
     model, sink = dropout_model(5), RecordingSink()
     before = copy.deepcopy(model.state_dict())
-    with pytest.raises(CheckpointError, match=r"planned with trainer.max_epochs=2, this run has 4: the LR schedule"):
-        trainer(tmp_path, resume="auto", sink=sink, max_epochs=4).fit(model, *loaders())
-    with pytest.raises(CheckpointError, match=r"planned with trainer.accumulate_steps=2, this run has 1"):
+    with pytest.raises(CheckpointError, match=r"planned with trainer.max_epochs=2, this run has 1: a run can be "
+                                              r"extended, not shortened; resume with trainer.max_epochs >= 2"):
+        trainer(tmp_path, resume="auto", sink=sink, max_epochs=1).fit(model, *loaders())
+    with pytest.raises(CheckpointError, match=r"planned with trainer.accumulate_steps=2, this run has 1: .* or start "
+                                              r"a new run from its weights with trainer.init_from="):
         trainer(tmp_path, resume="auto", sink=sink, max_epochs=2, accumulate_steps=1).fit(model, *loaders())
     assert not sink.started
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -425,3 +431,48 @@ def test_best_pt_holds_the_best_epoch_and_last_pt_the_end(tmp_path):
     assert all(torch.equal(best["model"][k], v) for k, v in model.state_dict().items())  # fit restored the best
     assert not all(torch.equal(last["model"][k], v) for k, v in model.state_dict().items())
     assert all(torch.equal(last["loop"]["best_model"][k], v) for k, v in model.state_dict().items())
+
+
+def test_a_finished_run_extended_to_6_epochs_logs_the_lr_of_a_run_planned_for_6(tmp_path, caplog):
+    """Train longer (ADR 0031): the record goes on, and from the extension on every step's lr is the 6-epoch plan's
+    (the packaged preset's warmup is a ratio of the run: re-planning moves the warmup's end too)."""
+    import json
+
+    from trainwire.config import compose
+    from trainwire.containers import build_container, run
+    from trainwire.testing import read_metrics
+
+    def job(run_dir, epochs, *extra):
+        return run(build_container(compose([f"run_dir={run_dir}", f"trainer.max_epochs={epochs}", "data.batch_size=256",
+                                            "trainer.log_every_n_steps=1", "stopping=none", *extra])))
+
+    planned = job(tmp_path / "six", 6)
+    job(tmp_path / "run", 3)
+    first = read_metrics(tmp_path / "run")
+    with caplog.at_level("INFO", logger="trainwire"):
+        extended = job(tmp_path / "run", 6, "trainer.resume=auto")
+    lrs = {row["step"]: row["train/lr"] for row in read_metrics(tmp_path / "six") if "train/lr" in row}
+    rows = read_metrics(tmp_path / "run")
+    assert rows[:len(first)] == first  # the record goes on from where it stopped
+    later = {row["step"]: row["train/lr"] for row in rows[len(first):] if "train/lr" in row}
+    assert min(later) == max(row["step"] for row in first) + 1 and max(later) == max(lrs)
+    assert later == {step: lrs[step] for step in later}
+    assert [row["epoch"] for row in rows if "val/loss" in row] == list(range(6))
+    assert (extended.epochs_completed, extended.steps) == (6, planned.steps)
+    assert [row["epoch"] for row in extended.history] == list(range(6))  # FitResult.history rows say their epoch
+    events = [r.msg for r in caplog.records if isinstance(r.msg, dict)]
+    assert events[0]["event"] == "run_folder" and events[-1]["event"] == "run_end"
+    assert events[0]["run_dir"] == events[-1]["run_dir"] == str(tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["extended_from"] == {"trainer.max_epochs": 3} and summary["epochs_completed"] == 6
+    assert [r.msg["changes"] for r in caplog.records if r.msg.get("event") == "run_extended"] == ["trainer.max_epochs: 3 -> 6"]
+    with pytest.raises(ConfigError, match=r"trainer.max_epochs: 6 -> 4 \(a run can be extended, not shortened\)"):
+        job(tmp_path / "run", 4, "trainer.resume=auto")
+
+
+def test_a_run_is_extended_from_its_file_into_a_new_folder(tmp_path):
+    """The issue's second refusal: `trainer.resume=<its last.pt>` with more epochs, in another folder, goes on too."""
+    _, first, _ = fit(tmp_path / "first")
+    _, longer, sink = fit(tmp_path / "longer", resume=str(tmp_path / "first" / "last.pt"), max_epochs=EPOCHS + 1)
+    assert (longer.epochs_completed, longer.extended_from) == (EPOCHS + 1, {"trainer.max_epochs": EPOCHS})
+    assert min(step for step, _ in sink.series("train/loss")) == first.steps + 1

@@ -40,6 +40,7 @@ def test_resume_auto_under_another_lr_is_refused_naming_every_differing_key(tmp_
     message = str(refused.value)
     assert "\n" not in message and "trained with another config" in message
     assert "(optimizer.lr: 0.001 -> 0.01; seed: 0 -> 7)" in message  # every key that differs, and only those
+    assert message.endswith(f"or start a new run from its weights with trainer.init_from={tmp_path} in another run folder")
     assert snapshot_of(tmp_path) == before
 
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 import ast
 import dataclasses
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import trainwire
 
 from trainwire import Cadence, SkipNonFinite, TrainerSettings
 from trainwire.checkpointing.store import LocalCheckpointStore
@@ -100,6 +99,8 @@ WRONG = {
     "trainer.compile": lambda: TrainerSettings(compile="yes"),
     "trainer.async_checkpoint": lambda: TrainerSettings(async_checkpoint="yes"),
     "trainer.grad_monitor": lambda: TrainerSettings(grad_monitor="yes"),
+    "trainer.init_from": lambda: TrainerSettings(init_from=" "),
+    "trainer.init_strict": lambda: TrainerSettings(init_strict="yes"),
     "trainer.compile_mode": lambda: TrainerSettings(compile_mode="fastest"),
     "trainer.peak_tflops": lambda: TrainerSettings(peak_tflops=0),
     "trainer.watch_every_n_steps": lambda: TrainerSettings(watch_every_n_steps=0),
@@ -156,9 +157,8 @@ def test_the_new_keys_reach_their_policies():
 
 
 def test_an_old_key_on_the_command_line_exits_2_with_one_line(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "trainwire", "train", "trainer.nonfinite=raise",
-                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120)
+    done = trainwire("train", "trainer.nonfinite=raise", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+                     module=True, timeout=120)
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines() == ["trainwire: error: trainer.nonfinite moved: write nonfinite=raise"]
     assert not (tmp_path / "run").exists()

@@ -91,7 +91,7 @@ def test_mlflow_run_is_closed_with_its_real_status_after_an_exception(tmp_path, 
             raise error
 
     uri = default_tracking_uri(tmp_path)
-    sink = MLflowSink(uri, run_name="broken", config={"a": {"b": 1}})
+    sink = MLflowSink(uri, run_name="broken", config={"a": {"b": 1}}, artifact_location=str(tmp_path / "mlartifacts"))
     trainer = make_trainer(sink=GuardedFanOut(JsonlSink(tmp_path), sink, timeout_s=120), hooks=[Boom()])
     with pytest.raises(type(error)):
         trainer.fit(make_model(), *task)
@@ -101,6 +101,10 @@ def test_mlflow_run_is_closed_with_its_real_status_after_an_exception(tmp_path, 
     assert logged.data.params == {"a.b": "1"}
     steps = [m.step for m in client.get_metric_history(logged.info.run_id, "train/loss")]
     assert steps == [r["step"] for r in read_metrics(tmp_path) if "train/loss" in r]
+    verdict = {"FAILED": "failed", "KILLED": "interrupted"}[status]  # the summary, the failed run's too (ADR 0032)
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == verdict
+    assert json.loads((tmp_path / "mlartifacts" / logged.info.run_id / "artifacts" / "summary.json").read_text())[
+        "status"] == verdict
 
 
 def test_several_sinks_at_once_each_get_every_metric(both, tmp_path):

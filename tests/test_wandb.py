@@ -40,9 +40,9 @@ def test_every_metric_reaches_wandb_offline(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "sink_failed" not in done.stdout + done.stderr
-    (offline,) = (run_dir / "wandb").glob("offline-run-*")  # what `wandb sync` uploads
-    assert list(offline.glob("run-*.wandb"))
-    logged = read_run(run_dir)  # the sink puts W&B's files in the run directory
+    (offline,) = (tmp_path / "wandb_home" / "wandb").glob("offline-run-*")  # what `wandb sync` uploads
+    assert list(offline.glob("run-*.wandb")) and not (run_dir / "wandb").exists()
+    logged = read_run(tmp_path / "wandb_home")  # the user's WANDB_DIR holds W&B's files (else the run directory)
     assert (logged.project, logged.entity, logged.name) == ("proj", "team", "digits-mlp")
     assert logged.config["optimizer"]["type"] == "adamw" and logged.config["trainer"]["max_epochs"] == 4
     assert logged.exit_code == 0
@@ -69,6 +69,22 @@ def test_every_metric_reaches_wandb_offline(tmp_path):
     assert logged.summary["best_value"] == pytest.approx(summary["best_value"])
     assert logged.summary["avg_epoch_time_s"] == pytest.approx(summary["avg_epoch_time_s"])
     assert logged.summary["best_epoch"] == summary["best_epoch"]
+
+
+def test_wandb_dir_is_honoured_and_sink_dir_wins_over_it(tmp_path, monkeypatch):
+    """The user's WANDB_DIR takes W&B's files from the run directory; an explicit sink.wandb.dir wins over both."""
+    from trainwire.sinks.wandb import WandbSink
+
+    for key in [key for key in os.environ if key.startswith("WANDB_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "home"))
+    for name, folder in (("env", None), ("explicit", str(tmp_path / "explicit"))):
+        sink = WandbSink(project="p", name=name, mode="offline", dir=folder, run_dir=tmp_path / "run")
+        sink.start()
+        sink.log({"val/loss": 1.0}, step=1, epoch=0)
+        sink.finish()
+    assert read_run(tmp_path / "home").name == "env" and read_run(tmp_path / "explicit").name == "explicit"
+    assert not (tmp_path / "run").exists()
 
 
 def test_wandb_finish_marks_a_failed_run(tmp_path):
@@ -128,8 +144,7 @@ def test_an_offline_run_under_a_cut_network_attempts_no_connection(tmp_path):
 
     assert shutil.which("unshare") and shutil.which("strace"), "this test needs util-linux unshare and strace"
     trace = tmp_path / "connect.trace"
-    env = clean_env()
-    env["WANDB_DIR"] = str(tmp_path / "wandb_home")
+    env = clean_env()  # no WANDB_DIR: W&B's files go to the run directory
     trainwire = os.path.join(os.path.dirname(sys.executable), "trainwire")
     done = subprocess.run(
         ["unshare", "-n", "strace", "-f", "-qq", "-e", "trace=connect", "-o", str(trace), trainwire, "train",

@@ -2,6 +2,8 @@
 
 Used by ``test_embedding.py`` in a fresh interpreter: ``python trace_check.py RUN_DIR``. Prints one
 JSON object: for each item of the "no trace left" list, whether it differs from before the run.
+``python trace_check.py --sequence ROOT REPS`` repeats issue 25's sequence instead, against a snapshot
+taken before trainwire is imported, and prints one JSON list (see ``sequence``).
 """
 
 from __future__ import annotations
@@ -94,5 +96,39 @@ def main(run_dir: str) -> None:
     print(json.dumps(report))
 
 
+def sequence(root: str, reps: int) -> None:
+    """Issue 25: a fresh run, its resume (which restores the RNG states of its checkpoint) and a run in a
+    thread, joined, ``reps`` times; after each, what differs from the snapshot taken before trainwire was
+    imported, and the threads left alive. The threaded run shows a progress bar (tqdm starts threads)."""
+    random.seed(1), numpy.random.seed(2), torch.manual_seed(3)  # not the states a run's seed gives
+    threads = set(threading.enumerate())
+    before = snapshot()
+    from trainwire.config import compose
+    from trainwire.containers import run
+
+    tiny = ["trainer.max_epochs=2", "data.train_samples=128", "data.batch_size=64"]
+    fresh, resumed = compose([*tiny, "progress=never"]), compose([*tiny, "progress=never", "trainer.resume=auto"])
+    threaded = compose([*tiny, "progress=always"])  # composed once each (Hydra is slow), given a folder below
+
+    def into(cfg, run_dir: str):
+        cfg = cfg.copy()
+        cfg.run_dir = run_dir
+        return cfg
+
+    report = []
+    for rep in range(reps):
+        run(into(fresh, f"{root}/{rep}"))
+        run(into(resumed, f"{root}/{rep}"))
+        thread = threading.Thread(target=run, args=(into(threaded, f"{root}/{rep}-threaded"),))
+        thread.start()
+        thread.join()
+        left = sorted(t.name for t in set(threading.enumerate()) - threads if t.is_alive())
+        report.append({"changed": changed(before, snapshot()), "threads": left})
+    print(json.dumps(report))
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "--sequence":
+        sequence(sys.argv[2], int(sys.argv[3]))
+    else:
+        main(sys.argv[1])

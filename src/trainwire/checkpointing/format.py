@@ -11,12 +11,14 @@ and pruned is the store's (``store.py``); this module is the bytes' side of it.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import queue
 import re
 import shutil
+import stat
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -157,23 +159,70 @@ def copy_into(source: Path, handle) -> None:
         shutil.copyfileobj(original, handle)
 
 
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest lists a few files (and their shards): far below this
+_COUNTS = ("size", "epoch", "batch", "step")
+
+
 def read_manifest(directory: Path) -> dict[str, Any] | None:
-    """The manifest of ``directory``; None when there is none; CheckpointError when it is unreadable."""
+    """The manifest of ``directory``; None when there is none; CheckpointError when it is unreadable.
+
+    Read as untrusted input: a plain file only (not a link, a device or a pipe), at most
+    ``MAX_MANIFEST_BYTES``, and each field of the expected type, so a hostile or damaged manifest
+    is one line, never a traceback or an unbounded read.
+    """
     path = Path(directory) / MANIFEST
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         return None
     except OSError as error:
+        reason = "it is a symbolic link; a manifest must be a plain file" if error.errno == errno.ELOOP else error.strerror
+        raise CheckpointError(f"cannot read {path}: {reason}; no checkpoint in it is used") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise CheckpointError(f"cannot read {path}: it is not a plain file; no checkpoint in it is used")
+        if info.st_size > MAX_MANIFEST_BYTES:
+            raise CheckpointError(f"{path} is {info.st_size} bytes, more than a manifest ever is "
+                                  f"({MAX_MANIFEST_BYTES}); no checkpoint in it is used")
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as error:
         raise CheckpointError(f"cannot read {path}: {error.strerror}") from None
+    finally:
+        os.close(fd)
     try:
         manifest = json.loads(data.decode("utf-8"))  # a flipped high bit is a UnicodeDecodeError, a ValueError
-        if not isinstance(manifest.get("files"), dict) or not isinstance(manifest.setdefault("pending", {}), dict):
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict) \
+                or not isinstance(manifest.setdefault("pending", {}), dict):
             raise ValueError("no 'files' table")
+        _check_fields(manifest)
+    except RecursionError:
+        raise CheckpointError(f"{path} is not a valid manifest (nested deeper than a manifest ever is); "
+                              "no checkpoint in it is used") from None
     except (ValueError, AttributeError) as error:
         reason = f"{type(error).__name__} at byte {error.start}" if isinstance(error, UnicodeDecodeError) else error
         raise CheckpointError(f"{path} is not a valid manifest ({reason}); no checkpoint in it is used") from None
     return manifest
+
+
+def _check_fields(manifest: Mapping[str, Any]) -> None:
+    """Raises ValueError naming the first entry field of the wrong type."""
+    for table in ("files", "pending"):
+        for name, entry in manifest[table].items():
+            where = f"{table}[{name!r}]"
+            if not isinstance(entry, dict):
+                raise ValueError(f"{where} is {entry!r:.40}, not a table")
+            if not isinstance(entry.get("sha256"), str):
+                raise ValueError(f"{where}.sha256 is {entry.get('sha256')!r:.40}, not a hex digest")
+            for key in _COUNTS:
+                value = entry.get(key, 0)
+                if type(value) is not int or value < 0:
+                    raise ValueError(f"{where}.{key} is {value!r:.40}, not a count")
+            shards = entry.get("shards", {})
+            if not isinstance(shards, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                       for k, v in shards.items()):
+                raise ValueError(f"{where}.shards is not a table of file names and digests")
 
 
 def _entries(path: Path) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -29,6 +30,7 @@ from trainwire.errors import CheckpointError, ConfigError, NonFiniteError
 from trainwire.runtime.process import SEEDING
 
 FORMAT = 2  # 1: the fixed component list of the first build (refused: no release has shipped)
+WEIGHTS_WAY = "or start a new run from its weights with trainer.init_from="
 
 
 @runtime_checkable
@@ -151,15 +153,16 @@ class Position:
     history: list[dict[str, float]] = field(default_factory=list)
     best_model: dict[str, Tensor] | None = None
     stop_reason: str | None = None  # set once the stopping policy has ended the run
+    extended_from: dict[str, Any] = field(default_factory=dict)  # plan key -> the value first planned (ADR 0031)
 
     def state_dict(self) -> dict[str, Any]:
         return {"position": {"epoch": self.epoch, "batch": self.batch}, "step": self.step, "history": self.history,
-                "best_model": self.best_model, "stop_reason": self.stop_reason}
+                "best_model": self.best_model, "stop_reason": self.stop_reason, "extended_from": self.extended_from}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.epoch, self.batch = state["position"]["epoch"], state["position"]["batch"]
         self.step, self.history, self.best_model = state["step"], list(state["history"]), state["best_model"]
-        self.stop_reason = state["stop_reason"]
+        self.stop_reason, self.extended_from = state["stop_reason"], dict(state.get("extended_from") or {})
 
 
 def versions() -> dict[str, str]:
@@ -180,11 +183,13 @@ def capture(parts: Mapping[str, Any], plan: Mapping[str, Any], processes: int = 
             "processes": processes, "versions": versions()}
 
 
-def check(checkpoint: Mapping[str, Any], parts: Mapping[str, Any], plan: Mapping[str, Any], name: str) -> None:
+def check(checkpoint: Mapping[str, Any], parts: Mapping[str, Any], plan: Mapping[str, Any],
+          name: str) -> dict[str, Any]:
     """Refuses (CheckpointError) a checkpoint of another format, missing a part, or planned otherwise.
 
     Called before any state is touched, so a refused resume changes nothing. The plan's keys
-    name each entry as the user sets it (a config key).
+    name each entry as the user sets it (a config key). Returns what this run extends: each
+    ``EXTENDABLE`` key the run plans higher than the checkpoint, with the checkpoint's value.
     """
     if checkpoint.get("format") != FORMAT:
         raise CheckpointError(f"{name} has format {checkpoint.get('format')}; this trainwire reads format {FORMAT} "
@@ -193,19 +198,47 @@ def check(checkpoint: Mapping[str, Any], parts: Mapping[str, Any], plan: Mapping
     if missing:
         raise CheckpointError(f"{name} lacks {', '.join(missing)}; refusing to resume from part of a state "
                               "(was it written by another paradigm or model?)")
+    extended = {}
     for key, value in plan.items():
-        if checkpoint["plan"].get(key) != value:
-            raise CheckpointError(f"{name} was planned with {key}={checkpoint['plan'].get(key)}, this run has "
-                                  f"{value}: the LR schedule and the batch position would not line up; resume "
-                                  "with the same settings")
+        then = checkpoint["plan"].get(key)
+        if then == value:
+            continue
+        if key in runfolder.EXTENDABLE and type(then) is int and type(value) is int:
+            if value > then:
+                extended[key] = then
+                continue
+            raise CheckpointError(f"{name} was planned with {key}={then}, this run has {value}: a run can be "
+                                  f"extended, not shortened; resume with {key} >= {then}, {WEIGHTS_WAY}<checkpoint>")
+        raise CheckpointError(f"{name} was planned with {key}={then}, this run has {value}: the LR schedule and "
+                              f"the batch position would not line up; resume with the same settings, "
+                              f"{WEIGHTS_WAY}<checkpoint>")
+    return extended
 
 
 def restore(checkpoint: Mapping[str, Any], parts: Mapping[str, Any], plan: Mapping[str, Any],
-            name: str = "checkpoint") -> None:
-    """Checks the whole checkpoint, then loads every part in the order they were registered."""
-    check(checkpoint, parts, plan, name)
+            name: str = "checkpoint") -> dict[str, Any]:
+    """Checks the whole checkpoint, then loads every part in the order they were registered.
+
+    Returns what the run extends (``check``); the parts planned from it re-plan as they load.
+    """
+    extended = check(checkpoint, parts, plan, name)
     for key, part in parts.items():
         part.load_state_dict(checkpoint[key])
+    return extended
+
+
+def restores(resume: str | None, store: CheckpointStore | None) -> bool:
+    """Whether ``trainer.resume`` will restore a checkpoint (a path; ``auto`` over a folder that holds one),
+    told from the folder's listing alone: a new run's first weights (``trainer.init_from``) are then not read.
+
+    A store of one's own (no ``directory``) may restore: False, so the first weights are loaded (and replaced).
+    """
+    if resume is None:
+        return False
+    if resume != "auto":
+        return True
+    directory = getattr(store, "directory", None)
+    return directory is not None and runfolder.holds_checkpoints(directory)
 
 
 def find(resume: str | None, store: CheckpointStore | None, log: Any,
@@ -239,6 +272,8 @@ def find(resume: str | None, store: CheckpointStore | None, log: Any,
             changes = runfolder.config_changes(checkpoint["config_yaml"], current,
                                                saved_processes=checkpoint.get("processes", 1), processes=processes)
             if changes:
-                raise ConfigError(runfolder.refusal(f"checkpoint {resume} of {getattr(store, 'directory', '')}", changes))
+                directory = getattr(store, "directory", "")
+                raise ConfigError(runfolder.refusal(f"checkpoint {resume} of {directory}", changes,
+                                                    Path(directory).parent if directory else "RUN"))
         return resume, checkpoint
     return resume, store.load(resume) if store is not None else read_checkpoint(resume)

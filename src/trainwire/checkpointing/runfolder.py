@@ -26,6 +26,10 @@ FREE = ("sink", "sink_timeout_s", "log", "progress", "run_dir", "metrics_every",
         "checkpoint", "store", "trainer.keep_last", "trainer.async_checkpoint", "trainer.log_every_n_steps", "trainer.device",
         "strategy")
 
+# Keys a resume may raise: the run is extended, and what is planned from them (the LR schedule) is re-planned
+# for the new value as its part is restored (ADR 0031). Lowering one is a change like any other.
+EXTENDABLE = ("trainer.max_epochs",)
+
 
 def holds_checkpoints(directory: str | os.PathLike[str]) -> bool:
     """Whether the checkpoint folder ``directory`` holds a manifest or a checkpoint file."""
@@ -69,7 +73,7 @@ def claim(run_dir: str | os.PathLike[str], resume: str | None, config_yaml: str 
     elif resume == "auto" and config_yaml is not None and (run_dir / "config.yaml").is_file():
         changes = config_changes((run_dir / "config.yaml").read_text(), config_yaml, ignore=("data.batch_size",))
         if changes:
-            problem = refusal(f"the run in {run_dir}", changes)
+            problem = refusal(f"the run in {run_dir}", changes, run_dir)
     if problem:
         if lock is not None:
             lock.release()
@@ -77,10 +81,10 @@ def claim(run_dir: str | os.PathLike[str], resume: str | None, config_yaml: str 
     return lock
 
 
-def refusal(what: str, changes: list[str]) -> str:
-    """The one line that refuses to resume ``what`` under a config with ``changes``."""
+def refusal(what: str, changes: list[str], run_dir: str | os.PathLike[str] = "RUN") -> str:
+    """The one line that refuses to resume ``what`` (in ``run_dir``) under a config with ``changes``."""
     return (f"trainer.resume=auto: {what} was trained with another config ({'; '.join(changes)}); resume with the "
-            "same values, or train in another run folder")
+            f"same values, or start a new run from its weights with trainer.init_from={run_dir} in another run folder")
 
 
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -92,6 +96,10 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: node}
 
 
+def _grows(then: Any, now: Any) -> bool:
+    return type(then) is int and type(now) is int and now > then
+
+
 def _free(key: str) -> bool:
     return any(key == free or key.startswith(f"{free}.") for free in FREE)
 
@@ -101,7 +109,8 @@ def config_changes(saved_yaml: str, current_yaml: str, *, saved_processes: int =
     """The keys that change the trajectory whose values differ between a checkpoint's config and the run's.
 
     ``data.batch_size`` is per process: it is compared as the global batch (times the processes),
-    so a run may resume on another number of processes with the same global batch.
+    so a run may resume on another number of processes with the same global batch. A key a run
+    may be extended by (``parts.EXTENDABLE``, ADR 0031) differs only when it is lowered.
     """
     import yaml
 
@@ -112,6 +121,9 @@ def config_changes(saved_yaml: str, current_yaml: str, *, saved_processes: int =
     changed = []
     for key in sorted({*then, *now}):
         if not _free(key) and key not in ignore and then.get(key, "<unset>") != now.get(key, "<unset>"):
+            if key in EXTENDABLE and _grows(then.get(key), now.get(key)):
+                continue
             shown = "data.batch_size × processes" if key == "data.batch_size" and saved_processes != processes else key
-            changed.append(f"{shown}: {then.get(key, '<unset>')!r} -> {now.get(key, '<unset>')!r}")
+            shortened = " (a run can be extended, not shortened)" if key in EXTENDABLE else ""
+            changed.append(f"{shown}: {then.get(key, '<unset>')!r} -> {now.get(key, '<unset>')!r}{shortened}")
     return changed

@@ -30,8 +30,11 @@ from trainwire.checkpointing.parts import (
 from trainwire.checkpointing.store import CheckpointStore
 from trainwire.checkpointing.writer import CheckpointWriter
 from trainwire.data import resumable_sampler
-from trainwire.errors import TrainingInterrupted
+from trainwire.errors import ConfigError, TrainingInterrupted
 from trainwire.policies.cadence import CheckpointPolicy
+from trainwire.sinks.base import MetricsSink, NullSink
+
+RECORD = "record"  # the checkpoint's entry for where the run's record (metrics.jsonl) ended when it was taken
 
 
 class Checkpointing:
@@ -43,8 +46,9 @@ class Checkpointing:
     """
 
     def __init__(self, store: CheckpointStore | None, cadence: CheckpointPolicy, strategy: Any, stop: Any,
-                 log: Any, *, asynchronous: bool = True) -> None:
+                 log: Any, *, asynchronous: bool = True, record: MetricsSink | None = None) -> None:
         self.store, self.cadence, self.strategy, self.stop, self.log = store, cadence, strategy, stop, log
+        self.record = record or NullSink()  # the run's sink: where its record ends goes into each checkpoint
         # Sharded saves are collectives of every process: written in the loop's thread (ADR 0014).
         self.writer = None if store is None else CheckpointWriter(
             store, asynchronous=asynchronous and not strategy.sharded_checkpoints)
@@ -80,11 +84,38 @@ class Checkpointing:
         """
         where, checkpoint = find(resume, self.store, self.log, self.strategy.world_size)
         if checkpoint is None:
+            if resume == "auto":  # nothing to continue: a record already there would get a second run
+                self._fresh_record()
             return None
-        restore(checkpoint, self.parts, self.plan, name=f"checkpoint {where}")
+        extended = restore(checkpoint, self.parts, self.plan, name=f"checkpoint {where}")
+        if checkpoint.get(RECORD) is not None:  # (None: saved without a record, or before records were kept)
+            self.record.rewind(checkpoint[RECORD])  # the rows a killed run logged after this checkpoint go
         position = self.position
         self.log.info("resumed", checkpoint=where, epoch=position.epoch, batch=position.batch, step=position.step)
+        if extended:
+            self._extend(extended)
         return where
+
+    def _extend(self, extended: Mapping[str, Any]) -> None:
+        """The run goes on past its planned end (ADR 0031): the record says from what, and a stopping
+        policy that had ended it judges the new epochs from its saved state (its patience carries on)."""
+        position = self.position
+        for key, then in extended.items():
+            position.extended_from.setdefault(key, then)  # the length the run was first planned for
+        self.log.info("run_extended", changes="; ".join(f"{key}: {then} -> {self.plan[key]}"
+                                                        for key, then in extended.items()),
+                      **({"stopped_by": position.stop_reason} if position.stop_reason else {}))
+        position.stop_reason = None
+
+    def _fresh_record(self) -> None:
+        """Refuses (every process, as rank 0 says) a fresh start over a record that holds a run."""
+        refusal = None
+        try:
+            self.record.rewind(None)
+        except ConfigError as error:
+            refusal = error
+        if self.strategy.any(refusal is not None):
+            raise refusal or ConfigError("rank 0's run record holds a run and there is no checkpoint to continue it")
 
     def at_start(self) -> None:
         """Before the first batch: a stop asked for before the run ends it here (with ``last`` written)."""
@@ -127,6 +158,7 @@ class Checkpointing:
             names = ["last", *names]
         if names and writer is not None:
             saved = capture(self.parts, self.plan, self.strategy.world_size)  # every process (FSDP: its shards)
+            saved[RECORD] = self.record.position()  # after this step's rows: a resume cuts the record back to here
             if self.strategy.is_rank0 or self.strategy.sharded_checkpoints:  # one writes, or each its shards
                 position = self.position
                 waited = writer.save(saved, names, meta={"epoch": position.epoch, "batch": position.batch,

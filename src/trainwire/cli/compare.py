@@ -1,9 +1,12 @@
 """Runs side by side: what each run changed (its overrides) against how it did (its summary).
 
-``trainwire compare outputs/multirun/2026-11-30/12-00-00`` reads every run folder of a sweep
-(or the run folders given), keeps the overrides that differ between them, and sorts the runs by
-their best monitored value (best first, by the stopping mode each run was configured with).
-Everything comes from the run record: ``summary.json``, ``config.yaml`` and Hydra's
+``trainwire compare multirun/2026-11-30/12-00-00`` reads every run folder of a sweep (or the
+run folders given), keeps the overrides that differ between them, and sorts the runs by their
+best monitored value (best first, by the stopping mode each run was configured with; runs that
+did not finish after those that did). Each row shows the run's status, its monitored value and
+the other ``val/`` (and ``test/``) metrics of its summary. A run that left no ``summary.json``
+(killed before it could write one) is listed as ``incomplete`` rather than refused. Everything
+comes from the run record: ``summary.json``, ``config.yaml`` and Hydra's
 ``.hydra/overrides.yaml``; nothing is recomputed.
 """
 
@@ -14,7 +17,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +25,12 @@ import yaml
 
 # Overrides that say where a run went, not what it tried.
 _PLACEMENT = ("hydra.", "hydra/", "run_dir=", "progress=", "log.")
+# What a run folder holds from its start (Hydra's record, the run's own): a folder with none of them is no run.
+_RUN_FILES = ("summary.json", "metrics.jsonl", "config.yaml", ".hydra")
+FINISHED = "finished"
+INCOMPLETE = "incomplete"  # no summary.json: the run was killed before it could write one, or is still running
+# Statuses: finished, failed, interrupted, cancelled (summary.json's), incomplete, unreadable (its summary.json).
+_METRICS = ("val/", "test/")  # the summary's metrics shown beside the monitored value
 
 
 @dataclass
@@ -35,23 +44,40 @@ class RunRow:
     mode: str = "min"
     stop_reason: str | None = None
     epochs: int | None = None
+    status: str = FINISHED
+    metrics: dict[str, float] = field(default_factory=dict)  # the summary's val/ and test/ values
+
+
+def _is_run(path: Path) -> bool:
+    return any((path / name).exists() for name in _RUN_FILES)
+
+
+def in_sweep_order(folders: Iterable[Path]) -> list[Path]:
+    """A sweep's job folders in job order (``0``, ``1``, ..., ``10``), then any others by name."""
+    return sorted(folders, key=lambda sub: (not sub.name.isdigit(), int(sub.name) if sub.name.isdigit() else 0, sub.name))
 
 
 def run_dirs(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """The run folders ``paths`` name: a folder with ``summary.json`` is one, a sweep's folder holds several."""
+    """The run folders ``paths`` name: a folder with a run's record is one, a sweep's folder holds several."""
     found: list[Path] = []
     for path in map(Path, paths):
-        if (path / "summary.json").is_file():
+        if (path / "summary.json").is_file() or (path.is_dir() and _is_run(path)):
             found.append(path)
             continue
         if not path.is_dir():
             raise ValueError(f"{path} is not a folder")
-        inner = sorted((sub for sub in path.iterdir() if (sub / "summary.json").is_file()),
-                       key=lambda sub: (not sub.name.isdigit(), int(sub.name) if sub.name.isdigit() else 0, sub.name))
+        inner = in_sweep_order(sub for sub in path.iterdir() if sub.is_dir() and _is_run(sub))
         if not inner:
-            raise ValueError(f"{path} holds no run (no summary.json in it or in its sub-folders)")
+            raise ValueError(f"{path} holds no run (no run record in it or in its sub-folders)")
         found.extend(inner)
     return found
+
+
+def _unquoted(value: str) -> str:
+    """``'constant'`` -> ``constant``: Hydra records a quoted override value with its quotes."""
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
 
 
 def overrides_of(run_dir: Path) -> dict[str, str]:
@@ -61,7 +87,7 @@ def overrides_of(run_dir: Path) -> dict[str, str]:
         return {}
     listed = yaml.safe_load(path.read_text()) or []
     pairs = [str(item).partition("=") for item in listed if not str(item).lstrip("+~").startswith(_PLACEMENT)]
-    return {key.lstrip("+~"): value for key, _, value in pairs}
+    return {key.lstrip("+~"): _unquoted(value) for key, _, value in pairs}
 
 
 def _mode(run_dir: Path) -> str:
@@ -73,9 +99,18 @@ def _mode(run_dir: Path) -> str:
 
 
 def read_row(run_dir: Path) -> RunRow:
-    summary = json.loads((run_dir / "summary.json").read_text())
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        return RunRow(run_dir, overrides_of(run_dir), mode=_mode(run_dir), status=INCOMPLETE)
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):  # one unreadable summary must not hide the other runs
+        return RunRow(run_dir, overrides_of(run_dir), mode=_mode(run_dir), status="unreadable")
+    metrics = {key: value for key, value in summary.items()
+               if key.startswith(_METRICS) and isinstance(value, (int, float)) and not isinstance(value, bool)}
     return RunRow(run_dir, overrides_of(run_dir), summary.get("best_value"), summary.get("monitor"), _mode(run_dir),
-                  summary.get("stop_reason"), summary.get("epochs_completed"))
+                  summary.get("stop_reason"), summary.get("epochs_completed"),
+                  str(summary.get("status") or FINISHED), metrics)  # a summary without status: written at the end
 
 
 def differing(rows: Sequence[RunRow]) -> list[str]:
@@ -97,31 +132,41 @@ def labels(run_dirs_: Sequence[str | os.PathLike[str]]) -> list[str]:
 
 
 def compare(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[str], list[RunRow]]:
-    """The differing override keys, and the runs sorted best first (runs without a best value last)."""
+    """The differing override keys, and the runs sorted best first (unfinished runs, then runs without a value, last)."""
     rows = [read_row(run_dir) for run_dir in run_dirs(paths)]
 
-    def rank(row: RunRow) -> tuple[int, float]:
+    def rank(row: RunRow) -> tuple[bool, int, float]:
         value = row.best_value
         if value is None or (isinstance(value, float) and math.isnan(value)):
-            return (1, 0.0)
-        return (0, -value if row.mode == "max" else value)
+            return (row.status != FINISHED, 1, 0.0)
+        return (row.status != FINISHED, 0, -value if row.mode == "max" else value)
 
     return differing(rows), sorted(rows, key=rank)
 
 
+def metric_columns(rows: Sequence[RunRow]) -> list[str]:
+    """The val/ and test/ metrics any run has, less the one every run monitors (shown as best_value)."""
+    keys = sorted({key for row in rows for key in row.metrics})
+    monitors = {row.monitor for row in rows if row.monitor}
+    return [key for key in keys if not (len(monitors) == 1 and key in monitors)]
+
+
 def table(keys: Sequence[str], rows: Sequence[RunRow], *, as_csv: bool = False) -> str:
     """The comparison as aligned text, or as CSV."""
-    header = ["run", *keys, "best_value", "monitor", "stop_reason", "epochs"]
-    body = [[str(row.run_dir), *(row.overrides.get(key, "-") for key in keys),
-             "" if row.best_value is None else f"{row.best_value:.6g}", row.monitor or "", row.stop_reason or "",
-             "" if row.epochs is None else str(row.epochs)] for row in rows]
+    metrics = metric_columns(rows)
+    header = ["run", *keys, "status", "best_value", "monitor", *metrics, "stop_reason", "epochs"]
+    body = [[str(row.run_dir), *(row.overrides.get(key, "-") for key in keys), row.status,
+             "" if row.best_value is None else f"{row.best_value:.6g}", row.monitor or "",
+             *("" if row.metrics.get(key) is None else f"{row.metrics[key]:.6g}" for key in metrics),
+             row.stop_reason or "", "" if row.epochs is None else str(row.epochs)] for row in rows]
     if as_csv:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerows([header, *body])
         return out.getvalue()
     widths = [max(len(line[column]) for line in [header, *body]) for column in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+    # An empty cell is "-" in the text table: the columns are read by splitting on spaces.
+    return "\n".join("  ".join((cell or "-").ljust(width) for cell, width in zip(line, widths)).rstrip()
                      for line in [header, *body]) + "\n"
 
 

@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 USAGE = """usage: trainwire train [hydra overrides ...]
-       trainwire plot RUN_DIR [RUN_DIR ...] [-o curves.png]
+       trainwire plot RUN_DIR|SWEEP_DIR [RUN_DIR ...] [-o curves.png]
        trainwire compare SWEEP_DIR | RUN_DIR [RUN_DIR ...] [--csv]
        trainwire lr-preview [hydra overrides ...] [-o lr.png]
        trainwire lr-find [hydra overrides ...] [--steps 100] [--start-lr 1e-7] [--end-lr 10] [-o lr_find.png]
-       trainwire export-weights RUN_DIR|CHECKPOINT [-o model.pt]
+       trainwire export-weights RUN_DIR|CHECKPOINT [-o model.pt] [--format torch|safetensors]
 
   trainwire train                               train the default job (MLP on the bundled digits)
   trainwire train lr=constant optimizer.lr=0.01 override any key of the config
@@ -23,16 +23,25 @@ USAGE = """usage: trainwire train [hydra overrides ...]
   trainwire train --cfg job                     print the composed config
   trainwire train -m optimizer.lr=1e-3,3e-3     a Hydra sweep
   trainwire plot outputs/a outputs/b -o ab.png  loss, monitored metric, lr and grad norm of runs, as PNG
-  trainwire compare multirun/2026-11-30/12-00-00 each run's overrides vs its best value, monitor, stop reason
+  trainwire compare multirun/2026-11-30/12-00-00
+                                                each run of a sweep: its overrides vs its status, best value,
+                                                other val/ metrics and stop reason (trainwire plot takes it too)
   trainwire lr-preview lr.warmup_epochs=5       the lr curve a config would produce, without training
   trainwire lr-find data=diabetes objective=regression
                                                 LR range test: suggests an optimizer.lr, plots loss vs lr
   trainwire export-weights outputs/a -o model.pt
-                                                the newest checkpoint's weights as a plain state dict
-                                                (single-file or FSDP-sharded), for torch.load + load_state_dict
+                                                the run's best weights (best.pt; else its newest checkpoint) as a
+                                                plain state dict (single-file or FSDP-sharded), for torch.load +
+                                                load_state_dict; --format safetensors (or -o *.safetensors) for
+                                                safetensors.torch.load_file (pip install safetensors)
   torchrun --nproc_per_node=2 -m trainwire train
                                                 data-parallel over 2 processes (strategy=auto: ddp)
+
+  trainwire COMMAND --help                      a command's usage (train: every config group's options)
 """
+
+
+COMMANDS = ("train", "plot", "compare", "lr-preview", "lr-find", "export-weights")
 
 
 def _split_output(args: list[str], default: str) -> tuple[list[str], str]:
@@ -54,7 +63,7 @@ def _plot(args: list[str]) -> None:
 
     run_dirs, out = _split_output(args, "")
     if not run_dirs:
-        raise ValueError("plot needs at least one run directory")
+        raise ValueError("plot needs at least one run directory or sweep folder")
     written = plot_runs(run_dirs, out or Path(run_dirs[0]) / "curves.png")
     print(out or Path(run_dirs[0]) / "curves.png", f"({len(written)} run{'s' if len(written) > 1 else ''})")
 
@@ -136,15 +145,20 @@ def _export_weights(args: list[str]) -> None:
     from trainwire.checkpointing.export import export_weights
     from trainwire.errors import CheckpointError
 
-    sources, out = _split_output(args, "model.pt")
+    sources, out = _split_output(args, "")
+    sources, fmt = _take_option(sources, "--format", "")
     if len(sources) != 1:
         raise ValueError("export-weights needs one run folder or checkpoint file")
+    fmt = fmt or ("safetensors" if out.endswith(".safetensors") else "torch")  # -o model.safetensors says it
+    out = out or ("model.safetensors" if fmt == "safetensors" else "model.pt")
     try:
-        source, weights = export_weights(sources[0], out)
+        source, weights = export_weights(sources[0], out, format=fmt)
     except CheckpointError as error:
         print(f"trainwire: error: {error}", file=sys.stderr)
         sys.exit(1)
-    print(out, f"({len(weights)} tensors from {source})")
+    which = "" if not Path(sources[0]).is_dir() else (
+        ": the run's best weights" if source.name == "best.pt" else ": its newest checkpoint, as the run kept no best.pt")
+    print(out, f"({len(weights)} tensors, {fmt}, from {source}{which})")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -154,6 +168,11 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         sys.exit(0 if args else 2)
     command, rest = args[0], args[1:]
+    if command in COMMANDS and any(arg in ("-h", "--help") for arg in rest):
+        from trainwire.cli.help import command_help
+
+        print(command_help(command), end="")
+        sys.exit(0)
     if command == "train":
         from trainwire.cli.train import train
 
@@ -161,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     tools = {"plot": _plot, "lr-preview": _lr_preview, "lr-find": _lr_find, "compare": _compare,
              "export-weights": _export_weights}
-    if command not in tools:
+    if command not in COMMANDS:
         print(f"trainwire: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         sys.exit(2)
     from trainwire.errors import ConfigError

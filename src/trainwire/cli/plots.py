@@ -20,11 +20,15 @@ Series = tuple[list[int], list[float]]
 
 # (panel title, [(key, line style)]) — each key's points are (step, value) from the records holding it.
 PANELS: list[tuple[str, list[tuple[str, str]]]] = [
-    ("loss", [("train/loss", "-"), ("train/epoch_loss", "--"), ("val/loss", "o-")]),
+    ("loss (solid: train/loss, dashed: epoch mean, dots: val/loss)",
+     [("train/loss", "-"), ("train/epoch_loss", "--"), ("val/loss", "o-")]),
     ("monitor", []),  # filled per run with its monitored metric
     ("learning rate", [("train/lr", "-")]),
-    ("gradient norm", [("train/grad_norm", "-"), ("train/grad_norm_clipped", ":")]),
+    ("gradient norm (solid: before clipping, dotted: after)", [("train/grad_norm", "-"), ("train/grad_norm_clipped", ":")]),
 ]
+# The series of each panel on which a run's best epoch and stop are marked (None: the run's monitored metric).
+MARKED: list[str | None] = ["val/loss", None, "train/lr", "train/grad_norm"]
+BEST_MARKER, STOP_MARKER = "*", "X"
 
 
 @dataclass
@@ -37,6 +41,21 @@ class RunCurves:
     best_step: int | None = None
     stop_step: int | None = None
     stop_reason: str | None = None
+
+
+def plotted_dirs(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The run folders ``paths`` name: a folder with ``metrics.jsonl`` is one, a sweep's folder holds several.
+
+    A path that is neither stays as given, for ``read_records`` to refuse by name.
+    """
+    from trainwire.cli.compare import in_sweep_order
+
+    found: list[Path] = []
+    for path in map(Path, paths):
+        inner = [] if (path / "metrics.jsonl").is_file() or not path.is_dir() else [
+            sub for sub in in_sweep_order(path.iterdir()) if (sub / "metrics.jsonl").is_file()]
+        found.extend(inner or [path])
+    return found
 
 
 def read_records(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -111,42 +130,78 @@ def _save(figure: Any, out: str | os.PathLike[str]) -> Path:
 def plot_runs(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> list[RunCurves]:
     """Draws the runs on one figure (one colour per run) and writes it to ``out`` as PNG; returns what it drew.
 
-    Panels: train and validation loss; the monitored metric; the lr; the gradient norm before
-    (solid) and after (dotted) clipping. A dashed line marks each run's best epoch, a dotted
-    line where it stopped. The x-axis is the optimizer step.
+    ``run_dirs`` are run folders, or sweep folders standing for the runs in them. Panels: train
+    and validation loss; the monitored metric; the lr; the gradient norm before (solid) and after
+    (dotted) clipping. A star marks each run's best epoch and a cross its stop, on the run's own
+    curve in each panel. The x-axis is the optimizer step.
     """
+    run_dirs = plotted_dirs(run_dirs)
     runs = [run_curves(run_dir, label) for run_dir, label in zip(run_dirs, _labels(run_dirs))]
     _save(figure_of(runs), out)
     return runs
 
 
+def _value_at(series: Series, step: int) -> float | None:
+    """The curve's value at ``step`` (interpolated between its points); None outside it."""
+    steps, values = series
+    if not steps or not steps[0] <= step <= steps[-1]:
+        return None
+    for index, at in enumerate(steps):
+        if at >= step:
+            if at == step or index == 0:
+                return values[index]
+            before, after = steps[index - 1], values[index - 1]
+            return after + (values[index] - after) * (step - before) / (at - before)
+    return None
+
+
+def _mark(ax: Any, run: RunCurves, name: str | None, colour: str) -> None:
+    """The run's best epoch (star) and stop (cross) on its own curve of ``name`` (the last stage's)."""
+    keys = matching(run.series, name or run.monitor or "")
+    if not keys:
+        return
+    for step, marker in ((run.stop_step, STOP_MARKER), (run.best_step, BEST_MARKER)):  # best on top: often the same
+        value = None if step is None else _value_at(run.series[keys[-1]], step)
+        if value is not None:
+            ax.plot([step], [value], marker, color=colour, markersize=11 if marker == BEST_MARKER else 8,
+                    markeredgecolor="black", markeredgewidth=0.6, linestyle="none", label=f"_{marker} {run.label}",
+                    zorder=3)
+
+
 def figure_of(runs: Sequence[RunCurves]) -> Any:
-    """The figure ``plot_runs`` writes: a matplotlib ``Figure`` with four panels."""
+    """The figure ``plot_runs`` writes: a matplotlib ``Figure`` with four panels and one legend below them."""
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     figure = Figure(figsize=(16, 8), layout="constrained")
     axes = figure.subplots(2, 2).ravel()
     colours = [f"C{index % 10}" for index in range(len(runs))]
-    for ax, (title, lines) in zip(axes, PANELS):
+    for ax, (title, lines), marked in zip(axes, PANELS, MARKED):
         for run, colour in zip(runs, colours):
             keys = lines or ([(run.monitor, "o-")] if run.monitor else [])
             for name, style in keys:
                 for key in matching(run.series, name):
                     steps, values = run.series[key]
                     ax.plot(steps, values, style, color=colour, label=f"{run.label} {key}", markersize=3)
-            if run.best_step is not None:
-                ax.axvline(run.best_step, color=colour, linestyle="--", linewidth=0.8, alpha=0.7)
-            if run.stop_step is not None:
-                ax.axvline(run.stop_step, color=colour, linestyle=":", linewidth=0.8, alpha=0.7)
+            _mark(ax, run, marked, colour)
         if title == "monitor":
             title = ", ".join(sorted({run.monitor for run in runs if run.monitor})) or "monitored metric"
-        ax.set_title(title)
+        ax.set_title(title, fontsize="medium")
         ax.set_xlabel("optimizer step")
-        if ax.lines:  # beside the panel, not over it: a legend inside would cover the curves it names
-            ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
-    stops = "; ".join(f"{run.label}: best at step {run.best_step}, stopped at {run.stop_step} ({run.stop_reason})"
-                      for run in runs)
-    figure.suptitle(f"dashed: best epoch, dotted: stop — {stops}", fontsize="small")
+    # One legend for the figure, below the panels: a run's colour, its best and stop; beside each panel,
+    # legends took half the width, and a title listing every run's stop ran off the figure's edges.
+    handles = [Line2D([], [], color=colour, linewidth=2,
+                      label=f"{run.label}: best at step {run.best_step}, stopped at {run.stop_step}"
+                            f"{f' ({run.stop_reason})' if run.stop_reason else ''}")
+               for run, colour in zip(runs, colours)]
+    handles += [Line2D([], [], marker=BEST_MARKER, color="0.4", markeredgecolor="black", linestyle="none",
+                       markersize=11, label="best epoch"),
+                Line2D([], [], marker=STOP_MARKER, color="0.4", markeredgecolor="black", linestyle="none",
+                       markersize=8, label="stop")]
+    longest = max(len(handle.get_label()) for handle in handles)
+    figure.legend(handles=handles, loc="outside lower center", fontsize="small", frameon=False,
+                  ncols=max(1, min(len(handles), 160 // (longest + 8))))
+    figure.suptitle(f"{len(runs)} run{'s' if len(runs) != 1 else ''} by optimizer step", fontsize="medium")
     return figure
 
 

@@ -7,9 +7,10 @@ once and trains. Hydra's ``.hydra/`` record is written by ``HydraRecord`` when t
 so a refused run (a bad value, a live or used folder, a changed config, damaged checkpoints)
 leaves the run folder as it found it.
 
-A sweep (``-m``) and the modes that print or explain (``--cfg``, ``--help``, ``--info``, ...)
+A sweep (``-m``) and the modes that print or explain (``--cfg``, ``--hydra-help``, ``--info``, ...)
 are Hydra's own: ``@hydra.main`` composes each job, and each job then takes the same path
-(``_fit``) from its composed config on, with Hydra's record deferred the same way.
+(``_fit``) from its composed config on, with Hydra's record deferred the same way. ``--help`` is
+the CLI's own (``trainwire.cli.help``), answered before this module is imported.
 """
 
 from __future__ import annotations
@@ -107,10 +108,17 @@ class Signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, signal.SIG_IGN)
 
-    def _handle(self, signum: int, frame: object) -> None:
+    def _handle(self, signum: int, frame: Any) -> None:
         self.received.append(signum)
         if self._leaving or len(self.received) > 1 or sys.exc_info()[1] is not None:
             return
+        if _importing(frame):
+            # An exception raised here may cross a C++ extension's module init (torch's pybind11
+            # callbacks), which aborts the process ("terminate called ..."). An import writes
+            # nothing of the run, so leaving at once loses nothing.
+            sys.stderr.write(f"trainwire: interrupted by {self.name()} before training; nothing was saved\n")
+            sys.stderr.flush()
+            os._exit(self.exit_code())
         raise KeyboardInterrupt(f"signal {signum}")
 
     def check(self) -> None:
@@ -128,6 +136,15 @@ class Signals:
         import signal
 
         return 128 + (self.received[0] if self.received else signal.SIGINT)
+
+
+def _importing(frame: Any) -> bool:
+    """Whether ``frame`` runs inside a module import (importlib's frames are on its stack)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 launch = Launch()
@@ -173,7 +190,9 @@ def _unwritable(folder: Path) -> tuple[str, int] | None:
 
     The deepest folder that exists is asked by writing a small file there and removing it: a
     pseudo-filesystem (``/proc``), a read-only mount, a full disk or a quota say no only when
-    tried, and the run would otherwise fail at its first record (or inside Hydra). A path that
+    tried, and the run would otherwise fail at its first record (or inside Hydra). A run folder
+    that exists already (a resume) is not written to, as a refused resume must leave it as it
+    was, its mtime included: there the file system's free space is asked instead. A path that
     cannot be a folder is the user's input (2); a folder that cannot be written now is 1.
     """
     import errno
@@ -186,6 +205,11 @@ def _unwritable(folder: Path) -> tuple[str, int] | None:
         return f"the run folder {folder} cannot be made: {existing} is not a folder", 2
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"the run folder {folder} is not writable ({existing}: read-only, immutable or not permitted)", 1
+    if existing == folder:
+        space = os.statvfs(folder)
+        if space.f_bavail == 0 or (space.f_files and space.f_favail == 0):
+            return f"the run folder {folder} cannot be written: its file system is full", 1
+        return None
     try:
         handle, probe = tempfile.mkstemp(dir=existing, prefix=".trainwire-probe-")
         try:
@@ -477,6 +501,41 @@ def _hydra_main(args: list[str]) -> None:
 
 def train(args: list[str]) -> None:
     """``trainwire train [overrides ...]``: exits 0, or with one line and the code of the first refusal."""
+    try:
+        _train(args)
+    finally:
+        if launch.distributed:
+            _exit_now()
+
+
+def _exit_now() -> None:
+    """Ends a torchrun worker with its exit code, skipping the interpreter's teardown.
+
+    Every rank has passed the last barrier and the run's files are closed by now; what is left is
+    teardown, and there gloo's threads can outlive their owners and abort the process
+    ("terminate called without an active exception", exit -6) after a run that succeeded.
+    """
+    import traceback
+
+    problem = sys.exc_info()[1]
+    if problem is None:
+        code = 0
+    elif isinstance(problem, SystemExit):
+        code = problem.code if isinstance(problem.code, int) else (0 if problem.code is None else 1)
+        if isinstance(problem.code, str):
+            print(problem.code, file=sys.stderr)
+    else:
+        traceback.print_exc()
+        code = 1
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _train(args: list[str]) -> None:
     from trainwire.errors import ConfigError
 
     signals.install()  # before the slow imports: a SIGTERM from here on ends in one line, not a traceback

@@ -43,9 +43,18 @@ def read(batches: Iterable[Any], split: str, start: int = 0) -> Iterator[Any]:
         except DataError:
             raise
         except Exception as error:
+            _stop_workers(iterator)
             raise data_error(error, split, index) from error
         yield batch
         index += 1
+
+
+def _stop_workers(iterator: Iterator[Any]) -> None:
+    """Ends a DataLoader iterator's workers now: the error's traceback keeps the iterator alive, and a
+    stuck worker would outlive the run (in an embedding service, the service) holding its pipes."""
+    shutdown = getattr(iterator, "_shutdown_workers", None)  # torch's own cleanup, as its __del__ calls it
+    if shutdown is not None:
+        shutdown()
 
 
 def data_error(error: BaseException, split: str, index: int) -> DataError:

@@ -38,6 +38,9 @@ class TrainerSettings:
     grad_exploding_factor: float = 10.0  # exploding: the norm above this times the median of the last 100
     # Write checkpoints in the background: the loop waits only for a copy of the state (ADR 0009).
     async_checkpoint: bool = True
+    # A new run's first weights (a run folder's best, a checkpoint, a state dict, a .safetensors file); weights only.
+    init_from: Optional[str] = None
+    init_strict: bool = True  # the model and the weights have the same keys and shapes (false: load those that fit)
 
     def __post_init__(self) -> None:
         for key in ("max_epochs", "accumulate_steps", "log_every_n_steps", "grad_vanishing_steps"):
@@ -45,10 +48,12 @@ class TrainerSettings:
                      "an integer >= 1")
         _require("watch_every_n_steps", self.watch_every_n_steps, self.watch_every_n_steps is None or (
             type(self.watch_every_n_steps) is int and self.watch_every_n_steps >= 1), "null or an integer >= 1")
-        for key in ("compile", "grad_monitor", "async_checkpoint"):
+        for key in ("compile", "grad_monitor", "async_checkpoint", "init_strict"):
             _require(key, getattr(self, key), type(getattr(self, key)) is bool, "true or false")
         _require("resume", self.resume, self.resume is None or (isinstance(self.resume, str) and self.resume.strip()),
                  "null, 'auto' or a checkpoint path")
+        _require("init_from", self.init_from, self.init_from is None or (
+            isinstance(self.init_from, str) and self.init_from.strip()), "null or a run folder, checkpoint or weights file")
         _require("compile_mode", self.compile_mode, self.compile_mode is None or self.compile_mode in COMPILE_MODES,
                  f"one of {', '.join(COMPILE_MODES)} (or null)")
         _require("peak_tflops", self.peak_tflops, self.peak_tflops is None or _number(self.peak_tflops) > 0,

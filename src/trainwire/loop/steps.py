@@ -60,6 +60,9 @@ class Step(ABC):
     """Port: turns one batch into an update of the weights."""
 
     optimizer: Optimizer  # the main optimizer, what hooks see as ``state.optimizer``
+    # Whether the model runs forward before this step first trains it, so the objective can check the
+    # fit's first batch against its output (``Objective.check_batch``); a step that checks its data itself says no.
+    checks_first_batch: bool = True
 
     def check(self, settings: Any, strategy: Any) -> None:
         """Called when the Trainer is built, with its ``TrainerSettings`` and ``Strategy``: raises ConfigError

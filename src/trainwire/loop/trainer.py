@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +13,8 @@ from torch import nn
 from torch.optim import Optimizer
 
 from trainwire import logs
-from trainwire.checkpointing.parts import Position
+from trainwire.checkpointing.initial import load_initial_weights
+from trainwire.checkpointing.parts import Position, restores
 from trainwire.checkpointing.session import Checkpointing
 from trainwire.checkpointing.store import CheckpointStore
 from trainwire.data import epoch_batches, not_resumable
@@ -60,13 +61,19 @@ class FitResult:
     best_value: float | None
     monitor: str | None
     stop_reason: str
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)  # one row an epoch: ``epoch`` (from 0), its metrics
     steps: int = 0
     avg_epoch_time_s: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)  # flagged gradient steps, recompilations
     notes: list[str] = field(default_factory=list)  # what the user should know about the run (data not resumable)
     checkpoint_wait_s: float = 0.0  # time the loop waited for a checkpoint still being written (ADR 0009)
     checkpoint_waits: int = 0  # saves that had to wait for the one before
+    extended_from: dict[str, Any] = field(default_factory=dict)  # plan key -> first planned value (ADR 0031)
+    # The verdict: finished, failed (``error``: its first line), interrupted (SIGTERM/SIGINT) or cancelled
+    # (``StopToken.stop()``); ``resumable``: whether a checkpoint to continue from exists after a stop.
+    status: str = "finished"
+    error: str | None = None
+    resumable: bool | None = None
 
     @property
     def best_metrics(self) -> dict[str, float]:
@@ -79,6 +86,9 @@ class FitResult:
         """What ``summary.json`` and the sinks' summaries hold."""
         best_val = {key: value for key, value in self.best_metrics.items() if key.startswith("val/")}
         return {
+            "status": self.status,
+            **({"error": self.error} if self.error is not None else {}),
+            **({"resumable": self.resumable} if self.resumable is not None else {}),
             "epochs_completed": self.epochs_completed,
             "best_epoch": self.best_epoch,
             "best_value": self.best_value,
@@ -88,10 +98,17 @@ class FitResult:
             "steps": self.steps,
             **self.counts,
             **({"notes": list(self.notes)} if self.notes else {}),
+            **({"extended_from": dict(self.extended_from)} if self.extended_from else {}),
             "checkpoint/wait_s": self.checkpoint_wait_s,
             "checkpoint/waits": self.checkpoint_waits,
             **best_val,
         }
+
+
+def _one_line(error: BaseException) -> str:
+    """``error`` as one line for a summary: its type and the first line of its message."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def _batch_count(data: Any, name: str) -> int:
@@ -178,7 +195,7 @@ class Trainer:
         optimizer step, with ``last.pt`` written there; SIGTERM/SIGINT in the main thread set it.
         """
         settings, strategy = self.settings, self.strategy
-        n_batches, unrestorable = self._check_data(train_data, val_data)
+        n_batches = self._check_data(train_data, val_data)
         precision, module = self._place(model)
         token = stop if stop is not None else StopToken()
         context = StepContext(strategy, precision, self.nonfinite.checks, n_batches, settings.max_epochs,
@@ -186,7 +203,7 @@ class Trainer:
                               self.health)
         position = Position()  # where the loop is: restored with the other parts
         checkpointing = Checkpointing(self.checkpoints, self.cadence, strategy, token, self.log,
-                                      asynchronous=settings.async_checkpoint)
+                                      asynchronous=settings.async_checkpoint, record=self.sink)
         checkpointing.hold(model, self.step.setup(model, context), precision=precision, stopping=self.stopping,
                            nonfinite=self.nonfinite, objective=self.objective, throughput=self._meter,
                            gradient_health=self.health, train_data=train_data, position=position, hooks=self.hooks,
@@ -202,37 +219,33 @@ class Trainer:
             try:
                 self.step.start(model, resumed=resumed is not None)
                 result = self._loop(state, position, checkpointing, precision, train_data, val_data)
-                if unrestorable:
-                    result.notes.append(f"data order not resumable: {unrestorable}")
                 checkpointing.close()  # the last save is committed (or its failure raised) before fit returns
                 result.checkpoint_wait_s, result.checkpoint_waits = checkpointing.waited_s, checkpointing.waits
             except BaseException as error:
                 checkpointing.close(error)
                 self._emit("on_exception", state, error)
-                self.sink.finish("killed" if isinstance(error, (KeyboardInterrupt, TrainingInterrupted)) else "failed")
+                self._not_finished(state, position, error)
                 raise
             finally:
                 if self._compiler is not None:
                     self._compiler.stop()
-        failure = self._no_step(result)
+        failure = self._no_step(result)  # the record says so, and the run is not a success
         self.sink.summary(result.summary())
-        if failure is not None:  # the record says so, and the run is not a success
-            self.sink.finish("failed")
+        self.sink.finish(result.status)
+        if failure is not None:
             raise failure
-        self.sink.finish("finished")
         self.log.info("train_end", **result.summary())
         self._emit("on_train_end", state, result)
         return result
 
-    def _check_data(self, train_data: Any, val_data: Any) -> tuple[int, str | None]:
-        """Refuses data the run cannot use, before any work; returns the batches of an epoch and why the
-        data order cannot be resumed (None when it can)."""
+    def _check_data(self, train_data: Any, val_data: Any) -> int:
+        """Refuses data the run cannot use, before any work; returns the batches of an epoch."""
         n_batches = _batch_count(train_data, "train_data")
         accumulate = self.settings.accumulate_steps
         if accumulate > n_batches:
             raise ConfigError(f"trainer.accumulate_steps={accumulate} is more than the "
                               f"{n_batches} batches of an epoch (data.batch_size): no window would fill")
-        unrestorable = not_resumable(train_data)
+        self._unrestorable = unrestorable = not_resumable(train_data)  # a note in the result
         if unrestorable:  # said once, at the start and in the summary, rather than resumed inexactly in silence
             self.log.warning("data_order_not_resumable", reason=unrestorable)
         if val_data is not None:
@@ -242,7 +255,7 @@ class Trainer:
                 f"stopping.monitor={self.stopping.monitor!r} needs validation data, and none was given "
                 "(monitor a train/ metric or use stopping=none)"
             )
-        return n_batches, unrestorable
+        return n_batches
 
     def _plan(self, n_batches: int) -> dict[str, Any]:
         """What a checkpoint must have been planned with for this run to resume it (config key -> value)."""
@@ -250,13 +263,21 @@ class Trainer:
                 "batches per epoch (data.batch_size)": n_batches, **self.step.plan()}
 
     def _place(self, model: nn.Module) -> tuple[Precision, nn.Module]:
-        """Moves ``model`` to its device, makes what runs forward (the strategy's form, compiled if asked)
-        and starts the throughput meter there.
+        """Loads ``trainer.init_from``'s weights, moves ``model`` to its device, makes what runs forward (the
+        strategy's form, compiled if asked) and starts the throughput meter there.
 
-        Both before the step builds its optimizers: FSDP replaces the parameters, and the compiled
+        All before the step builds its optimizers: FSDP replaces the parameters, and the compiled
         module shares them (the checkpoint keeps the plain model's keys).
         """
+        settings = self.settings
+        # A new run's first weights, into the plain module before any strategy wraps it; not when a checkpoint
+        # will be restored (its weights win, and the source need not be there any more).
+        if settings.init_from is not None and not restores(settings.resume, self.checkpoints):
+            load_initial_weights(model, settings.init_from, strict=settings.init_strict, log=self.log)
         precision = Precision(self.settings.precision, self.strategy.device(self.settings.device))
+        self.log.info("model", parameters=sum(p.numel() for p in model.parameters()),  # what trains, and where
+                      trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+                      device=str(precision.device), precision=precision.precision)
         model.to(precision.device)
         module = self.strategy.setup(model)
         self._compiler = Compiler(self.settings.compile_mode) if self.settings.compile else None
@@ -264,11 +285,29 @@ class Trainer:
             module = self.step.compile(module, self._compiler)
         self._meter = Throughput(self.settings.peak_tflops)  # the run's throughput, on that device
         self._meter.start(precision.device, self.strategy.world_size)
+        self._unchecked = True  # the fit's first batch is checked before it trains
         return precision, module
+
+    def _batches(self, model: nn.Module, train_data: Iterable[Any], epoch: int, skip: int, move: Any,
+                 precision: Precision) -> Iterator[tuple[int, Any]]:
+        """Epoch ``epoch``'s batches from ``skip`` on, numbered and on the device; the fit's first one is
+        checked by the objective before it trains. DataError when an epoch gives no batch from its start."""
+        index = -1
+        for index, batch in enumerate(read(epoch_batches(train_data, epoch, skip), "train", skip), start=skip):
+            batch = move(batch)
+            if self._unchecked:
+                self._check_batch(model, batch, index, precision)
+                self._unchecked = False
+            yield index, batch
+        if index < 0 and skip == 0:  # (a resume at an epoch's last batch has none left, rightly)
+            raise DataError(f"data (train split, epoch {epoch}): the training data gave no batch "
+                            f"(its length says {len(train_data)}): no optimizer step can be taken")
 
     def _check_batch(self, model: nn.Module, batch: Any, index: int, precision: Precision) -> None:
         """The objective's check of one batch (eval mode, no_grad: no running statistics or random draws
         change, so a resumed run stays exact); raises DataError (exit 2) with the objective's line."""
+        if not self.step.checks_first_batch:
+            return
         model.eval()
         try:
             with torch.no_grad(), precision.autocast():
@@ -304,16 +343,12 @@ class Trainer:
         self._emit("on_train_start", state)
         checkpointing.at_start()  # a token stopped before the run stops it before the first step
         model.train()
-        unchecked = True
         for epoch in range(position.epoch, settings.max_epochs if position.stop_reason is None else 0):
             state.epoch, started, skip, first_step = epoch, time.perf_counter(), position.batch, state.step
             self._emit("on_epoch_start", state)
             meter.start_epoch()
-            for index, batch in enumerate(read(epoch_batches(train_data, epoch, skip), "train", skip), start=skip):
-                state.batch, batch = index, move(batch)
-                if unchecked:  # the fit's first batch, against the model's output, before it trains
-                    self._check_batch(model, batch, index, precision)
-                    unchecked = False
+            for index, batch in self._batches(model, train_data, epoch, skip, move, precision):
+                state.batch = index
                 if meter.counted:
                     result = step.train_step(module, batch, index)
                 else:  # a fresh run's first optimizer step: its FLOPs are counted once
@@ -332,9 +367,6 @@ class Trainer:
                 else:  # non-finite, or fp16 overflow (the scaler has lowered its scale): the schedule waits
                     self._not_taken(state)
                 checkpointing.at_step(state.step, result.taken)
-            if unchecked:  # not one batch came: no step can be taken
-                raise DataError(f"data (train split, epoch {epoch}): the training data gave no batch "
-                                f"(its length says {len(train_data)}): no optimizer step can be taken")
             verdict = self._end_epoch(state, position, precision, move, val_data, started, first_step)
             checkpointing.at_epoch(epoch, verdict.improved)
             if verdict.stop:
@@ -364,13 +396,34 @@ class Trainer:
         metrics["train/skipped_steps"] = self.nonfinite.skipped
         if self._compiler is not None:
             self._compiler.report(metrics, self.log, epoch)
-        position.history.append(metrics)
+        position.history.append({"epoch": epoch, **metrics})
         self.sink.log(metrics, step=state.step, epoch=epoch)
         self.log.info("epoch", epoch=epoch, step=state.step, **metrics)
         self._emit("on_epoch_end", state, metrics)
         position.epoch, position.batch = epoch + 1, 0
         position.stop_reason = (verdict.reason or "stopped") if verdict.stop else None
         return verdict
+
+    def _not_finished(self, state: TrainState, position: Position, error: BaseException) -> None:
+        """The verdict on a run that ``error`` ends, in its summary, then the sinks' finish (the error is raised on).
+
+        ``interrupted`` by SIGTERM/SIGINT, ``cancelled`` by ``StopToken.stop()`` (with ``resumable``:
+        whether a checkpoint to continue from was written), else ``failed`` with the error's first line.
+        """
+        status = "failed"
+        if isinstance(error, (KeyboardInterrupt, TrainingInterrupted)):
+            status = "cancelled" if isinstance(error, TrainingInterrupted) and error.signum is None else "interrupted"
+        try:
+            result = self._result(state, position)
+            result.status = status
+            if isinstance(error, TrainingInterrupted):
+                result.resumable = error.saved
+            elif status == "failed":
+                result.error = _one_line(error)
+            self.sink.summary(result.summary())
+        except Exception as failure:  # (a record that cannot be written): the run's own error is the one to raise
+            self.log.warning("summary_not_written", error=str(failure))
+        self.sink.finish("failed" if status == "failed" else "killed")
 
     def _no_step(self, result: FitResult) -> NonFiniteError | None:
         """A run that took no optimizer step learned nothing: its cause goes into ``result`` and is returned to raise."""
@@ -379,7 +432,7 @@ class Trainer:
         error = NonFiniteError(
             f"no optimizer step was taken: every step ({self.nonfinite.skipped}) had a non-finite loss or gradient "
             "and was skipped (nonfinite.max_in_a_row is more than the run's steps); check the data and the lr")
-        result.stop_reason = "no_step_taken"
+        result.stop_reason, result.status, result.error = "no_step_taken", "failed", _one_line(error)
         result.notes.append(str(error))
         return error
 
@@ -391,4 +444,6 @@ class Trainer:
             steps=state.step, avg_epoch_time_s=math.fsum(h["time/epoch_s"] for h in history) / max(len(history), 1),
             counts={**self.health.counts(),
                     **({"compile/recompiles": self._compiler.recompiles} if self._compiler is not None else {})},
+            notes=[f"data order not resumable: {self._unrestorable}"] if self._unrestorable else [],
+            extended_from=dict(position.extended_from),
         )

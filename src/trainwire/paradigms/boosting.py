@@ -143,6 +143,7 @@ class GBDTStep(Step):
     """
 
     optimizer = None  # no torch optimizer: hooks see ``state.optimizer`` as None
+    checks_first_batch = False  # no trees before the first round to run forward; setup checks every row instead
 
     def check(self, settings: Any, strategy: Any) -> None:
         refusals = {"strategy": (strategy.name, "single"), "trainer.precision": (settings.precision, "32"),

@@ -53,7 +53,12 @@ class LRPolicy(ABC):
         return {}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restores what ``state_dict`` returned; called after ``attach``."""
+        """Restores what ``state_dict`` returned; called after ``attach``.
+
+        ``attach`` was told this run's length, which may be longer than the saved run's (an
+        extended run, ADR 0031): a policy planned from the length re-plans for the one attached,
+        as if the run had been planned for it from the start.
+        """
 
 
 class _SchedulerPolicy(LRPolicy):
@@ -67,7 +72,8 @@ class _SchedulerPolicy(LRPolicy):
 
     def attach(self, optimizer: Optimizer, *, steps_per_epoch: int, max_epochs: int) -> None:
         per_epoch = steps_per_epoch if self.interval == "step" else 1
-        self._scheduler = self._build(optimizer, total=per_epoch * max_epochs, per_epoch=per_epoch)
+        self._optimizer, self._total, self._per_epoch = optimizer, per_epoch * max_epochs, per_epoch
+        self._scheduler = self._build(optimizer, total=self._total, per_epoch=per_epoch)
 
     @abstractmethod
     def _build(self, optimizer: Optimizer, *, total: int, per_epoch: int) -> LRScheduler:
@@ -82,10 +88,27 @@ class _SchedulerPolicy(LRPolicy):
             self._scheduler.step()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"scheduler": self._scheduler.state_dict()}
+        return {"scheduler": self._scheduler.state_dict(), "total": self._total}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._scheduler.load_state_dict(state["scheduler"])
+        if state.get("total", self._total) == self._total:
+            self._scheduler.load_state_dict(state["scheduler"])
+        else:  # planned for another length (an extended run): this length's schedule, as far on as the saved one
+            self._replan(state["scheduler"]["last_epoch"])
+
+    def _replan(self, done: int) -> None:
+        """Moves this run's schedule (built by ``attach``) on by ``done`` units, as a run planned for this
+        length from the start would have: replayed on a throwaway optimizer, then loaded with its lrs."""
+        groups = self._optimizer.param_groups
+        shadow = torch.optim.SGD([{"params": [torch.zeros(1, requires_grad=True)], "lr": group["initial_lr"]}
+                                  for group in groups])
+        scheduler = self._build(shadow, total=self._total, per_epoch=self._per_epoch)
+        shadow.step()  # (no gradient: nothing moves) torch's schedulers expect an optimizer step before their first
+        for _ in range(done):
+            scheduler.step()
+        self._scheduler.load_state_dict(scheduler.state_dict())
+        for group, replayed in zip(groups, shadow.param_groups):
+            group["lr"] = replayed["lr"]
 
 
 class Constant(LRPolicy):

@@ -162,6 +162,13 @@ class _Rank0Sink(MetricsSink):
         if self.strategy.is_rank0:
             self.sink.finish(status)
 
+    def position(self) -> Any:
+        return self.sink.position() if self.strategy.is_rank0 else None
+
+    def rewind(self, position: Any) -> None:
+        if self.strategy.is_rank0:
+            self.sink.rewind(position)
+
 
 def init_process_group() -> bool:
     """Joins the process group ``torchrun`` set up (nccl for CUDA tensors, gloo for CPU ones); False if already in one.

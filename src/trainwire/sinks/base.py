@@ -32,6 +32,19 @@ class MetricsSink(ABC):
     def finish(self, status: str = "finished") -> None:
         """Called last, also after an exception; ``status`` is one of finished, failed, killed."""
 
+    def position(self) -> Any:
+        """Where the sink's own record of the run ends now (kept in each checkpoint); None: it keeps none
+        that a resume could cut back (a tracker's server, a progress bar)."""
+        return None
+
+    def rewind(self, position: Any) -> None:
+        """Before ``start`` of a resumed run: cuts the record back to ``position`` (what ``position()`` said
+        when the checkpoint was taken), so the steps a killed run logged after it are not there twice.
+
+        ``None``: ``trainer.resume=auto`` found no checkpoint, so the run starts afresh; a sink whose
+        record already holds a run raises ConfigError rather than append a second run to it.
+        """
+
 
 def forward_histograms(sink: Any, values: Mapping[str, Any], *, step: int, epoch: int) -> None:
     """``sink.log_histograms(...)`` where the sink has it (a duck-typed sink may not)."""
@@ -76,3 +89,13 @@ class FanOut(MetricsSink):
     def finish(self, status: str = "finished") -> None:
         for sink in self.sinks:
             sink.finish(status)
+
+    def position(self) -> Any:
+        positions = tuple(sink.position() for sink in self.sinks)
+        return None if all(position is None for position in positions) else positions
+
+    def rewind(self, position: Any) -> None:
+        if position is not None and not (isinstance(position, (tuple, list)) and len(position) == len(self.sinks)):
+            return  # saved by another arrangement of sinks: nothing here can say what to cut
+        for sink, mark in zip(self.sinks, position if position is not None else [None] * len(self.sinks)):
+            sink.rewind(mark)

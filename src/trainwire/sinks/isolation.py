@@ -325,6 +325,12 @@ class GuardedFanOut(MetricsSink):
             # Another error is already on its way out (a failed or interrupted run): it is the one to report.
             self._logger.warning("run_record_failed", error=str(self.record_error))
 
+    def position(self) -> Any:
+        return self.record.position()  # the isolated sinks run behind: only the record can be cut back
+
+    def rewind(self, position: Any) -> None:
+        self.record.rewind(position)
+
     @property
     def dropped(self) -> dict[str, int]:
         """Calls dropped so far, by sink name."""

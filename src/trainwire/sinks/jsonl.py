@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from trainwire.errors import RunRecordError
+from trainwire.errors import ConfigError, RunRecordError
 from trainwire.sinks.base import MetricsSink
 
 
@@ -105,6 +105,38 @@ class JsonlSink(MetricsSink):
             with _naming(self.metrics_path):
                 self._file.close()
             self._file = None
+
+    def position(self) -> int:
+        """The bytes of ``metrics.jsonl`` so far (each line is written whole before ``log`` returns)."""
+        try:
+            return os.fstat(self._file.fileno()).st_size if self._file is not None else self.metrics_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def rewind(self, position: int | None) -> None:
+        """Cuts ``metrics.jsonl`` back to ``position`` bytes, the record as the checkpoint resumed from saw it.
+
+        One truncate: a reader sees the rows up to the checkpoint, then the resumed run's, never a
+        step twice however often the run was killed. ``None`` (no checkpoint to continue from) over
+        a record that holds rows raises ConfigError: a second run would be appended to the first.
+        """
+        size = self.position()
+        if position is None:
+            if size:
+                with open(self.metrics_path, "rb") as handle:
+                    rows = sum(1 for _ in handle)
+                raise ConfigError(f"{self.metrics_path} holds the record of a run ({rows} rows) and there is no "
+                                  "checkpoint to continue it from (trainer.resume=auto): a new run would be "
+                                  "appended to it; train in another run folder, or move the record away to "
+                                  "start over")
+            return
+        if type(position) is not int or position < 0:
+            raise RunRecordError(f"the checkpoint's record position {position!r} is not a byte count of {self.metrics_path}")
+        if size > position:
+            with _naming(self.metrics_path):
+                os.truncate(self.metrics_path, position)
+                with open(self.metrics_path, "rb") as handle:
+                    os.fsync(handle.fileno())
 
 
 @contextlib.contextmanager

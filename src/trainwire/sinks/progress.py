@@ -25,6 +25,9 @@ class ProgressBar(MetricsSink):
     def __init__(self, max_epochs: int, monitor: str | None = None, file: IO[str] | None = None) -> None:
         from tqdm.auto import tqdm
 
+        # A class of this bar's own: tqdm starts a monitor thread per bar class that lives until the process
+        # exits; this one's is ended by ``finish``, so a run leaves no thread behind (README, "No trace left").
+        tqdm = type("tqdm", (tqdm,), {"monitor": None})
         self._tqdm, self.max_epochs, self.monitor = tqdm, max_epochs, monitor
         self.file = file
         self.epochs = self.steps = None
@@ -63,6 +66,9 @@ class ProgressBar(MetricsSink):
             if bar is not None:
                 bar.close()
         self.steps = self.epochs = None
+        monitor, self._tqdm.monitor = self._tqdm.monitor, None
+        if monitor is not None:
+            monitor.exit()  # wakes it and joins it
 
     @property
     def text(self) -> str:

@@ -44,6 +44,12 @@ class PrefixedSink(MetricsSink):
         if self.lifecycle:
             self.sink.finish(status)
 
+    def position(self) -> Any:
+        return self.sink.position()
+
+    def rewind(self, position: Any) -> None:
+        self.sink.rewind(position)
+
 
 class Stages:
     """Owns ``sink`` for a run of several stages; ``stage(name)`` gives each fit its prefixed sink.

@@ -40,7 +40,8 @@ class WandbSink(MetricsSink):
 
     ``wandb`` is imported when this sink is built, never when trainwire is imported.
     ``mode=offline`` writes the run locally for a later ``wandb sync`` and makes no network
-    call: wandb-core's own telemetry is off when this sink starts it (ADR 0010). ``dir`` None: ``run_dir``.
+    call: wandb-core's own telemetry is off when this sink starts it (ADR 0010). Where W&B's files go:
+    ``dir`` when given (``sink.wandb.dir``), else the user's ``WANDB_DIR`` when set, else ``run_dir``.
 
     It leaves the process as it found it: ``wandb.init`` replaces ``sys.excepthook`` and
     ``sys.exit`` (they are put back at once: ``finish`` reports the exit code itself), and when
@@ -75,8 +76,8 @@ class WandbSink(MetricsSink):
         self._wandb = wandb
         self._init_args = dict(
             project=project, entity=entity, name=name, mode=mode, config=dict(config or {}), tags=list(tags),
-            dir=dir if dir is not None or run_dir is None else str(run_dir),
-        )
+            dir=dir if dir is not None or run_dir is None or os.environ.get("WANDB_DIR") else str(run_dir),
+        )  # dir None with WANDB_DIR set: wandb.init reads the user's WANDB_DIR itself
         self.run = None
         self._warned_no_pil = False
 
