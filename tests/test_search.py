@@ -1,5 +1,7 @@
-"""Hydra's Optuna sweeper drives ``trainwire train -m`` (ADR 0029): each trial returns its run's best value,
-a refused trial is recorded as failed and the study goes on."""
+"""Hydra's Optuna sweeper drives ``trainwire train -m`` (ADR 0029) through the ``hpo=optuna`` preset: each trial
+returns its run's best value, the direction follows ``stopping.mode``, the study is a SQLite database in the sweep
+folder that the same command resumes, a refused trial is recorded as failed and the study goes on, and
+``trainwire compare`` reads the study's folder."""
 
 from __future__ import annotations
 
@@ -9,48 +11,74 @@ import pytest
 import yaml
 from conftest import trainwire
 
-TINY = ("trainer.max_epochs=1", "data.train_samples=256", "hydra/sweeper=optuna")
+from trainwire.cli.compare import main as compare
+
+TINY = ("trainer.max_epochs=1", "data.train_samples=256", "hpo=optuna", "progress=never", "log.level=warning")
 
 
 def summaries(sweep):
     return {int(f.parent.name): json.loads(f.read_text()) for f in sweep.glob("*/summary.json")}
 
 
-@pytest.mark.slow
-def test_a_refused_trial_is_failed_in_the_study_and_the_study_goes_on(tmp_path):
+def the_study(sweep):
     import optuna  # the `tune` extra: .ci/run installs it
 
-    sweep, db = tmp_path / "sweep", tmp_path / "study.db"
-    done = trainwire("train", "-m", *TINY, "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=4",
-                     "hydra.sweeper.max_failure_rate=1.0", "data.batch_size=choice(64, 0)",
-                     "optimizer.lr=choice(0.1, 0.01)", f"hydra.sweeper.storage=sqlite:///{db}",
-                     "hydra.sweeper.study_name=grid", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert (sweep / "study.db").is_file()  # the preset's storage: SQLite in the sweep folder, a fixed study name
+    return optuna.load_study(study_name="trainwire", storage=f"sqlite:///{sweep / 'study.db'}")
+
+
+@pytest.mark.slow
+def test_a_refused_trial_is_failed_in_the_study_which_goes_on_and_maximises_a_max_mode_metric(tmp_path):
+    sweep = tmp_path / "sweep"
+    done = trainwire("train", "-m", *TINY, "hydra/sweeper/sampler=grid", "data.batch_size=choice(64, 0)",
+                     "optimizer.lr=choice(0.1, 0.001)", "stopping.monitor=val/accuracy", "stopping.mode=max",
+                     f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "data.batch_size=0 must be >= 1" in done.stderr
-    study = optuna.load_study(study_name="grid", storage=f"sqlite:///{db}")
+    study = the_study(sweep)
+    assert study.direction.name == "MAXIMIZE"
     states = {t.params["data.batch_size"]: set() for t in study.trials}
     for trial in study.trials:
         states[trial.params["data.batch_size"]].add(trial.state.name)
     assert len(study.trials) == 4 and states == {64: {"COMPLETE"}, 0: {"FAIL"}}
-    failed = [run for run in summaries(sweep).values() if run["stop_reason"] == "failed"]
-    assert len(failed) == 2 and all("data.batch_size=0 must be >= 1" in run["error"] for run in failed)
+    runs = summaries(sweep)
+    failed = [run for run in runs.values() if run["status"] == "failed"]
+    assert len(failed) == 2 and all(run["stop_reason"] == "refused" for run in failed)
+    assert all(run["error"] == "data.batch_size=0 must be >= 1" for run in failed)
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    assert results["best_params"]["data.batch_size"] == 64
+    values = [run["best_value"] for run in runs.values() if run["status"] == "finished"]
+    assert len(values) == 2 and values[0] != values[1]
+    assert results["best_params"]["data.batch_size"] == 64 and results["best_value"] == max(values)
+
+    lines = compare([str(sweep)]).splitlines()  # the study's folder: trials in order, their state, the best marked
+    header, rows = lines[0].split(), [line.split() for line in lines[1:]]
+    column = {name: header.index(name) for name in ("trial", "data.batch_size", "optimizer.lr", "state", "best_value")}
+    assert [row[column["trial"]] for row in rows] == ["0", "1", "2", "3"]
+    by_number = {trial.number: trial for trial in study.trials}
+    for row in rows:
+        trial = by_number[int(row[column["trial"]])]
+        assert row[column["state"]] == trial.state.name
+        assert row[column["data.batch_size"]] == str(trial.params["data.batch_size"])
+        assert float(row[column["optimizer.lr"]]) == trial.params["optimizer.lr"]
+    (best,) = [row for row in rows if row[-1] == "best"]
+    assert int(best[column["trial"]]) == study.best_trial.number
+    assert float(best[column["best_value"]]) == pytest.approx(max(values), rel=1e-5)
 
 
 @pytest.mark.slow
-def test_the_same_command_again_resumes_the_study_and_its_best_value_is_the_best_run(tmp_path):
+def test_the_same_command_again_resumes_the_study_in_its_folder_and_its_best_value_is_the_best_run(tmp_path):
     """One study, two processes (each process start costs seconds: the suite's budget is tight)."""
-    import optuna
-
     command = ("train", "-m", *TINY, "hydra.sweeper.n_trials=2", "optimizer.lr=interval(1e-3, 1e-1)",
-               "hydra.sweeper.storage=sqlite:///study.db", "hydra.sweeper.study_name=lr")
-    for _ in range(2):  # each run its own (timestamped) sweep folder; the study is the database
+               "hydra.sweep.dir=study")
+    for _ in range(2):
         done = trainwire(*command, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-2000:]
-    study = optuna.load_study(study_name="lr", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    sweep = tmp_path / "study"
+    study = the_study(sweep)
+    assert study.direction.name == "MINIMIZE"  # stopping.mode's default, min
     assert [trial.state.name for trial in study.trials] == ["COMPLETE"] * 4
-    runs = [json.loads(f.read_text()) for f in tmp_path.glob("multirun/*/*/*/summary.json")]
-    assert len(runs) == 4 and study.best_value == min(run["best_value"] for run in runs)
-    latest = max(tmp_path.glob("multirun/*/*/optimization_results.yaml"))
-    assert yaml.safe_load(latest.read_text())["best_value"] == study.best_value
+    runs = summaries(sweep)  # the second process's trials numbered on: each trial's folder is its number
+    assert sorted(runs) == [0, 1, 2, 3]
+    assert all(runs[trial.number]["best_value"] == trial.value for trial in study.trials)
+    assert study.best_value == min(run["best_value"] for run in runs.values())
+    assert yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_value"] == study.best_value

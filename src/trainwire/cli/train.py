@@ -425,7 +425,7 @@ def _sweep_job(cfg: Any) -> float | None:
     except SystemExit as exit_:
         if not searching or exit_.code not in (1, 2):
             raise
-        _record_failure(run_dir, launch.said, int(exit_.code))
+        _record_failure(run_dir, launch.said, HydraRecord.of(cfg, hydra, _SWEEP_SUBDIR[0]))
         raise TrialFailed(launch.said) from None
     return _best_value(run_dir)
 
@@ -456,19 +456,28 @@ def _best_value(run_dir: Path) -> float | None:
     return None if value is None else float(value)
 
 
-def _record_failure(run_dir: Path, line: str, code: int) -> None:
-    """A failed trial's folder says why in ``summary.json``, unless the run already wrote one of its own."""
-    import json
+def _record_failure(run_dir: Path, line: str, record: HydraRecord | None) -> None:
+    """A refused trial's verdict in its folder's ``summary.json``, in the shape of a failed run's (ADR 0032).
 
-    from trainwire.sinks.jsonl import write_atomic
+    A trial whose run started has its summary from the run itself (``Trainer.fit`` writes
+    ``status: failed`` however it ends); only a trial refused before its record started (a bad
+    value, which writes nothing in a run of its own) gets one here, built by the same ``FitResult``,
+    with Hydra's record of what the trial tried (its overrides), so that its folder says both.
+    """
+    from trainwire.errors import RunRecordError
+    from trainwire.loop.trainer import FitResult
+    from trainwire.sinks.jsonl import JsonlSink
 
-    summary = run_dir / "summary.json"
-    if summary.exists():
+    if (run_dir / "summary.json").exists():
         return
+    verdict = FitResult(epochs_completed=0, best_epoch=None, best_value=None, monitor=None, stop_reason="refused",
+                        status="failed", error=line.removeprefix("trainwire: error: "))
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(summary, json.dumps({"stop_reason": "failed", "error": line, "exit_code": code}, indent=2) + "\n")
-    except OSError:  # an unwritable trial folder: the study's log still says why
+        if record is not None:
+            record.on_train_start(None)
+        JsonlSink(run_dir).summary(verdict.summary())
+    except (OSError, RunRecordError):  # an unwritable trial folder: the study's log still says why
         pass
 
 
