@@ -12,6 +12,7 @@ import yaml
 from conftest import trainwire
 
 from trainwire.cli.compare import main as compare
+from trainwire.errors import ConfigError
 
 TINY = ("trainer.max_epochs=1", "data.train_samples=256", "hpo=optuna", "progress=never", "log.level=warning")
 
@@ -82,3 +83,42 @@ def test_the_same_command_again_resumes_the_study_in_its_folder_and_its_best_val
     assert all(runs[trial.number]["best_value"] == trial.value for trial in study.trials)
     assert study.best_value == min(run["best_value"] for run in runs.values())
     assert yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_value"] == study.best_value
+
+
+def test_trial_pruning_stops_a_run_its_pruner_prunes_and_the_study_records_it_pruned(tmp_path):
+    """Optuna's Python API with a real in-process study: each epoch's value goes to the trial, the pruner decides."""
+    import functools
+
+    import optuna
+    import torch
+
+    from trainwire import Classification, JsonlSink, PatienceStopper, Trainer, TrainerSettings, TrialPruning
+    from trainwire.models import MLP
+
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.rand(16, 8, generator=g), torch.randint(0, 3, (16,), generator=g)) for _ in range(2)]
+
+    def objective(trial, folder):
+        torch.manual_seed(0)
+        trainer = Trainer(objective=Classification(), optimizer=functools.partial(torch.optim.SGD, lr=0.1),
+                          settings=TrainerSettings(max_epochs=3, device="cpu"), sink=JsonlSink(folder),
+                          stopping_policy=TrialPruning(trial, PatienceStopper("val/accuracy", "max", patience=5)))
+        result = trainer.fit(MLP(8, 3, [8]), data, data)
+        if result.stop_reason == "pruned":
+            raise optuna.TrialPruned()
+        return result.best_value
+
+    for pruner, epochs, state in ((optuna.pruners.ThresholdPruner(lower=1.1), 1, "PRUNED"),  # accuracy < 1.1: pruned
+                                  (optuna.pruners.NopPruner(), 3, "COMPLETE")):
+        study = optuna.create_study(direction="maximize", pruner=pruner)
+        folder = tmp_path / state
+        study.optimize(lambda trial: objective(trial, folder), n_trials=1)
+        (trial,) = study.trials
+        summary = json.loads((folder / "summary.json").read_text())
+        assert trial.state.name == state and summary["epochs_completed"] == epochs
+        assert summary["stop_reason"] == ("pruned" if state == "PRUNED" else "max_epochs")
+        assert sorted(trial.intermediate_values) == list(range(epochs))  # each epoch's value reported
+        if epochs == 1:  # the pruned run's one epoch: the value reported is its summary's
+            assert trial.intermediate_values[0] == summary["val/accuracy"]
+    with pytest.raises(ConfigError, match="direction is minimize"):
+        TrialPruning(optuna.create_study(direction="minimize").ask(), PatienceStopper("val/accuracy", "max"))
