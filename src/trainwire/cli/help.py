@@ -23,7 +23,10 @@ stands for the runs in it. Default output: curves.png in the first folder given.
 Tables runs side by side: the overrides that differ between them, each run's status, its best
 monitored value, the other val/ metrics of its summary, its stop reason and epochs; finished
 runs best first. A sweep folder (multirun/<date>/<time>) stands for the runs in it; a run
-without summary.json is listed as incomplete. --csv: the same table as CSV.
+without summary.json is listed as incomplete. A search's sweep folder (Hydra's Optuna sweeper,
+hpo=optuna) is read as a study: trials in study order, each with its number and Optuna state
+(COMPLETE, FAIL, PRUNED, RUNNING), the best complete one marked best by the study's direction.
+--csv: the same table as CSV.
 """,
     "lr-preview": """usage: trainwire lr-preview [hydra overrides ...] [-o lr.png]
 
