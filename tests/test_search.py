@@ -6,6 +6,7 @@ folder that the same command resumes, a refused trial is recorded as failed and 
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import yaml
@@ -122,3 +123,14 @@ def test_trial_pruning_stops_a_run_its_pruner_prunes_and_the_study_records_it_pr
             assert trial.intermediate_values[0] == summary["val/accuracy"]
     with pytest.raises(ConfigError, match="direction is minimize"):
         TrialPruning(optuna.create_study(direction="minimize").ask(), PatienceStopper("val/accuracy", "max"))
+
+
+@pytest.mark.parametrize("blocked", ["optuna", "hydra_plugins.hydra_optuna_sweeper"])
+def test_the_preset_without_the_sweeper_installed_is_refused_in_one_line(monkeypatch, blocked):
+    from trainwire.cli.train import check_sweeper
+
+    monkeypatch.setitem(sys.modules, blocked, None)  # how Python marks a module that cannot be imported
+    with pytest.raises(ConfigError, match=rf"^hpo=optuna needs Hydra's Optuna sweeper \({blocked} not installed\): "
+                                          r"pip install 'trainwire\[tune\]' && pip install --no-deps "):
+        check_sweeper(["trainer.max_epochs=1", "hpo='optuna'"])
+    check_sweeper(["trainer.max_epochs=1"])  # no search asked: nothing to check

@@ -264,6 +264,7 @@ def _prepared(args: list[str]) -> tuple[dict[str, Any], HydraRecord | None]:
 
     parsed = check_overrides(args)
     overrides = check_choices(args)
+    check_sweeper(overrides)
     if launch.distributed:  # every rank uses rank 0's folder; the default is named from rank 0's clock alone
         overrides = [*overrides, *([] if any(o.startswith("hydra.run.dir=") for o in overrides)
                                    else [f"hydra.run.dir=outputs/{time.strftime('%Y-%m-%d/%H-%M-%S')}"])]
@@ -484,6 +485,29 @@ def _record_failure(run_dir: Path, line: str, record: HydraRecord | None) -> Non
 _SWEEP_SUBDIR: list[str | None] = [".hydra"]  # where each sweep job's record goes (hydra.output_subdir, as given)
 
 
+def check_sweeper(overrides: list[str]) -> None:
+    """One line, before Hydra's many, where ``hpo=optuna`` or ``hydra/sweeper=optuna`` is asked without the plugin."""
+    import importlib.util
+
+    from trainwire.errors import ConfigError
+
+    unquoted = [o.lstrip("+").replace("'", "").replace('"', "") for o in overrides]
+    asked = [o for o in unquoted if o in ("hpo=optuna", "hydra/sweeper=optuna")]
+    if not asked:
+        return
+
+    def absent(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is None
+        except ModuleNotFoundError:  # hydra_plugins itself: no Hydra plugin installed at all
+            return True
+
+    missing = [name for name in ("optuna", "hydra_plugins.hydra_optuna_sweeper") if absent(name)]
+    if missing:
+        raise ConfigError(f"{asked[0]} needs Hydra's Optuna sweeper ({', '.join(missing)} not installed): "
+                          "pip install 'trainwire[tune]' && pip install --no-deps hydra-optuna-sweeper==1.3.0")
+
+
 def _hydra_main(args: list[str]) -> None:
     """Hands a sweep or a printing mode to ``@hydra.main``; each job's Hydra record is deferred to ``_fit``."""
     import hydra
@@ -492,6 +516,7 @@ def _hydra_main(args: list[str]) -> None:
 
     check_overrides([arg for arg in args if "=" in arg and not arg.startswith("-")], sweep=True)
     overrides = check_choices(args)
+    check_sweeper(overrides)
     register_schemas(overrides)
     given = [arg.partition("=")[2] for arg in overrides if arg.startswith("hydra.output_subdir=")]
     if given:
