@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 
 import pytest
@@ -39,7 +40,8 @@ def test_default_job_reaches_095_and_writes_the_run_record(tmp_path):
     # Structured logs: JSON lines with the run id, one per epoch, and the end of training.
     logs = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert sum(1 for line in logs if line["event"] == "epoch") == summary["epochs_completed"]
-    assert logs[-1]["event"] == "train_end" and logs[-1]["run_id"] == run_dir.name
+    assert [line["event"] for line in logs][-2:] == ["train_end", "run_end"]  # the folder again, at the end
+    assert logs[-1]["run_dir"] == str(run_dir) and logs[-1]["run_id"] == run_dir.name
 
 
 def test_python_m_trains_regression_on_the_bundled_set(tmp_path):
@@ -223,7 +225,32 @@ def test_an_encoder_that_is_a_hostile_pickle_is_one_line(tmp_path):
     done = trainwire("train", "experiment=finetune", f"encoder={encoder}", f"hydra.run.dir={tmp_path / 'r'}",
                      cwd=tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1] == (  # above it, only torch's warning about the pickle protocol
-        f"trainwire: error: encoder={str(encoder)!r} was refused by torch.load(weights_only=True): "
-        "WeightsUnpickler error: Unsupported operand 149")
+    assert done.stderr.strip().splitlines() == [  # before: torch's two-line warning about the pickle protocol above
+        f"trainwire: error: encoder={str(encoder)!r} was refused: it is not a torch.save archive (a raw pickle, or "
+        "another format), so it is not unpickled"]
     assert not (tmp_path / "pwned").exists()
+
+
+def test_resume_from_a_path_that_is_not_there_a_run_folder_and_a_raw_pickle(tmp_path):
+    """Issue 21: a missing trainer.resume path was refused only after the run folder and its lock were made
+    (exit 1); a run folder was 'does not exist'; a raw pickle came with torch's two-line warning above the line."""
+    quick = ["trainer.max_epochs=1", "lr=constant", "model.hidden=[16]", "progress=never", "log.level=warning"]
+    done = trainwire("train", *quick, f"hydra.run.dir={tmp_path / 'first'}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    missing = trainwire("train", *quick, f"hydra.run.dir={tmp_path / 'r'}", f"trainer.resume={tmp_path / 'nowhere'}",
+                        cwd=tmp_path)
+    assert (missing.returncode, missing.stderr.strip().splitlines()) == (2, [
+        f"trainwire: error: trainer.resume='{tmp_path / 'nowhere'}': no such checkpoint file or run folder "
+        "(trainer.resume=auto continues the run in hydra.run.dir)"])
+    assert not (tmp_path / "r").exists()
+    # A run folder stands for its newest checkpoint: trained on from it into a new folder, one epoch more.
+    longer = trainwire("train", *quick, "trainer.max_epochs=2", f"hydra.run.dir={tmp_path / 'r'}",
+                       f"trainer.resume={tmp_path / 'first'}", cwd=tmp_path)
+    assert longer.returncode == 0, longer.stderr[-2000:]
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["epochs_completed"] == 2
+    (tmp_path / "raw.pt").write_bytes(pickle.dumps({"weight": [1.0]}, protocol=4))
+    raw = trainwire("train", *quick, f"hydra.run.dir={tmp_path / 'r2'}", f"trainer.init_from={tmp_path / 'raw.pt'}",
+                    cwd=tmp_path)
+    assert raw.stderr.strip().splitlines() == [
+        f"trainwire: error: trainer.init_from='{tmp_path / 'raw.pt'}' was refused: it is not a torch.save archive "
+        "(a raw pickle, or another format), so it is not unpickled"]

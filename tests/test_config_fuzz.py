@@ -91,16 +91,19 @@ def leaves(node, prefix=""):
 
 
 def bad_values(value) -> list[str]:
-    """Several wrong values for a key holding ``value``: types, signs, zero, empty, huge, unknown words."""
-    common = ["abc", "-1", "0", "''", "1e30", "99999999999999999999999"]
+    """Several wrong values for a key holding ``value``: types, signs, zero, empty, huge, unknown words,
+    and the classes of issue 21 (NaN and infinities, numbers for booleans, unquoted non-ASCII text,
+    a comma list without ``-m``)."""
+    edges = ["é", "1,2"]  # the override grammar's: one line suggesting quotes, one suggesting -m
+    common = ["abc", "-1", "0", "''", "1e30", "99999999999999999999999", "nan", "inf", "-inf", *edges]
     if isinstance(value, bool):
-        return ["abc", "5", "''"]
+        return ["abc", "5", "''", "2", "nan", *edges]
     if isinstance(value, list):
-        return ["abc", "[]", "[-1]", "[0]"]
+        return ["abc", "[]", "[-1]", "[0]", "[nan]", "[inf]", *edges]
     if isinstance(value, dict):
-        return ["abc", "5"]
+        return ["abc", "5", *edges]
     if isinstance(value, str) and not value.startswith("${"):
-        return ["bogus", "''", "-1"]
+        return ["bogus", "''", "-1", *edges]
     return common
 
 

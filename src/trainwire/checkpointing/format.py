@@ -20,6 +20,7 @@ import re
 import shutil
 import stat
 import threading
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -294,8 +295,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     state: Any = None
     failure: Exception | None = None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # weights_only refuses with UnpicklingError; a bad archive raises others
+        state = load_weights_only(path)
+    except ValueError as error:
         failure = error
     finally:
         hashing.join()
@@ -304,8 +305,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"cannot read checkpoint {path}: {error.strerror or error}") from None
     _match(path, entries, hashed["digest"])
     if failure is not None:
-        raise CheckpointError(f"checkpoint {path} was refused by torch.load(weights_only=True): "
-                              f"{refusal_reason(failure)}") from None
+        raise CheckpointError(f"checkpoint {path} was refused: {failure}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} does not hold a dict of state")
     sharded = state.pop("sharded", None)
@@ -313,6 +313,20 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         for key in sharded["parts"]:
             state[key] = sharding.ShardedState(path.parent / sharded["folder"], state[key])
     return state
+
+
+def load_weights_only(path: str | os.PathLike[str]) -> Any:
+    """``torch.load(path, weights_only=True)`` onto the CPU; ValueError with the one-line reason when refused.
+
+    A file that is not torch's zip archive (a raw pickle, say) is refused unread: torch's legacy
+    reader would print a two-line warning about its pickle protocol before refusing it.
+    """
+    if not zipfile.is_zipfile(path):
+        raise ValueError("it is not a torch.save archive (a raw pickle, or another format), so it is not unpickled")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # weights_only refuses with UnpicklingError; a bad archive raises others
+        raise ValueError(f"torch.load(weights_only=True) refused it: {refusal_reason(error)}") from None
 
 
 def refusal_reason(error: BaseException) -> str:

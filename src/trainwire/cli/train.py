@@ -248,6 +248,18 @@ def _composed(overrides: list[str]) -> Any:
                 raise ConfigError("; ".join(line.strip() for line in str(error).splitlines() if line.strip())) from None
 
 
+def _check_resume_path(resume: str | None) -> None:
+    """A ``trainer.resume`` path that is not there is refused before the run folder is made."""
+    from trainwire.checkpointing.format import CHECKPOINT_NAME
+    from trainwire.errors import ConfigError
+
+    if resume is None or resume == "auto" or CHECKPOINT_NAME.match(resume):  # a name: the run's own store's
+        return
+    if not Path(resume).exists():
+        raise ConfigError(f"trainer.resume={resume!r}: no such checkpoint file or run folder (trainer.resume=auto "
+                          "continues the run in hydra.run.dir)")
+
+
 def _prepared(args: list[str]) -> tuple[dict[str, Any], HydraRecord | None]:
     """Rank 0's part: check the overrides, compose, resolve; set up Hydra's config and logging for the task.
 
@@ -284,6 +296,7 @@ def _prepared(args: list[str]) -> tuple[dict[str, Any], HydraRecord | None]:
     plain = resolved(task)
     check_booleans(plain, parsed)
     plain["run_dir"] = str(run_dir)
+    _check_resume_path(plain["trainer"].get("resume"))
     _decide_strategy(plain)
     if config.hydra.job.chdir:
         run_dir.mkdir(parents=True, exist_ok=True)
