@@ -159,11 +159,15 @@ def study_mode(sweep: Path, rows: Sequence[RunRow]) -> str:
 
 def best_trial(rows: Sequence[RunRow], mode: str) -> RunRow | None:
     """The complete trial with the best value by ``mode`` (the first of equals, as Optuna keeps it)."""
-    complete = [row for row in rows if row.state == "COMPLETE" and row.best_value is not None
-                and not math.isnan(row.best_value)]
-    if not complete:
-        return None
-    return (max if mode == "max" else min)(complete, key=lambda row: row.best_value)  # type: ignore[arg-type, return-value]
+    best: RunRow | None = None
+    for row in rows:
+        value = row.best_value
+        if row.state != "COMPLETE" or value is None or math.isnan(value):
+            continue
+        if best is None or best.best_value is None or (value > best.best_value if mode == "max"
+                                                       else value < best.best_value):
+            best = row
+    return best
 
 
 def differing(rows: Sequence[RunRow]) -> list[str]:
