@@ -86,8 +86,8 @@ def test_the_same_command_again_resumes_the_study_in_its_folder_and_its_best_val
     assert yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_value"] == study.best_value
 
 
-def test_trial_pruning_stops_a_run_its_pruner_prunes_and_the_study_records_it_pruned(tmp_path):
-    """Optuna's Python API with a real in-process study: each epoch's value goes to the trial, the pruner decides."""
+def test_trial_pruning_stops_a_run_its_pruner_prunes_and_compare_reads_the_study_pruned(tmp_path):
+    """Optuna's Python API with a real study in SQLite: each epoch's value goes to the trial, the pruner decides."""
     import functools
 
     import optuna
@@ -98,29 +98,38 @@ def test_trial_pruning_stops_a_run_its_pruner_prunes_and_the_study_records_it_pr
 
     g = torch.Generator().manual_seed(0)
     data = [(torch.rand(16, 8, generator=g), torch.randint(0, 3, (16,), generator=g)) for _ in range(2)]
+    folder = tmp_path / "py"
+    folder.mkdir()
 
-    def objective(trial, folder):
+    class PruneTheFirst(optuna.pruners.BasePruner):  # asked by Optuna at each should_prune, as any pruner is
+        def prune(self, study, trial):
+            return trial.number == 0
+
+    def objective(trial):
         torch.manual_seed(0)
         trainer = Trainer(objective=Classification(), optimizer=functools.partial(torch.optim.SGD, lr=0.1),
-                          settings=TrainerSettings(max_epochs=3, device="cpu"), sink=JsonlSink(folder),
+                          settings=TrainerSettings(max_epochs=3, device="cpu"),
+                          sink=JsonlSink(folder / str(trial.number)),
                           stopping_policy=TrialPruning(trial, PatienceStopper("val/accuracy", "max", patience=5)))
         result = trainer.fit(MLP(8, 3, [8]), data, data)
         if result.stop_reason == "pruned":
             raise optuna.TrialPruned()
         return result.best_value
 
-    for pruner, epochs, state in ((optuna.pruners.ThresholdPruner(lower=1.1), 1, "PRUNED"),  # accuracy < 1.1: pruned
-                                  (optuna.pruners.NopPruner(), 3, "COMPLETE")):
-        study = optuna.create_study(direction="maximize", pruner=pruner)
-        folder = tmp_path / state
-        study.optimize(lambda trial: objective(trial, folder), n_trials=1)
-        (trial,) = study.trials
-        summary = json.loads((folder / "summary.json").read_text())
-        assert trial.state.name == state and summary["epochs_completed"] == epochs
-        assert summary["stop_reason"] == ("pruned" if state == "PRUNED" else "max_epochs")
-        assert sorted(trial.intermediate_values) == list(range(epochs))  # each epoch's value reported
-        if epochs == 1:  # the pruned run's one epoch: the value reported is its summary's
-            assert trial.intermediate_values[0] == summary["val/accuracy"]
+    study = optuna.create_study(direction="maximize", pruner=PruneTheFirst(), study_name="py",
+                                storage=f"sqlite:///{folder / 'study.db'}")
+    study.optimize(objective, n_trials=2)
+    runs = summaries(folder)
+    assert [trial.state.name for trial in study.trials] == ["PRUNED", "COMPLETE"]
+    assert [runs[n]["stop_reason"] for n in (0, 1)] == ["pruned", "max_epochs"]
+    assert [runs[n]["epochs_completed"] for n in (0, 1)] == [1, 3]
+    assert [sorted(trial.intermediate_values) for trial in study.trials] == [[0], [0, 1, 2]]  # each epoch's value
+    assert study.trials[0].intermediate_values[0] == runs[0]["val/accuracy"]
+
+    lines = compare([str(folder)]).splitlines()
+    header, rows = lines[0].split(), [line.split() for line in lines[1:]]
+    assert [(row[header.index("trial")], row[header.index("state")], row[-1]) for row in rows] == [
+        ("0", "PRUNED", "-"), ("1", "COMPLETE", "best")]
     with pytest.raises(ConfigError, match="direction is minimize"):
         TrialPruning(optuna.create_study(direction="minimize").ask(), PatienceStopper("val/accuracy", "max"))
 
