@@ -441,7 +441,12 @@ def _sweep_job(cfg: Any) -> float | None:
             raise
         _record_failure(run_dir, launch.said, HydraRecord.of(cfg, hydra, _SWEEP_SUBDIR[0]))
         raise TrialFailed(launch.said) from None
-    return _best_value(run_dir)
+    value = _best_value(run_dir)
+    if searching and value is None:  # the sweeper would say only "Return value must be float-castable"
+        launch.say("trainwire: error: the trial's run kept no monitored best value for the search to optimise "
+                   "(stopping=none, or no validation data): set stopping.monitor")
+        raise TrialFailed(launch.said)
+    return value
 
 
 def _sweep_fit(cfg: Any, hydra: Any, run_dir: Path) -> None:
