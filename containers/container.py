@@ -169,6 +169,9 @@ class TrainerContainer(containers.DeclarativeContainer):
     checkpoint_store = _option("store", config.store, directory=providers.Callable(_checkpoint_dir, run_dir),
                                config_yaml=providers.Callable(_yaml, config))
     hooks = providers.List()
+    # The data's test split, scored once with the best weights when training finishes (ADR 0034): ``run``
+    # hands over the one it loaded, so the data are loaded once.
+    test_data = providers.Object(None)
     settings = providers.Factory(_settings, config.trainer)
 
     # Everything the loop reports to: the local record (and progress bar) plus the isolated external sinks.
@@ -213,6 +216,7 @@ class TrainerContainer(containers.DeclarativeContainer):
         checkpoints=checkpoint_store,
         strategy=strategy,
         hooks=hooks,
+        test_data=test_data,
     )
     # What happens around the loop: Supervised fits; Pretrain also saves the encoder under run_dir.
     paradigm = _option("paradigm", config.paradigm, trainer=trainer, run_dir=run_dir)
