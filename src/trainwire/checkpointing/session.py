@@ -166,7 +166,7 @@ class Checkpointing:
                 if waited > 0:  # the save before this one was still being written; the total goes to the summary
                     # Said once; a run that saves faster than it writes would say it at every save (34 lines).
                     if writer.waits == 1:
-                        self.log.info("checkpoint_wait", step=position.step, wait_s=waited,
+                        self.log.info("checkpoint_wait", step=position.step, wait_s=waited, waits=1,
                                       note="later waits at debug level; their total is checkpoint/wait_s in summary.json")
                     else:
                         self.log.debug("checkpoint_wait", step=position.step, wait_s=waited, waits=writer.waits)
