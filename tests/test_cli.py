@@ -40,7 +40,8 @@ def test_default_job_reaches_095_and_writes_the_run_record(tmp_path):
     assert done.stdout == ""
     logs = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     assert sum(1 for line in logs if line["event"] == "epoch") == summary["epochs_completed"]
-    assert logs[-1]["event"] == "train_end" and logs[-1]["run_id"] == run_dir.name
+    assert [line["event"] for line in logs][-2:] == ["train_end", "run_end"]  # the folder again, at the end
+    assert logs[-1]["run_dir"] == str(run_dir) and logs[-1]["run_id"] == run_dir.name
 
 
 def test_python_m_trains_regression_on_the_bundled_set(tmp_path):
@@ -209,7 +210,7 @@ def test_resume_auto_on_a_folder_whose_checkpoints_all_fail_refuses_and_changes_
     metrics = (run_dir / "metrics.jsonl").read_bytes()
     done = trainwire("train", f"hydra.run.dir={run_dir}", *job, "trainer.resume=auto", cwd=tmp_path)
     assert done.returncode == 1
-    last = done.stderr.strip().splitlines()
+    last = talk(done.stderr)
     assert len(last) == 1 and last[0].startswith(f"trainwire: error: {folder} holds best.pt, last.pt but no manifest.json")
     assert "move the folder away or train in a new run folder" in last[0]
     assert {path.name: path.read_bytes() for path in folder.iterdir() if path.name != ".lock"} == before
