@@ -48,7 +48,7 @@ def whole(part):
 
 def finish(process: subprocess.Popen) -> str:
     """Waits for a launch that must succeed; its stderr, where the CLI logs (ADR 0035)."""
-    out, err = process.communicate(timeout=300)
+    _, err = process.communicate(timeout=300)
     assert process.returncode == 0, err[-3000:]
     return err
 
