@@ -72,3 +72,12 @@ def test_a_nested_stage_says_train_end_at_debug_so_the_run_says_it_once():
         stage.log.info("epoch", epoch=0)
     assert [(record["event"], record["log_level"], record["stage"]) for record in records] == [
         ("train_end", "debug", "stage/"), ("epoch", "info", "stage/")]
+
+
+def test_tqdm_comes_with_the_default_install():
+    """``progress=auto`` shows a bar on a terminal after a plain ``pip install trainwire``."""
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert any(dependency.startswith("tqdm") for dependency in project["dependencies"])
