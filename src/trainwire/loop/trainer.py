@@ -225,11 +225,8 @@ class Trainer:
                 result = self._loop(state, position, checkpointing, precision, train_data, val_data)
                 checkpointing.close()  # the last save is committed (or its failure raised) before fit returns
                 result.checkpoint_wait_s, result.checkpoint_waits = checkpointing.waited_s, checkpointing.waits
-                if self.test_data is not None:  # the best weights, restored by the loop, scored once
-                    model.eval()
-                    result.test = self._measure(module, self.test_data, self.strategy.mover(precision.device),
-                                                precision, "test")
-                    self.sink.log(result.test, step=state.step, epoch=state.epoch)
+                if self.test_data is not None:  # the best weights, restored by the loop, scored once (ADR 0034)
+                    result.test = self._test(state, precision)
             except BaseException as error:
                 checkpointing.close(error)
                 self._emit("on_exception", state, error)
@@ -338,6 +335,14 @@ class Trainer:
         precision, module = self._place(model)
         model.eval()
         return self._measure(module, data, self.strategy.mover(precision.device), precision, split)
+
+    def _test(self, state: TrainState, precision: Precision) -> dict[str, float]:
+        """The test split's metrics of the weights the loop left (the best), logged as one ``test/`` row."""
+        state.model.eval()
+        metrics = self._measure(state.module, self.test_data, self.strategy.mover(precision.device), precision, "test")
+        state.model.train()
+        self.sink.log(metrics, step=state.step, epoch=state.epoch)
+        return metrics
 
     def _measure(self, module: nn.Module, data: Iterable[Any], move: Any, precision: Precision,
                  split: str) -> dict[str, float]:
