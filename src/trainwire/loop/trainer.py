@@ -268,7 +268,7 @@ class Trainer:
         return {"trainer.max_epochs": self.settings.max_epochs, "trainer.accumulate_steps": self.settings.accumulate_steps,
                 "batches per epoch (data.batch_size)": n_batches, **self.step.plan()}
 
-    def _place(self, model: nn.Module) -> tuple[Precision, nn.Module]:
+    def _place(self, model: nn.Module, *, initial: bool = True) -> tuple[Precision, nn.Module]:
         """Loads ``trainer.init_from``'s weights, moves ``model`` to its device, makes what runs forward (the
         strategy's form, compiled if asked) and starts the throughput meter there.
 
@@ -278,7 +278,7 @@ class Trainer:
         settings = self.settings
         # A new run's first weights, into the plain module before any strategy wraps it; not when a checkpoint
         # will be restored (its weights win, and the source need not be there any more).
-        if settings.init_from is not None and not restores(settings.resume, self.checkpoints):
+        if initial and settings.init_from is not None and not restores(settings.resume, self.checkpoints):
             load_initial_weights(model, settings.init_from, strict=settings.init_strict, log=self.log)
         precision = Precision(self.settings.precision, self.strategy.device(self.settings.device))
         self.log.info("model", parameters=sum(p.numel() for p in model.parameters()),  # what trains, and where
@@ -331,8 +331,9 @@ class Trainer:
 
     def evaluate(self, model: nn.Module, data: Iterable[Any], *, split: str = "val") -> dict[str, float]:
         """The objective's metrics of ``model`` as it is over ``data``, as ``<split>/<name>``: the validation
-        pass of ``fit`` on its own (``trainwire evaluate``). The model is placed as ``fit`` places it."""
-        precision, module = self._place(model)
+        pass of ``fit`` on its own (``trainwire evaluate``). The model is placed as ``fit`` places it, its
+        weights as they are (``trainer.init_from`` is for a fit's start)."""
+        precision, module = self._place(model, initial=False)
         model.eval()
         return self._measure(module, data, self.strategy.mover(precision.device), precision, split)
 
