@@ -99,6 +99,14 @@ def clean_env(*drop: str, **extra: str) -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": "1", **extra}  # one thread: see the module docstring
 
 
+def talk(stderr: str) -> list[str]:
+    """The lines of the CLI's stderr that are not log records: its ``trainwire: error:`` line, Python's warnings.
+
+    The CLI logs on stderr (ADR 0035), one JSON object a line when stderr is not a terminal.
+    """
+    return [line for line in stderr.splitlines() if line.strip() and not line.startswith("{")]
+
+
 def trainwire(*args: str, cwd, env: dict[str, str] | None = None, module: bool = False, fresh: bool = False,
               timeout: float = 600) -> subprocess.CompletedProcess:
     """Runs ``trainwire *args`` to its end in a process of its own; text output captured.

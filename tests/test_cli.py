@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import trainwire
+from conftest import talk, trainwire
 
 from trainwire.testing import read_metrics
 
@@ -37,8 +37,9 @@ def test_default_job_reaches_095_and_writes_the_run_record(tmp_path):
     assert epoch_records[summary["best_epoch"]]["val/loss"] == summary["best_value"]
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert resolved["model"]["in_features"] == 64 and resolved["run_dir"] == str(run_dir)
-    # Structured logs: JSON lines with the run id, one per epoch, and the end of training.
-    logs = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    # Structured logs on stderr (stdout is for data): JSON lines with the run id, one per epoch, and the end.
+    assert done.stdout == ""
+    logs = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     assert sum(1 for line in logs if line["event"] == "epoch") == summary["epochs_completed"]
     assert [line["event"] for line in logs][-2:] == ["train_end", "run_end"]  # the folder again, at the end
     assert logs[-1]["run_dir"] == str(run_dir) and logs[-1]["run_id"] == run_dir.name
@@ -57,12 +58,17 @@ def test_console_logs_and_early_stop_line(tmp_path):
     done = trainwire("train", "stopping.patience=0", "stopping.min_delta=10", "log.format=console",
                      f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "early_stop" in done.stdout and "reason=patience" in done.stdout
-    lines = done.stdout.splitlines()  # the run folder first and last, and what trains
+    assert done.stdout == ""  # logs go to stderr
+    assert "early_stop" in done.stderr and "reason=patience" in done.stderr
+    lines = done.stderr.splitlines()  # the run folder first and last, and what trains
     assert "run_folder" in lines[0] and str(tmp_path / "r") in lines[0], lines[0]
     assert "run_end" in lines[-1] and str(tmp_path / "r") in lines[-1], lines[-1]
     assert any("model" in line and "parameters=" in line and "trainable=" in line and "device=cpu" in line
                and "precision=32" in line for line in lines)
+    epoch = next(line for line in lines if "[info     ] epoch " in line).split("epoch ", 1)[1].split()
+    assert epoch[0] == "epoch=0" and epoch[1].startswith("step=") and epoch[2].startswith("val/loss=")  # monitored first
+    values = [field.partition("=")[2] for field in epoch if "." in field.partition("=")[2]]
+    assert values and all(float(value) == float(f"{float(value):.4g}") for value in values)  # 4 significant digits
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["epochs_completed"] == 2
 
 
@@ -94,7 +100,7 @@ def test_console_logs_and_early_stop_line(tmp_path):
 def test_bad_values_fail_with_one_line_and_no_traceback(tmp_path, override, expected):
     done = trainwire("train", override, f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
     assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
+    lines = talk(done.stderr)  # a refusal found once the run started comes after its first log records
     assert len(lines) == 1 and lines[0].startswith(f"trainwire: error: {expected}"), done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     assert not (tmp_path / "r" / "metrics.jsonl").exists() or not (tmp_path / "r" / "metrics.jsonl").read_text()
@@ -205,7 +211,7 @@ def test_resume_auto_on_a_folder_whose_checkpoints_all_fail_refuses_and_changes_
     metrics = (run_dir / "metrics.jsonl").read_bytes()
     done = trainwire("train", f"hydra.run.dir={run_dir}", *job, "trainer.resume=auto", cwd=tmp_path)
     assert done.returncode == 1
-    last = done.stderr.strip().splitlines()
+    last = talk(done.stderr)
     assert len(last) == 1 and last[0].startswith(f"trainwire: error: {folder} holds best.pt, last.pt but no manifest.json")
     assert "move the folder away or train in a new run folder" in last[0]
     assert {path.name: path.read_bytes() for path in folder.iterdir() if path.name != ".lock"} == before

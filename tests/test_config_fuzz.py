@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import trainwire
+from conftest import talk, trainwire
 from omegaconf import OmegaConf
 
 from trainwire.config import compose
@@ -189,7 +189,7 @@ def test_a_misspelt_key_offers_the_nearest_one():
 def test_the_console_script_exits_2_with_one_line(overrides, tmp_path):
     done = trainwire("train", f"hydra.run.dir={tmp_path / 'r'}", *overrides, cwd=tmp_path)
     assert done.returncode == 2, done.stderr[-2000:]
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    lines = talk(done.stderr)
     assert len(lines) == 1 and lines[0].startswith("trainwire: error: "), done.stderr
     assert not read_metrics(tmp_path / "r")
     assert "Traceback" not in done.stderr and not json.dumps(done.stdout).count("epoch")

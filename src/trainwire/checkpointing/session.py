@@ -164,7 +164,12 @@ class Checkpointing:
                 waited = writer.save(saved, names, meta={"epoch": position.epoch, "batch": position.batch,
                                                          "step": position.step})
                 if waited > 0:  # the save before this one was still being written; the total goes to the summary
-                    self.log.info("checkpoint_wait", step=position.step, wait_s=waited, waits=writer.waits)
+                    # Said once; a run that saves faster than it writes would say it at every save (34 lines).
+                    if writer.waits == 1:
+                        self.log.info("checkpoint_wait", step=position.step, wait_s=waited, waits=1,
+                                      note="later waits at debug level; their total is checkpoint/wait_s in summary.json")
+                    else:
+                        self.log.debug("checkpoint_wait", step=position.step, wait_s=waited, waits=writer.waits)
         if stopping:
             if writer is not None:
                 writer.wait()

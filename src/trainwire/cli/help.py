@@ -39,6 +39,15 @@ The LR range test: trains a fresh copy of the configured model with an lr growin
 from --start-lr to --end-lr over --steps steps (or until the loss diverges), prints a suggested
 optimizer.lr and plots the loss against the lr. Default output: lr_find.png.
 """,
+    "evaluate": """usage: trainwire evaluate RUN_DIR|CHECKPOINT [key=value ...] [--json]
+
+Scores a run's best weights (a run folder: checkpoints/best.pt, else its newest checkpoint; or
+the checkpoint file given) with the run's objective on its data's test split, or on its
+validation split when it has none. The run is rebuilt from its own config.yaml with the given
+key=value overrides on top (data.batch_size=256, trainer.device=cpu). Prints a table of
+metric and value, or one JSON object with --json (checkpoint, split, run_dir, metrics).
+Nothing is written into the run folder.
+""",
     "export-weights": """usage: trainwire export-weights RUN_DIR|CHECKPOINT [-o model.pt] [--format torch|safetensors]
 
 Writes a checkpoint's model weights as a plain state dict, for inference. From a run folder it

@@ -309,6 +309,19 @@ def _prepared(args: list[str]) -> tuple[dict[str, Any], HydraRecord | None]:
     return plain, record
 
 
+def _logs_to_stderr() -> None:
+    """Points the console handlers Hydra gave the root logger (``job_logging``: stdout) at stderr.
+
+    The CLI's stdout is for data (``--cfg job``, ``compare``, ``evaluate --json``); a user's own
+    ``logging.getLogger(__name__).info(...)`` in a model or data target is a log line like ours.
+    """
+    import logging
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+            handler.setStream(sys.stderr)
+
+
 def _decide_strategy(plain: dict[str, Any]) -> None:
     if plain["strategy"].get("type") == "auto":  # the launch decides: data-parallel under torchrun, else one process
         plain["strategy"]["type"] = "ddp" if launch.distributed else "single"
@@ -383,7 +396,9 @@ def _fit(plain: dict[str, Any], record: HydraRecord | None) -> None:
         context = {"rank": launch.rank} if launch.distributed else {}
         # Other ranks say only what goes wrong: rank 0 speaks for the run.
         level = plain["log"]["level"] if launch.rank == 0 or plain["log"]["level"] in ("warning", "error") else "warning"
-        logs.configure(plain["log"]["format"], level, run_id=run_dir.name, **context)
+        logs.configure(plain["log"]["format"], level, first=plain["stopping"].get("monitor") or "val/loss",
+                       run_id=run_dir.name, **context)
+        _logs_to_stderr()
         if record is not None:
             container.hooks.override(providers.Object([*container.hooks(), record]))
         signals.check()
