@@ -11,7 +11,7 @@ process's CPU time, which a busy machine disturbs less):
   written, one fsync, the manifest written twice, rename, two folder fsyncs (ADR 0009);
 * bare load — ``torch.load(path, weights_only=True)``;
 * store load — ``LocalCheckpointStore.load("last")``: the file read once, ``torch.load(weights_only=True)``
-  reading through a reader that hashes the bytes as they land in the tensors (ADR 0034); returned
+  reading through a reader that hashes the bytes as they land in the tensors (ADR 0036); returned
   once the hash matches the manifest.
 
 Also shown, as the parts no checkpoint with these guarantees can skip: ``fsync`` alone (of a

@@ -153,8 +153,9 @@ def run(cfg: DictConfig | dict[str, Any] | Container, *, stop: StopToken | None 
     try:
         with run_scope(), bound_contextvars(run_id=container.run_dir().name):
             log.info("run_folder", run_dir=str(container.run_dir()))  # where the record goes: said first ...
-            paradigm = container.paradigm()  # the one loop's Trainer with the paradigm's step (trainwire.paradigms.base)
             loaders = container.data()  # the bundled loaders draw from generators of their own
+            container.test_data.override(providers.Object(loaders.test))
+            paradigm = container.paradigm()  # the one loop's Trainer with the paradigm's step (trainwire.paradigms.base)
             with SEEDING:  # the initial weights, drawn from the global generator by this run alone
                 torch.manual_seed(container.config.seed())
                 model = container.model()

@@ -17,7 +17,7 @@ from typing import Any
 
 from dependency_injector import containers, providers
 
-from trainwire import registry
+from trainwire import logs, registry
 from trainwire.checkpointing.rundirs import new_run_dir
 from trainwire.config import OWN_KEYS
 from trainwire.data import as_loaders
@@ -94,8 +94,24 @@ def _stage_trainer(objective: Any, *, max_epochs: int, settings: TrainerSettings
     run but its length, resume and first weights, the run's strategy, hooks and sinks (its metrics under
     ``stage/``), no checkpoints."""
     stage = dataclasses.replace(settings, max_epochs=max_epochs, resume=None, init_from=None)
-    return Trainer(objective=objective, settings=stage,
+    return Trainer(objective=objective, settings=stage, logger=_StageLog(logs.get_logger(stage="stage/")),
                    sink=PrefixedSink("stage/", sink, lifecycle=False), **parts)
+
+
+class _StageLog:
+    """A nested stage's logger: its records say ``stage=stage/``; the records that open and close a fit
+    (``model``, ``train_end``) are at debug level, as the run around it says them (one ``train_end`` a run)."""
+
+    OWN_RUNS = ("model", "train_end")
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+
+    def info(self, event: str, **fields: Any) -> Any:
+        return (self._log.debug if event in self.OWN_RUNS else self._log.info)(event, **fields)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
 
 
 def _run_dir(configured: str | None, strategy: distributed.Strategy) -> Path:
@@ -169,6 +185,9 @@ class TrainerContainer(containers.DeclarativeContainer):
     checkpoint_store = _option("store", config.store, directory=providers.Callable(_checkpoint_dir, run_dir),
                                config_yaml=providers.Callable(_yaml, config))
     hooks = providers.List()
+    # The data's test split, scored once with the best weights when training finishes (ADR 0034): ``run``
+    # hands over the one it loaded, so the data are loaded once.
+    test_data = providers.Object(None)
     settings = providers.Factory(_settings, config.trainer)
 
     # Everything the loop reports to: the local record (and progress bar) plus the isolated external sinks.
@@ -213,6 +232,7 @@ class TrainerContainer(containers.DeclarativeContainer):
         checkpoints=checkpoint_store,
         strategy=strategy,
         hooks=hooks,
+        test_data=test_data,
     )
     # What happens around the loop: Supervised fits; Pretrain also saves the encoder under run_dir.
     paradigm = _option("paradigm", config.paradigm, trainer=trainer, run_dir=run_dir)

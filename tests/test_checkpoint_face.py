@@ -287,3 +287,26 @@ def test_fit_leaves_every_checkpoint_decision_to_the_face():
     source = inspect.getsource(Trainer)
     for name in ("CheckpointWriter", "capture(", "restore(", ".find(", "at_step(state.step) if", "_boundary"):
         assert name not in source, name
+
+
+def test_only_the_first_wait_is_said_at_info_the_rest_at_debug(tmp_path):
+    """A run that saves faster than it writes would otherwise print a checkpoint_wait line at every save."""
+    gate = threading.Semaphore(0)
+
+    def hook(point: str) -> None:
+        if point == "written":
+            assert gate.acquire(timeout=30)
+
+    run = Run(store_in(tmp_path, hook=hook), cadence=Cadence(every_n_epochs=1, every_n_steps=1))
+    run.face.resume(None)
+    with capture_logs() as records:
+        for step in (1, 2, 3):
+            run.train(1)
+            if step > 1:
+                threading.Timer(0.2, gate.release).start()  # the save before is held until the loop waits for it
+            run.face.at_step(step)
+        gate.release()
+        run.face.close()
+    waits = [record for record in records if record["event"] == "checkpoint_wait"]
+    assert [record["log_level"] for record in waits] == ["info", "debug"]
+    assert "summary.json" in waits[0]["note"] and run.face.waits >= 2

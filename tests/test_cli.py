@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 
 import pytest
 import yaml
-from conftest import trainwire
+from conftest import talk, trainwire
 
 from trainwire.testing import read_metrics
 
@@ -36,10 +37,12 @@ def test_default_job_reaches_095_and_writes_the_run_record(tmp_path):
     assert epoch_records[summary["best_epoch"]]["val/loss"] == summary["best_value"]
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert resolved["model"]["in_features"] == 64 and resolved["run_dir"] == str(run_dir)
-    # Structured logs: JSON lines with the run id, one per epoch, and the end of training.
-    logs = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    # Structured logs on stderr (stdout is for data): JSON lines with the run id, one per epoch, and the end.
+    assert done.stdout == ""
+    logs = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     assert sum(1 for line in logs if line["event"] == "epoch") == summary["epochs_completed"]
-    assert logs[-1]["event"] == "train_end" and logs[-1]["run_id"] == run_dir.name
+    assert [line["event"] for line in logs][-2:] == ["train_end", "run_end"]  # the folder again, at the end
+    assert logs[-1]["run_dir"] == str(run_dir) and logs[-1]["run_id"] == run_dir.name
 
 
 def test_python_m_trains_regression_on_the_bundled_set(tmp_path):
@@ -55,12 +58,17 @@ def test_console_logs_and_early_stop_line(tmp_path):
     done = trainwire("train", "stopping.patience=0", "stopping.min_delta=10", "log.format=console",
                      f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "early_stop" in done.stdout and "reason=patience" in done.stdout
-    lines = done.stdout.splitlines()  # the run folder first and last, and what trains
+    assert done.stdout == ""  # logs go to stderr
+    assert "early_stop" in done.stderr and "reason=patience" in done.stderr
+    lines = done.stderr.splitlines()  # the run folder first and last, and what trains
     assert "run_folder" in lines[0] and str(tmp_path / "r") in lines[0], lines[0]
     assert "run_end" in lines[-1] and str(tmp_path / "r") in lines[-1], lines[-1]
     assert any("model" in line and "parameters=" in line and "trainable=" in line and "device=cpu" in line
                and "precision=32" in line for line in lines)
+    epoch = next(line for line in lines if "[info     ] epoch " in line).split("epoch ", 1)[1].split()
+    assert epoch[0] == "epoch=0" and epoch[1].startswith("step=") and epoch[2].startswith("val/loss=")  # monitored first
+    values = [field.partition("=")[2] for field in epoch if "." in field.partition("=")[2]]
+    assert values and all(float(value) == float(f"{float(value):.4g}") for value in values)  # 4 significant digits
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["epochs_completed"] == 2
 
 
@@ -92,7 +100,7 @@ def test_console_logs_and_early_stop_line(tmp_path):
 def test_bad_values_fail_with_one_line_and_no_traceback(tmp_path, override, expected):
     done = trainwire("train", override, f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
     assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
+    lines = talk(done.stderr)  # a refusal found once the run started comes after its first log records
     assert len(lines) == 1 and lines[0].startswith(f"trainwire: error: {expected}"), done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     assert not (tmp_path / "r" / "metrics.jsonl").exists() or not (tmp_path / "r" / "metrics.jsonl").read_text()
@@ -203,7 +211,7 @@ def test_resume_auto_on_a_folder_whose_checkpoints_all_fail_refuses_and_changes_
     metrics = (run_dir / "metrics.jsonl").read_bytes()
     done = trainwire("train", f"hydra.run.dir={run_dir}", *job, "trainer.resume=auto", cwd=tmp_path)
     assert done.returncode == 1
-    last = done.stderr.strip().splitlines()
+    last = talk(done.stderr)
     assert len(last) == 1 and last[0].startswith(f"trainwire: error: {folder} holds best.pt, last.pt but no manifest.json")
     assert "move the folder away or train in a new run folder" in last[0]
     assert {path.name: path.read_bytes() for path in folder.iterdir() if path.name != ".lock"} == before
@@ -223,7 +231,32 @@ def test_an_encoder_that_is_a_hostile_pickle_is_one_line(tmp_path):
     done = trainwire("train", "experiment=finetune", f"encoder={encoder}", f"hydra.run.dir={tmp_path / 'r'}",
                      cwd=tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1] == (  # above it, only torch's warning about the pickle protocol
-        f"trainwire: error: encoder={str(encoder)!r} was refused by torch.load(weights_only=True): "
-        "WeightsUnpickler error: Unsupported operand 149")
+    assert talk(done.stderr) == [  # before: torch's two-line warning about the pickle protocol above
+        f"trainwire: error: encoder={str(encoder)!r} was refused: it is not a torch.save archive (a raw pickle, or "
+        "another format), so it is not unpickled"]
     assert not (tmp_path / "pwned").exists()
+
+
+def test_resume_from_a_path_that_is_not_there_a_run_folder_and_a_raw_pickle(tmp_path):
+    """Issue 21: a missing trainer.resume path was refused only after the run folder and its lock were made
+    (exit 1); a run folder was 'does not exist'; a raw pickle came with torch's two-line warning above the line."""
+    quick = ["trainer.max_epochs=1", "lr=constant", "model.hidden=[16]", "progress=never", "log.level=warning"]
+    done = trainwire("train", *quick, f"hydra.run.dir={tmp_path / 'first'}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    missing = trainwire("train", *quick, f"hydra.run.dir={tmp_path / 'r'}", f"trainer.resume={tmp_path / 'nowhere'}",
+                        cwd=tmp_path)
+    assert (missing.returncode, missing.stderr.strip().splitlines()) == (2, [
+        f"trainwire: error: trainer.resume='{tmp_path / 'nowhere'}': no such checkpoint file or run folder "
+        "(trainer.resume=auto continues the run in hydra.run.dir)"])
+    assert not (tmp_path / "r").exists()
+    # A run folder stands for its newest checkpoint: trained on from it into a new folder, one epoch more.
+    longer = trainwire("train", *quick, "trainer.max_epochs=2", f"hydra.run.dir={tmp_path / 'r'}",
+                       f"trainer.resume={tmp_path / 'first'}", cwd=tmp_path)
+    assert longer.returncode == 0, longer.stderr[-2000:]
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["epochs_completed"] == 2
+    (tmp_path / "raw.pt").write_bytes(pickle.dumps({"weight": [1.0]}, protocol=4))
+    raw = trainwire("train", *quick, f"hydra.run.dir={tmp_path / 'r2'}", f"trainer.init_from={tmp_path / 'raw.pt'}",
+                    cwd=tmp_path)
+    assert raw.stderr.strip().splitlines() == [
+        f"trainwire: error: trainer.init_from='{tmp_path / 'raw.pt'}' was refused: it is not a torch.save archive "
+        "(a raw pickle, or another format), so it is not unpickled"]

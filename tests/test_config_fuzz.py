@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import trainwire
+from conftest import talk, trainwire
 from omegaconf import OmegaConf
 
 from trainwire.config import compose
@@ -91,16 +91,19 @@ def leaves(node, prefix=""):
 
 
 def bad_values(value) -> list[str]:
-    """Several wrong values for a key holding ``value``: types, signs, zero, empty, huge, unknown words."""
-    common = ["abc", "-1", "0", "''", "1e30", "99999999999999999999999"]
+    """Several wrong values for a key holding ``value``: types, signs, zero, empty, huge, unknown words,
+    and the classes of issue 21 (NaN and infinities, numbers for booleans, unquoted non-ASCII text,
+    a comma list without ``-m``)."""
+    edges = ["é", "1,2"]  # the override grammar's: one line suggesting quotes, one suggesting -m
+    common = ["abc", "-1", "0", "''", "1e30", "99999999999999999999999", "nan", "inf", "-inf", *edges]
     if isinstance(value, bool):
-        return ["abc", "5", "''"]
+        return ["abc", "5", "''", "2", "nan", *edges]
     if isinstance(value, list):
-        return ["abc", "[]", "[-1]", "[0]"]
+        return ["abc", "[]", "[-1]", "[0]", "[nan]", "[inf]", *edges]
     if isinstance(value, dict):
-        return ["abc", "5"]
+        return ["abc", "5", *edges]
     if isinstance(value, str) and not value.startswith("${"):
-        return ["bogus", "''", "-1"]
+        return ["bogus", "''", "-1", *edges]
     return common
 
 
@@ -186,7 +189,7 @@ def test_a_misspelt_key_offers_the_nearest_one():
 def test_the_console_script_exits_2_with_one_line(overrides, tmp_path):
     done = trainwire("train", f"hydra.run.dir={tmp_path / 'r'}", *overrides, cwd=tmp_path)
     assert done.returncode == 2, done.stderr[-2000:]
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    lines = talk(done.stderr)
     assert len(lines) == 1 and lines[0].startswith("trainwire: error: "), done.stderr
     assert not read_metrics(tmp_path / "r")
     assert "Traceback" not in done.stderr and not json.dumps(done.stdout).count("epoch")

@@ -47,9 +47,10 @@ def whole(part):
 
 
 def finish(process: subprocess.Popen) -> str:
-    out, err = process.communicate(timeout=300)
+    """Waits for a launch that must succeed; its stderr, where the CLI logs (ADR 0035)."""
+    _, err = process.communicate(timeout=300)
     assert process.returncode == 0, err[-3000:]
-    return out
+    return err
 
 
 def workers(process: subprocess.Popen) -> dict[int, int]:
@@ -112,11 +113,11 @@ def ddp_run(tmp_path_factory) -> Path:
     No strategy is given: the default, auto, is DDP under torchrun.
     """
     cwd = tmp_path_factory.mktemp("ddp")
-    out = finish(train(cwd))
+    logged = finish(train(cwd))
     run_dirs = [path.parent for path in (cwd / "outputs").glob("*/*/metrics.jsonl")]
     assert len(run_dirs) == 1 and len(list((cwd / "outputs").glob("*/*"))) == 1  # one run directory, not one a rank
     assert (run_dirs[0] / ".hydra" / "config.yaml").exists()
-    logs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    logs = [json.loads(line) for line in logged.splitlines() if line.startswith("{")]
     assert {line["rank"] for line in logs if line["event"] == "epoch"} == {0}  # other ranks log only problems
     return run_dirs[0]
 

@@ -22,7 +22,7 @@ def help_of(command: str, *args: str) -> int:
     return 0
 
 
-@pytest.mark.parametrize("command", ["train", "plot", "compare", "lr-preview", "lr-find", "export-weights"])
+@pytest.mark.parametrize("command", ["train", "plot", "compare", "lr-preview", "lr-find", "export-weights", "evaluate"])
 @pytest.mark.parametrize("flag", ["--help", "-h"])
 def test_every_command_has_help(command, flag, capsys):
     assert help_of(command, "some/folder", flag) == 0

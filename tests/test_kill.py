@@ -311,10 +311,12 @@ def test_kill_9_at_every_step_of_two_saves_in_a_row_never_loses_what_loaded_befo
 
 def test_a_resume_path_that_fails_is_one_line_and_exit_1(tmp_path):
     run_dir = tmp_path / "run"
-    process = start(run_dir, f"trainer.resume={tmp_path / 'missing.pt'}")
+    (tmp_path / "stray.pt").write_bytes(b"not a checkpoint")  # there, but no manifest vouches for it
+    process = start(run_dir, f"trainer.resume={tmp_path / 'stray.pt'}")
     _, err = process.communicate(timeout=300)
     assert process.returncode == 1
-    assert err.strip().splitlines()[-1] == f"trainwire: error: checkpoint {tmp_path / 'missing.pt'} does not exist"
+    assert err.strip().splitlines()[-1] == (f"trainwire: error: checkpoint {tmp_path / 'stray.pt'} has no "
+                                            "manifest.json beside it; an unverified file is never used")
     assert "Traceback" not in err
 
 

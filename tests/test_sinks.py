@@ -144,17 +144,13 @@ def test_importing_a_sink_module_does_not_import_its_library():
 @pytest.mark.slow
 def test_a_terminated_cli_run_is_closed_as_killed(tmp_path):
     """SIGTERM mid-run: the CLI turns it into KeyboardInterrupt, so MLflow records KILLED."""
-    import os
     import signal
-    import subprocess
-    import sys
     import time
 
+    from conftest import start_trainwire
+
     run_dir = tmp_path / "run"
-    trainwire = os.path.join(os.path.dirname(sys.executable), "trainwire")
-    process = subprocess.Popen([trainwire, "train", "sink=mlflow", "trainer.max_epochs=500", "lr.warmup_epochs=1",
-                                f"hydra.run.dir={run_dir}"], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+    process = start_trainwire(run_dir, "sink=mlflow", "trainer.max_epochs=500", "lr.warmup_epochs=1")
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:  # wait until MLflow's run exists and epochs are being logged

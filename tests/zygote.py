@@ -2,33 +2,38 @@
 
 Most CLI tests spend about 2 s of CPU importing torch, Hydra and the container before the command
 does anything. A pytest worker starts one of these per session; each request forks a child that is
-a ``trainwire`` process in all that the tests look at: its own pid, working directory, environment,
-stdin/stdout/stderr, signal handlers and exit code, running the same ``main`` as the console script.
-What it does not show is the import itself: a test about what the command imports, or how it
-starts, runs the console script instead (``conftest.trainwire(..., fresh=True)``).
+a ``trainwire`` process in all that the tests look at: its own pid (to signal or ``kill -9``), working
+directory, environment, stdin/stdout/stderr (the test's own pipes, passed over the socket), signal
+handlers and exit code, running the same ``main`` as the console script. What it does not show is
+the import itself: a test about what the command imports, or how it starts, runs the console
+script instead (``conftest.trainwire(..., fresh=True)``).
 
 Fork-safe because nothing here has run a torch op or started a thread: the pools start in the child.
-Requests and replies are JSON lines on stdin/stdout.
+The protocol is one JSON object per datagram on a SEQPACKET socket: a request carries the child's
+three standard streams as file descriptors; the replies are ``{"id", "pid"}`` at once and
+``{"id", "returncode"}`` when the child ends.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import signal
+import socket
 import sys
-import tempfile
 
 
-def _child(request: dict, out: int, err: int) -> None:
+def _child(request: dict, fds: list[int], channel: socket.socket) -> None:
+    channel.close()
     signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a fresh interpreter
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(out, 1)
-    os.dup2(err, 2)
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
     sys.stdin = open(0, closefd=False)  # noqa: SIM115 (the process's own streams, as long as it lives)
     sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
@@ -62,32 +67,38 @@ def _child(request: dict, out: int, err: int) -> None:
         os._exit(code)
 
 
-def _serve() -> None:
+def _serve(channel: socket.socket) -> None:
     sys.path.pop(0)  # this file's folder: the tests' own modules must not be importable by the runs
     import hydra  # noqa: F401
     import torch  # noqa: F401
 
-    import trainwire.cli.main
-    import trainwire.cli.train
-    import trainwire.config
+    import trainwire.cli.main  # noqa: F401
+    import trainwire.cli.train  # noqa: F401
+    import trainwire.config  # noqa: F401
     import trainwire.containers  # noqa: F401
 
-    replies = os.fdopen(os.dup(1), "w")
-    for line in sys.stdin:
-        request = json.loads(line)
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    running: dict[int, str] = {}  # pid -> request id
+    while True:
+        ready, _, _ = select.select([channel], [], [], 0.02)
+        if ready:
+            message, fds, _, _ = socket.recv_fds(channel, 1 << 20, 3)
+            if not message:
+                return  # the worker is gone
+            request = json.loads(message)
             pid = os.fork()
             if pid == 0:
-                _child(request, out.fileno(), err.fileno())
-            replies.write(json.dumps({"pid": pid}) + "\n")
-            replies.flush()
-            _, status = os.waitpid(pid, 0)
-            code = os.waitstatus_to_exitcode(status)
-            out.seek(0)
-            err.seek(0)
-            replies.write(json.dumps({"returncode": code, "stdout": out.read().decode(errors="replace"),
-                                      "stderr": err.read().decode(errors="replace")}) + "\n")
-            replies.flush()
+                _child(request, fds, channel)
+            for fd in fds:
+                os.close(fd)
+            running[pid] = request["id"]
+            channel.send(json.dumps({"id": request["id"], "pid": pid}).encode())
+        while running:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            if pid in running:
+                channel.send(json.dumps({"id": running.pop(pid), "returncode": os.waitstatus_to_exitcode(status)})
+                             .encode())
 
 
 def _die_with_parent() -> None:
@@ -100,4 +111,4 @@ def _die_with_parent() -> None:
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker's Ctrl-C is the test session's, not ours
     _die_with_parent()
-    _serve()
+    _serve(socket.socket(fileno=int(sys.argv[1])))

@@ -53,6 +53,7 @@ if TYPE_CHECKING:  # what a type checker and an IDE read; at run time the names 
         NeverStop,
         PatienceStopper,
         StoppingPolicy,
+        TrialPruning,
         Verdict,
     )
     from trainwire.sinks import (
@@ -107,6 +108,7 @@ _PUBLIC = {
     "NeverStop": "trainwire.policies.stopping",
     "PatienceStopper": "trainwire.policies.stopping",
     "StoppingPolicy": "trainwire.policies.stopping",
+    "TrialPruning": "trainwire.policies.stopping",
     "Verdict": "trainwire.policies.stopping",
     "FanOut": "trainwire.sinks",
     "GuardedFanOut": "trainwire.sinks",
@@ -128,7 +130,7 @@ __all__ = [
     "NonFinitePolicy", "NoClip", "NormClipper", "NullSink", "Objective", "PatienceStopper", "RaiseOnNonFinite",
     "ReduceOnPlateau", "Regression", "SkipNonFinite", "Stateful", "Step", "StepContext", "StepResult", "StopToken",
     "StoppingPolicy", "SupervisedStep", "TensorBoardSink",
-    "TrainState", "Trainer", "TrainerSettings", "TrainingInterrupted", "ValueClipper",
+    "TrainState", "Trainer", "TrainerSettings", "TrainingInterrupted", "TrialPruning", "ValueClipper",
     "Verdict", "WandbSink", "WarmupCosine",
 ]
 

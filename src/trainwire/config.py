@@ -466,8 +466,8 @@ def check_booleans(plain: Mapping[str, Any], parsed: Iterable[Any]) -> None:
                               "takes true, false, 1 or 0, not another number")
 
 
-# experiment/ holds `# @package _global_` presets that pick options of the groups above.
-CHOICE_GROUPS = (*GROUPS, *SUBGROUPS, "experiment")
+# experiment/ holds `# @package _global_` presets that pick options of the groups above; hpo/ the search presets.
+CHOICE_GROUPS = (*GROUPS, *SUBGROUPS, "experiment", "hpo")
 _DOTTED_SUBGROUPS = {group.replace("/", "."): group for group in SUBGROUPS}
 
 

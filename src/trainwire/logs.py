@@ -5,7 +5,8 @@ id, bound by ``trainwire.containers.run``) in the record's message, an ``Event``
 adds no handler and never configures structlog globally (ADR 0021): with no logging configured,
 Python drops info records and prints warnings on stderr through its last-resort handler;
 ``logging.basicConfig()`` prints them as ``event key=value ...``. The CLI calls ``configure``,
-which renders them as console lines or JSON on stdout.
+which renders them as console lines or JSON on stderr: stdout is left to data (``--cfg``,
+``compare``, ``evaluate --json``).
 """
 
 from __future__ import annotations
@@ -53,11 +54,57 @@ def get_logger(**context: Any) -> Any:
     )
 
 
-def configure(format: str = "auto", level: str = "info", **context: str) -> None:
-    """For the CLI: console lines on a terminal, one JSON object a line otherwise (or as asked), on stdout.
+SIGNIFICANT = 4  # digits of a float on a console line: a person reads 0.1699, the record keeps every digit
+
+
+class _Console(logging.StreamHandler):
+    """A StreamHandler that writes each record above the progress bars on its terminal, not onto them.
+
+    A bar exists only once tqdm is imported (by ``trainwire.sinks.progress``); this module never imports it.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        std = sys.modules.get("tqdm.std")
+        if std is None or not getattr(std.tqdm, "_instances", None):
+            super().emit(record)
+            return
+        try:
+            message = self.format(record)
+            with std.tqdm.external_write_mode(file=self.stream):  # clears the bars, then draws them again below
+                self.stream.write(message + self.terminator)
+                self.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def _ordered(first: str | None) -> Any:
+    """A processor: ``epoch`` and ``step`` first, then ``first`` (the monitored metric), then the rest as logged,
+    timings (``time/``) last."""
+    lead = ("event", "stage", "epoch", "step", *((first,) if first else ()))
+
+    def order(logger: Any, name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        ordered = {key: event_dict[key] for key in lead if key in event_dict}
+        ordered.update((key, value) for key, value in event_dict.items() if not key.startswith("time/"))
+        ordered.update(event_dict)
+        return ordered
+
+    return order
+
+
+def _rounded(logger: Any, name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """A processor for console lines: every float to ``SIGNIFICANT`` significant digits."""
+    return {key: float(f"{value:.{SIGNIFICANT}g}") if type(value) is float else value
+            for key, value in event_dict.items()}
+
+
+def configure(format: str = "auto", level: str = "info", *, first: str | None = None, **context: str) -> None:
+    """For the CLI: console lines on a terminal, one JSON object a line otherwise (or as asked), on stderr.
 
     Installs one handler on the ``trainwire`` logger (replacing the one a previous call installed;
     records do not also propagate to Hydra's root handlers) and binds ``context`` to every record.
+    A record's fields come as logged, with ``epoch``, ``step`` and ``first`` (the monitored metric)
+    leading; console lines round floats to 4 significant digits (the run record keeps them whole).
+    Lines are written above a progress bar on the same terminal (``progress=``), not onto it.
     """
     from trainwire.errors import ConfigError
 
@@ -65,12 +112,17 @@ def configure(format: str = "auto", level: str = "info", **context: str) -> None
         raise ConfigError(f"log.format={format!r} is not one of {', '.join(FORMATS)}")
     if level not in LEVELS:
         raise ConfigError(f"log.level={level!r} is not one of {', '.join(LEVELS)}")
-    human = format == "console" or (format == "auto" and sys.stdout.isatty())
-    renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty()) if human else structlog.processors.JSONRenderer()
-    handler = logging.StreamHandler(sys.stdout)
+    stream = sys.stderr
+    terminal = bool(getattr(stream, "isatty", lambda: False)())
+    human = format == "console" or (format == "auto" and terminal)
+    renderer = (structlog.dev.ConsoleRenderer(colors=terminal, sort_keys=False) if human
+                else structlog.processors.JSONRenderer())
+    handler = _Console(stream)
     handler.name = _CLI_HANDLER
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(processors=[
         structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+        _ordered(first),
+        *([_rounded] if human else []),
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         renderer,

@@ -56,15 +56,24 @@ def weights_checkpoint(folder: str | os.PathLike[str]) -> Path:
     ``best.pt`` holds the model at the best monitored value, the weights one would deploy; a run
     that never validated (no monitored value) keeps none, and its newest checkpoint is taken.
     """
-    folder = Path(folder)
-    folder = folder / "checkpoints" if (folder / "checkpoints").is_dir() else folder
+    folder = _checkpoints_of(Path(folder))
     manifest = read_manifest(folder) if folder.is_dir() else None
     if manifest is not None and "best.pt" in manifest.get("files", {}):
         return folder / "best.pt"  # read_checkpoint verifies it; a damaged best.pt is refused, not swapped for last.pt
+    return newest_checkpoint(folder)
+
+
+def newest_checkpoint(folder: str | os.PathLike[str]) -> Path:
+    """The newest valid checkpoint of a run folder (or of its ``checkpoints/`` folder): what a resume continues."""
+    folder = _checkpoints_of(Path(folder))
     name = LocalCheckpointStore(folder).latest()
     if name is None:
         raise CheckpointError(f"{folder} holds no checkpoint")
     return folder / f"{name}.pt"
+
+
+def _checkpoints_of(folder: Path) -> Path:
+    return folder / "checkpoints" if (folder / "checkpoints").is_dir() else folder
 
 
 def _checkpoint_folder_around(out: Path) -> Path | None:

@@ -21,6 +21,7 @@ import re
 import shutil
 import stat
 import threading
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -365,10 +366,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         try:
             reader = HashingReader(fd)
             try:
-                state = torch.load(reader, map_location="cpu", weights_only=True)
-            except OSError:
-                raise
-            except Exception as error:  # weights_only refuses with UnpicklingError; a bad archive raises others
+                state = load_weights_only(reader)
+            except ValueError as error:  # refused (not an archive, or by weights_only): the digest says first
                 failure = error
             finally:
                 digest = reader.finish()  # the helper thread ends here, whatever torch.load did
@@ -378,8 +377,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"cannot read checkpoint {path}: {error.strerror or error}") from None
     _match(path, entries, digest)
     if failure is not None:
-        raise CheckpointError(f"checkpoint {path} was refused by torch.load(weights_only=True): "
-                              f"{refusal_reason(failure)}") from None
+        raise CheckpointError(f"checkpoint {path} was refused: {failure}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} does not hold a dict of state")
     sharded = state.pop("sharded", None)
@@ -387,6 +385,23 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         for key in sharded["parts"]:
             state[key] = sharding.ShardedState(path.parent / sharded["folder"], state[key])
     return state
+
+
+def load_weights_only(path: str | os.PathLike[str] | io.RawIOBase) -> Any:
+    """``torch.load(path, weights_only=True)`` onto the CPU; ValueError with the one-line reason when refused.
+
+    ``path`` may also be a seekable binary file (a ``HashingReader``), read from its start.
+    A file that is not torch's zip archive (a raw pickle, say) is refused unread: torch's legacy
+    reader would print a two-line warning about its pickle protocol before refusing it.
+    """
+    if not zipfile.is_zipfile(path):
+        raise ValueError("it is not a torch.save archive (a raw pickle, or another format), so it is not unpickled")
+    if isinstance(path, io.IOBase):
+        path.seek(0)  # is_zipfile read the archive's end; torch reads from the position it is given
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # weights_only refuses with UnpicklingError; a bad archive raises others
+        raise ValueError(f"torch.load(weights_only=True) refused it: {refusal_reason(error)}") from None
 
 
 def refusal_reason(error: BaseException) -> str:

@@ -16,12 +16,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from trainwire.checkpointing import sharding
 from trainwire.checkpointing.export import weights_checkpoint
-from trainwire.checkpointing.format import read_checkpoint, read_manifest
+from trainwire.checkpointing.format import load_weights_only, read_checkpoint, read_manifest
 from trainwire.errors import CheckpointError, ConfigError
 
 KEY = "trainer.init_from"
@@ -54,10 +53,9 @@ def read_weights(source: str | os.PathLike[str]) -> tuple[dict[str, Tensor], Pat
         state: Any = read_checkpoint(path)  # a run's checkpoint: verified first
     else:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # weights_only refuses other pickles; a file that is no archive raises others
-            raise CheckpointError(f"{KEY}={str(source)!r} cannot be read by torch.load(weights_only=True): "
-                                  f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+            state = load_weights_only(path)
+        except ValueError as error:
+            raise CheckpointError(f"{KEY}={str(source)!r} was refused: {error}") from None
     if isinstance(state, dict) and "format" in state and "model" in state:  # a checkpoint (also one copied alone)
         state = state["model"]
         if isinstance(state, sharding.ShardedState):

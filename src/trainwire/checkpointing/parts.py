@@ -276,4 +276,8 @@ def find(resume: str | None, store: CheckpointStore | None, log: Any,
                 raise ConfigError(runfolder.refusal(f"checkpoint {resume} of {directory}", changes,
                                                     Path(directory).parent if directory else "RUN"))
         return resume, checkpoint
+    if Path(resume).is_dir():  # a run folder (or its checkpoints/): its newest valid checkpoint
+        from trainwire.checkpointing.export import newest_checkpoint
+
+        resume = str(newest_checkpoint(resume))
     return resume, store.load(resume) if store is not None else read_checkpoint(resume)

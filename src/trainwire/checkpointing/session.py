@@ -56,7 +56,6 @@ class Checkpointing:
         # save, or the next step when a save has failed in the background or the processes must agree
         # on a stop at every step (a collective). 0 until the first ``at_step`` has asked the cadence.
         self.due: float = 0
-        self._told_wait = False
         self.parts: dict[str, Any] = {}  # set by hold, before anything else is asked
         self.plan: dict[str, Any] = {}
         self.position = Position()
@@ -182,12 +181,13 @@ class Checkpointing:
                 position = self.position
                 waited = writer.save(saved, names, meta={"epoch": position.epoch, "batch": position.batch,
                                                          "step": position.step})
-                if waited > 0 and not self._told_wait:  # said once; the totals go to the summary
-                    self._told_wait = True
-                    self.log.info("checkpoint_wait", step=position.step, wait_s=waited, waits=writer.waits,
-                                  note="saves come faster than the writer commits them: each waits for the "
-                                       "rest of the one before (said once; totals in checkpoint/wait_s, "
-                                       "checkpoint/waits of summary.json)")
+                if waited > 0:  # the save before this one was still being written; the total goes to the summary
+                    # Said once; a run that saves faster than it writes would say it at every save (34 lines).
+                    if writer.waits == 1:
+                        self.log.info("checkpoint_wait", step=position.step, wait_s=waited, waits=1,
+                                      note="later waits at debug level; their total is checkpoint/wait_s in summary.json")
+                    else:
+                        self.log.debug("checkpoint_wait", step=position.step, wait_s=waited, waits=writer.waits)
         if stopping:
             if writer is not None:
                 writer.wait()

@@ -8,6 +8,13 @@ the other ``val/`` (and ``test/``) metrics of its summary. A run that left no ``
 (killed before it could write one) is listed as ``incomplete`` rather than refused. Everything
 comes from the run record: ``summary.json``, ``config.yaml`` and Hydra's
 ``.hydra/overrides.yaml``; nothing is recomputed.
+
+A search's sweep folder (Hydra's Optuna sweeper: ``optimization_results.yaml`` or the ``hpo=optuna``
+preset's ``study.db`` in it) is read as a study: its trials stay in study order (the job number,
+which is the trial's number in a study run from that folder), each with its Optuna state
+(``COMPLETE``, ``FAIL``, ``PRUNED``, or ``RUNNING`` for one stopped or still going) from its
+summary, and the best complete trial is marked ``best``, by the study's direction (read from
+``study.db`` when Optuna is installed, else the runs' ``stopping.mode``, from which the preset sets it).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import io
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +39,7 @@ FINISHED = "finished"
 INCOMPLETE = "incomplete"  # no summary.json: the run was killed before it could write one, or is still running
 # Statuses: finished, failed, interrupted, cancelled (summary.json's), incomplete, unreadable (its summary.json).
 _METRICS = ("val/", "test/")  # the summary's metrics shown beside the monitored value
+_STUDY_FILES = ("optimization_results.yaml", "study.db")  # what Hydra's Optuna sweeper and the hpo preset leave
 
 
 @dataclass
@@ -46,6 +55,15 @@ class RunRow:
     epochs: int | None = None
     status: str = FINISHED
     metrics: dict[str, float] = field(default_factory=dict)  # the summary's val/ and test/ values
+
+    @property
+    def state(self) -> str:
+        """The run's state as a trial of an Optuna study (what the sweeper told the study, or would have)."""
+        if self.status == FINISHED:
+            return "PRUNED" if self.stop_reason == "pruned" else "COMPLETE"
+        if self.status == "failed":
+            return "FAIL"
+        return "RUNNING" if self.status in ("interrupted", "cancelled", INCOMPLETE) else "-"
 
 
 def _is_run(path: Path) -> bool:
@@ -113,6 +131,45 @@ def read_row(run_dir: Path) -> RunRow:
                   str(summary.get("status") or FINISHED), metrics)  # a summary without status: written at the end
 
 
+def is_study(paths: Sequence[str | os.PathLike[str]]) -> bool:
+    """Whether ``paths`` is one sweep folder of a search (the Optuna sweeper's result, or the preset's database)."""
+    return len(paths) == 1 and any((Path(paths[0]) / name).is_file() for name in _STUDY_FILES)
+
+
+def study_mode(sweep: Path, rows: Sequence[RunRow]) -> str:
+    """``min`` or ``max``: the study's direction from its database, else its runs' stopping mode."""
+    database = sweep / "study.db"
+    if database.is_file():
+        try:
+            import optuna  # the `tune` extra; imported only for a study's folder
+        except ImportError:
+            optuna = None
+        if optuna is not None:
+            try:
+                with warnings.catch_warnings():  # the sweeper's trials hold distributions Optuna 3 deprecated
+                    warnings.simplefilter("ignore", FutureWarning)
+                    studies = optuna.get_all_study_summaries(storage=f"sqlite:///{database.absolute()}")
+            except Exception:  # noqa: BLE001 - a database of another Optuna version: the runs say it too
+                studies = []
+            if len(studies) == 1:
+                return "max" if studies[0].direction.name == "MAXIMIZE" else "min"
+    modes = {row.mode for row in rows}
+    return modes.pop() if len(modes) == 1 else "min"
+
+
+def best_trial(rows: Sequence[RunRow], mode: str) -> RunRow | None:
+    """The complete trial with the best value by ``mode`` (the first of equals, as Optuna keeps it)."""
+    best: RunRow | None = None
+    for row in rows:
+        value = row.best_value
+        if row.state != "COMPLETE" or value is None or math.isnan(value):
+            continue
+        if best is None or best.best_value is None or (value > best.best_value if mode == "max"
+                                                       else value < best.best_value):
+            best = row
+    return best
+
+
 def differing(rows: Sequence[RunRow]) -> list[str]:
     """The override keys whose values are not the same in every run, in first-seen order."""
     keys: list[str] = []
@@ -151,14 +208,18 @@ def metric_columns(rows: Sequence[RunRow]) -> list[str]:
     return [key for key in keys if not (len(monitors) == 1 and key in monitors)]
 
 
-def table(keys: Sequence[str], rows: Sequence[RunRow], *, as_csv: bool = False) -> str:
-    """The comparison as aligned text, or as CSV."""
+def table(keys: Sequence[str], rows: Sequence[RunRow], *, as_csv: bool = False, best: RunRow | None = None,
+          study: bool = False) -> str:
+    """The comparison as aligned text, or as CSV; for a ``study``, each trial's number and state, and the ``best``."""
     metrics = metric_columns(rows)
-    header = ["run", *keys, "status", "best_value", "monitor", *metrics, "stop_reason", "epochs"]
-    body = [[str(row.run_dir), *(row.overrides.get(key, "-") for key in keys), row.status,
+    header = ["run", *(["trial"] if study else []), *keys, *(["state"] if study else []), "status", "best_value",
+              "monitor", *metrics, "stop_reason", "epochs", *(["best"] if study else [])]
+    body = [[str(row.run_dir), *([row.run_dir.name] if study else []), *(row.overrides.get(key, "-") for key in keys),
+             *([row.state] if study else []), row.status,
              "" if row.best_value is None else f"{row.best_value:.6g}", row.monitor or "",
              *("" if row.metrics.get(key) is None else f"{row.metrics[key]:.6g}" for key in metrics),
-             row.stop_reason or "", "" if row.epochs is None else str(row.epochs)] for row in rows]
+             row.stop_reason or "", "" if row.epochs is None else str(row.epochs),
+             *(["best" if row is best else ""] if study else [])] for row in rows]
     if as_csv:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
@@ -176,5 +237,9 @@ def main(args: Sequence[str]) -> str:
     paths = [arg for arg in args if arg != "--csv"]
     if not paths:
         raise ValueError("compare needs a sweep folder or run folders")
+    if is_study(paths):  # trials in study order, not sorted: the order the sampler saw them in
+        rows = [read_row(run_dir) for run_dir in run_dirs(paths)]
+        return table(differing(rows), rows, as_csv=as_csv, best=best_trial(rows, study_mode(Path(paths[0]), rows)),
+                     study=True)
     keys, rows = compare(paths)
     return table(keys, rows, as_csv=as_csv)

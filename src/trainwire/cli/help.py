@@ -23,7 +23,10 @@ stands for the runs in it. Default output: curves.png in the first folder given.
 Tables runs side by side: the overrides that differ between them, each run's status, its best
 monitored value, the other val/ metrics of its summary, its stop reason and epochs; finished
 runs best first. A sweep folder (multirun/<date>/<time>) stands for the runs in it; a run
-without summary.json is listed as incomplete. --csv: the same table as CSV.
+without summary.json is listed as incomplete. A search's sweep folder (Hydra's Optuna sweeper,
+hpo=optuna) is read as a study: trials in study order, each with its number and Optuna state
+(COMPLETE, FAIL, PRUNED, RUNNING), the best complete one marked best by the study's direction.
+--csv: the same table as CSV.
 """,
     "lr-preview": """usage: trainwire lr-preview [hydra overrides ...] [-o lr.png]
 
@@ -35,6 +38,15 @@ training (e.g. lr.warmup_epochs=5 trainer.max_epochs=30). Default output: lr.png
 The LR range test: trains a fresh copy of the configured model with an lr growing exponentially
 from --start-lr to --end-lr over --steps steps (or until the loss diverges), prints a suggested
 optimizer.lr and plots the loss against the lr. Default output: lr_find.png.
+""",
+    "evaluate": """usage: trainwire evaluate RUN_DIR|CHECKPOINT [key=value ...] [--json]
+
+Scores a run's best weights (a run folder: checkpoints/best.pt, else its newest checkpoint; or
+the checkpoint file given) with the run's objective on its data's test split, or on its
+validation split when it has none. The run is rebuilt from its own config.yaml with the given
+key=value overrides on top (data.batch_size=256, trainer.device=cpu). Prints a table of
+metric and value, or one JSON object with --json (checkpoint, split, run_dir, metrics).
+Nothing is written into the run folder.
 """,
     "export-weights": """usage: trainwire export-weights RUN_DIR|CHECKPOINT [-o model.pt] [--format torch|safetensors]
 
@@ -51,7 +63,8 @@ _TRAIN = """usage: trainwire train [group=option ...] [key=value ...] [-m] [--cf
 
 Trains the job the config composes: with no overrides, an MLP on the bundled digits. Choose an
 option of a group with group=option, set any key with key=value (optimizer.lr=3e-3), a preset
-with experiment=NAME; -m sweeps over comma-separated values (optimizer.lr=1e-3,3e-3).
+with experiment=NAME; -m sweeps over comma-separated values (optimizer.lr=1e-3,3e-3); -m hpo=optuna
+searches (pip install 'trainwire[tune]'): -m hpo=optuna 'optimizer.lr=tag(log, interval(1e-4, 0.3))'.
 
 Config groups (group=option; * marks the default; custom takes your own class: group._target_=mod.Class):
 {groups}
@@ -99,6 +112,8 @@ def train_help() -> str:
         lines.append(f"  {group.ljust(width)}{', '.join(shown)}{note}")
     presets = sorted(_packaged("experiment"))
     lines.append(f"  {'experiment'.ljust(width)}{', '.join(presets)}  (presets over the choices above; none by default)")
+    searches = sorted(_packaged("hpo"))
+    lines.append(f"  {'hpo'.ljust(width)}{', '.join(searches)}  (a search with -m: Hydra's sweeper; none by default)")
     return _TRAIN.format(groups="\n".join(lines))
 
 

@@ -16,6 +16,7 @@ USAGE = """usage: trainwire train [hydra overrides ...]
        trainwire lr-preview [hydra overrides ...] [-o lr.png]
        trainwire lr-find [hydra overrides ...] [--steps 100] [--start-lr 1e-7] [--end-lr 10] [-o lr_find.png]
        trainwire export-weights RUN_DIR|CHECKPOINT [-o model.pt] [--format torch|safetensors]
+       trainwire evaluate RUN_DIR|CHECKPOINT [key=value ...] [--json]
 
   trainwire train                               train the default job (MLP on the bundled digits)
   trainwire train lr=constant optimizer.lr=0.01 override any key of the config
@@ -34,6 +35,9 @@ USAGE = """usage: trainwire train [hydra overrides ...]
                                                 plain state dict (single-file or FSDP-sharded), for torch.load +
                                                 load_state_dict; --format safetensors (or -o *.safetensors) for
                                                 safetensors.torch.load_file (pip install safetensors)
+  trainwire evaluate outputs/a data.batch_size=256
+                                                the run's best weights scored with its objective on its test
+                                                split (else its validation split): a table, or --json
   torchrun --nproc_per_node=2 -m trainwire train
                                                 data-parallel over 2 processes (strategy=auto: ddp)
 
@@ -41,7 +45,7 @@ USAGE = """usage: trainwire train [hydra overrides ...]
 """
 
 
-COMMANDS = ("train", "plot", "compare", "lr-preview", "lr-find", "export-weights")
+COMMANDS = ("train", "plot", "compare", "lr-preview", "lr-find", "export-weights", "evaluate")
 
 
 def _split_output(args: list[str], default: str) -> tuple[list[str], str]:
@@ -161,6 +165,14 @@ def _export_weights(args: list[str]) -> None:
     print(out, f"({len(weights)} tensors, {fmt}, from {source}{which})")
 
 
+def _evaluate(args: list[str]) -> None:
+    from trainwire import logs
+    from trainwire.cli.evaluate import main as evaluate
+
+    logs.configure("auto", "warning")  # building the run again is not news; its warnings are
+    print(evaluate(args), end="")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     _see_working_directory()
@@ -179,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
         train(rest)
         return
     tools = {"plot": _plot, "lr-preview": _lr_preview, "lr-find": _lr_find, "compare": _compare,
-             "export-weights": _export_weights}
+             "export-weights": _export_weights, "evaluate": _evaluate}
     if command not in COMMANDS:
         print(f"trainwire: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         sys.exit(2)

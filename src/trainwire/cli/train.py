@@ -33,6 +33,7 @@ class Launch:
 
     def __init__(self) -> None:
         self.rank, self.world_size, self.started = 0, 1, False
+        self.said = ""  # the last line said: a failed trial of a search records it
 
     @property
     def distributed(self) -> bool:
@@ -53,6 +54,7 @@ class Launch:
         self.rank = dist.get_rank()
 
     def say(self, message: str) -> None:
+        self.said = message
         if self.rank == 0:
             print(message, file=sys.stderr)
 
@@ -246,6 +248,18 @@ def _composed(overrides: list[str]) -> Any:
                 raise ConfigError("; ".join(line.strip() for line in str(error).splitlines() if line.strip())) from None
 
 
+def _check_resume_path(resume: str | None) -> None:
+    """A ``trainer.resume`` path that is not there is refused before the run folder is made."""
+    from trainwire.checkpointing.format import CHECKPOINT_NAME
+    from trainwire.errors import ConfigError
+
+    if resume is None or resume == "auto" or CHECKPOINT_NAME.match(resume):  # a name: the run's own store's
+        return
+    if not Path(resume).exists():
+        raise ConfigError(f"trainer.resume={resume!r}: no such checkpoint file or run folder (trainer.resume=auto "
+                          "continues the run in hydra.run.dir)")
+
+
 def _prepared(args: list[str]) -> tuple[dict[str, Any], HydraRecord | None]:
     """Rank 0's part: check the overrides, compose, resolve; set up Hydra's config and logging for the task.
 
@@ -262,6 +276,7 @@ def _prepared(args: list[str]) -> tuple[dict[str, Any], HydraRecord | None]:
 
     parsed = check_overrides(args)
     overrides = check_choices(args)
+    check_sweeper(overrides)
     if launch.distributed:  # every rank uses rank 0's folder; the default is named from rank 0's clock alone
         overrides = [*overrides, *([] if any(o.startswith("hydra.run.dir=") for o in overrides)
                                    else [f"hydra.run.dir=outputs/{time.strftime('%Y-%m-%d/%H-%M-%S')}"])]
@@ -281,6 +296,7 @@ def _prepared(args: list[str]) -> tuple[dict[str, Any], HydraRecord | None]:
     plain = resolved(task)
     check_booleans(plain, parsed)
     plain["run_dir"] = str(run_dir)
+    _check_resume_path(plain["trainer"].get("resume"))
     _decide_strategy(plain)
     if config.hydra.job.chdir:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -291,6 +307,19 @@ def _prepared(args: list[str]) -> tuple[dict[str, Any], HydraRecord | None]:
         raise ConfigError(f"torchrun started {launch.world_size} processes, but strategy=single "
                           "would train one model in each: set strategy=ddp or fsdp")
     return plain, record
+
+
+def _logs_to_stderr() -> None:
+    """Points the console handlers Hydra gave the root logger (``job_logging``: stdout) at stderr.
+
+    The CLI's stdout is for data (``--cfg job``, ``compare``, ``evaluate --json``); a user's own
+    ``logging.getLogger(__name__).info(...)`` in a model or data target is a log line like ours.
+    """
+    import logging
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+            handler.setStream(sys.stderr)
 
 
 def _decide_strategy(plain: dict[str, Any]) -> None:
@@ -367,7 +396,9 @@ def _fit(plain: dict[str, Any], record: HydraRecord | None) -> None:
         context = {"rank": launch.rank} if launch.distributed else {}
         # Other ranks say only what goes wrong: rank 0 speaks for the run.
         level = plain["log"]["level"] if launch.rank == 0 or plain["log"]["level"] in ("warning", "error") else "warning"
-        logs.configure(plain["log"]["format"], level, run_id=run_dir.name, **context)
+        logs.configure(plain["log"]["format"], level, first=plain["stopping"].get("monitor") or "val/loss",
+                       run_id=run_dir.name, **context)
+        _logs_to_stderr()
         if record is not None:
             container.hooks.override(providers.Object([*container.hooks(), record]))
         signals.check()
@@ -401,15 +432,42 @@ def _fit(plain: dict[str, Any], record: HydraRecord | None) -> None:
     launch.leave()
 
 
-def _sweep_job(cfg: Any) -> None:
-    """Hydra's task for each job of a sweep (and its other modes): the job's config takes the same path on."""
-    from hydra.core.hydra_config import HydraConfig
+class TrialFailed(Exception):
+    """A search's trial that was refused or failed: its sweeper records it as failed and the study goes on."""
 
-    from trainwire.config import check_booleans, check_overrides, resolved
-    from trainwire.errors import ConfigError
+
+def _sweep_job(cfg: Any) -> float | None:
+    """Hydra's task for each job of a sweep (and its other modes): the job's config takes the same path on.
+
+    Returns the run's monitored best value (``best_value`` in its ``summary.json``), which a
+    search sweeper optimises (ADR 0029). Under such a sweeper a refused or failed trial raises
+    ``TrialFailed`` instead of ending the process, so the study records it and goes on; a stop
+    signal still ends the study, with its checkpoint, as it ends a run.
+    """
+    from hydra.core.hydra_config import HydraConfig
 
     hydra = HydraConfig.get()
     run_dir = Path(hydra.runtime.output_dir)
+    searching = not str(hydra.sweeper.get("_target_", "")).endswith("BasicSweeper")
+    try:
+        _sweep_fit(cfg, hydra, run_dir)
+    except SystemExit as exit_:
+        if not searching or exit_.code not in (1, 2):
+            raise
+        _record_failure(run_dir, launch.said, HydraRecord.of(cfg, hydra, _SWEEP_SUBDIR[0]))
+        raise TrialFailed(launch.said) from None
+    value = _best_value(run_dir)
+    if searching and value is None:  # the sweeper would say only "Return value must be float-castable"
+        launch.say("trainwire: error: the trial's run kept no monitored best value for the search to optimise "
+                   "(stopping=none, or no validation data): set stopping.monitor")
+        raise TrialFailed(launch.said)
+    return value
+
+
+def _sweep_fit(cfg: Any, hydra: Any, run_dir: Path) -> None:
+    from trainwire.config import check_booleans, check_overrides, resolved
+    from trainwire.errors import ConfigError
+
     try:
         plain = resolved(cfg)
         check_booleans(plain, check_overrides(list(hydra.overrides.task), sweep=True))
@@ -421,7 +479,66 @@ def _sweep_job(cfg: Any) -> None:
     _fit(plain, HydraRecord.of(cfg, hydra, _SWEEP_SUBDIR[0]))
 
 
+def _best_value(run_dir: Path) -> float | None:
+    """The monitored best value of the run in ``run_dir``; None where its summary has none (a run with no validation)."""
+    import json
+
+    try:
+        value = json.loads((run_dir / "summary.json").read_text()).get("best_value")
+    except (OSError, ValueError):
+        return None
+    return None if value is None else float(value)
+
+
+def _record_failure(run_dir: Path, line: str, record: HydraRecord | None) -> None:
+    """A refused trial's verdict in its folder's ``summary.json``, in the shape of a failed run's (ADR 0032).
+
+    A trial whose run started has its summary from the run itself (``Trainer.fit`` writes
+    ``status: failed`` however it ends); only a trial refused before its record started (a bad
+    value, which writes nothing in a run of its own) gets one here, built by the same ``FitResult``,
+    with Hydra's record of what the trial tried (its overrides), so that its folder says both.
+    """
+    from trainwire.errors import RunRecordError
+    from trainwire.loop.trainer import FitResult
+    from trainwire.sinks.jsonl import JsonlSink
+
+    if (run_dir / "summary.json").exists():
+        return
+    verdict = FitResult(epochs_completed=0, best_epoch=None, best_value=None, monitor=None, stop_reason="refused",
+                        status="failed", error=line.removeprefix("trainwire: error: "))
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if record is not None:
+            record.on_train_start(None)
+        JsonlSink(run_dir).summary(verdict.summary())
+    except (OSError, RunRecordError):  # an unwritable trial folder: the study's log still says why
+        pass
+
+
 _SWEEP_SUBDIR: list[str | None] = [".hydra"]  # where each sweep job's record goes (hydra.output_subdir, as given)
+
+
+def check_sweeper(overrides: list[str]) -> None:
+    """One line, before Hydra's many, where ``hpo=optuna`` or ``hydra/sweeper=optuna`` is asked without the plugin."""
+    import importlib.util
+
+    from trainwire.errors import ConfigError
+
+    unquoted = [o.lstrip("+").replace("'", "").replace('"', "") for o in overrides]
+    asked = [o for o in unquoted if o in ("hpo=optuna", "hydra/sweeper=optuna")]
+    if not asked:
+        return
+
+    def absent(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is None
+        except ModuleNotFoundError:  # hydra_plugins itself: no Hydra plugin installed at all
+            return True
+
+    missing = [name for name in ("optuna", "hydra_plugins.hydra_optuna_sweeper") if absent(name)]
+    if missing:
+        raise ConfigError(f"{asked[0]} needs Hydra's Optuna sweeper ({', '.join(missing)} not installed): "
+                          "pip install 'trainwire[tune]' && pip install --no-deps hydra-optuna-sweeper==1.3.0")
 
 
 def _hydra_main(args: list[str]) -> None:
@@ -432,6 +549,7 @@ def _hydra_main(args: list[str]) -> None:
 
     check_overrides([arg for arg in args if "=" in arg and not arg.startswith("-")], sweep=True)
     overrides = check_choices(args)
+    check_sweeper(overrides)
     register_schemas(overrides)
     given = [arg.partition("=")[2] for arg in overrides if arg.startswith("hydra.output_subdir=")]
     if given:

@@ -3,8 +3,10 @@
 The data contract: whatever fills the ``data`` slot (a built-in option, or the user's own
 ``data._target_=mylab.make_loaders``) returns one of
 
-- a ``(train, val)`` pair, ``val`` may be None: each a ``DataLoader`` (or any sized iterable
-  of batches) or a map-style ``Dataset``;
+- a ``(train, val)`` pair or a ``(train, val, test)`` triple, ``val`` and ``test`` may be None:
+  each a ``DataLoader`` (or any sized iterable of batches) or a map-style ``Dataset``. The test
+  split is read once, when training finishes, to score the best weights (``test/<metric>``), and
+  by ``trainwire evaluate`` (ADR 0034);
 - a ``Loaders``;
 - a single ``DataLoader`` or ``Dataset``: training data without validation.
 
@@ -48,6 +50,7 @@ from trainwire.errors import ConfigError
 class Loaders(NamedTuple):
     train: DataLoader
     val: DataLoader | None
+    test: DataLoader | None = None  # held out: scored once, with the best weights, when training finishes
 
 
 class ResumableSampler(Sampler[list[int]]):
@@ -241,23 +244,23 @@ def as_loaders(returned: Any, node: Mapping[str, Any] | None = None, *, seed: in
     timeout_s = node.get("timeout_s", TIMEOUT_S)
     if isinstance(returned, Loaders):
         return returned
-    pair = returned if isinstance(returned, (tuple, list)) and len(returned) == 2 else (returned, None)
-    if isinstance(returned, (tuple, list)) and len(returned) != 2:
-        pair = (None, None)
+    parts = tuple(returned) if isinstance(returned, (tuple, list)) else (returned, None)
+    parts = parts + (None,) * (3 - len(parts)) if len(parts) in (2, 3) else (None, None, None)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ConfigError(f"data.batch_size={batch_size!r} must be an integer >= 1")
     check_workers(num_workers)
     check_timeout(timeout_s)
-    built = [None if part is None and index == 1 else
+    built = [None if part is None and index > 0 else
              _batches(part, train=index == 0, batch_size=batch_size, num_workers=num_workers, timeout_s=timeout_s,
                       seed=seed, rank=rank,
                       world_size=world_size)
-             for index, part in enumerate(pair)]
-    if built[0] is None or (pair[1] is not None and built[1] is None):
+             for index, part in enumerate(parts)]
+    if built[0] is None or any(part is not None and done is None for part, done in zip(parts, built)):
         raise ConfigError(
-            f"data={source} returned {_describe(returned)}; a data target returns (train, val) (val may be None), "
-            "a trainwire.data.Loaders, or map-style Datasets, each a DataLoader, a sized iterable of batches or a Dataset")
-    return Loaders(built[0], built[1])
+            f"data={source} returned {_describe(returned)}; a data target returns (train, val) or (train, val, test) "
+            "(val and test may be None), a trainwire.data.Loaders, or map-style Datasets, each a DataLoader, a sized "
+            "iterable of batches or a Dataset")
+    return Loaders(*built)
 
 
 def _load(name: str) -> dict[str, torch.Tensor]:
@@ -265,17 +268,24 @@ def _load(name: str) -> dict[str, torch.Tensor]:
         return torch.load(handle, weights_only=True)
 
 
-def _split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _split(n: int, val_fraction: float, seed: int, test_fraction: float = 0.0) -> tuple[torch.Tensor, ...]:
+    """Train, validation and test indices: one shuffle from ``seed``, validation first, then test, then train.
+
+    With ``test_fraction=0`` the train and validation splits are those of a set without a test split.
+    """
     if not 0.0 <= val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction={val_fraction} must be in [0, 1)")
+    if type(test_fraction) not in (int, float) or not 0.0 <= test_fraction < 1.0 - val_fraction:
+        raise ConfigError(f"data.test_fraction={test_fraction!r} must be in [0, 1 - data.val_fraction) "
+                          f"(data.val_fraction={val_fraction}): the rest trains")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val = round(n * val_fraction)
-    return order[n_val:], order[:n_val]
+    n_val, n_test = round(n * val_fraction), round(n * test_fraction)
+    return order[n_val + n_test:], order[:n_val], order[n_val:n_val + n_test]
 
 
 def _loaders(x: torch.Tensor, y: torch.Tensor, val_idx: torch.Tensor, train_idx: torch.Tensor,
              batch_size: int, seed: int, num_workers: int, timeout_s: float, train_samples: int | None = None,
-             rank: int = 0, world_size: int = 1) -> Loaders:
+             rank: int = 0, world_size: int = 1, test_idx: torch.Tensor | None = None) -> Loaders:
     if batch_size < 1:
         raise ConfigError(f"data.batch_size={batch_size} must be >= 1")
     check_workers(num_workers)
@@ -289,12 +299,15 @@ def _loaders(x: torch.Tensor, y: torch.Tensor, val_idx: torch.Tensor, train_idx:
                                world_size=world_size)
     train = DataLoader(TensorDataset(x[train_idx], y[train_idx]), batch_sampler=sampler, generator=generator,
                        **_workers(num_workers, timeout_s))
-    val = None
-    if len(val_idx):
-        shard = ShardBatches(len(val_idx), batch_size * 4, rank=rank, world_size=world_size)
-        val = DataLoader(TensorDataset(x[val_idx], y[val_idx]), batch_sampler=shard, generator=_own(seed),
-                         **_workers(num_workers, timeout_s))
-    return Loaders(train, val)
+    held_out = []
+    for indices in (val_idx, test_idx):
+        loader = None
+        if indices is not None and len(indices):
+            shard = ShardBatches(len(indices), batch_size * 4, rank=rank, world_size=world_size)
+            loader = DataLoader(TensorDataset(x[indices], y[indices]), batch_sampler=shard, generator=_own(seed),
+                                **_workers(num_workers, timeout_s))
+        held_out.append(loader)
+    return Loaders(train, *held_out)
 
 
 def _check_shape(name: str, in_features: int, out_features: int, inputs: int, outputs: int) -> None:
@@ -305,11 +318,12 @@ def _check_shape(name: str, in_features: int, out_features: int, inputs: int, ou
 
 def digits(batch_size: int = 64, val_fraction: float = 0.2, seed: int = 0, num_workers: int = 0,
            train_samples: int | None = None, in_features: int = 64, out_features: int = 10,
-           timeout_s: float = TIMEOUT_S, *, rank: int = 0, world_size: int = 1) -> Loaders:
+           timeout_s: float = TIMEOUT_S, test_fraction: float = 0.0, *, rank: int = 0, world_size: int = 1) -> Loaders:
     """8×8 digits as 64 features scaled to [0, 1]; targets are class indices 0–9.
 
     ``train_samples`` keeps only that many training samples (e.g. a small labelled subset); the
-    validation split is unchanged. ``timeout_s`` is how long a worker (``num_workers`` > 0) may take to
+    validation split is unchanged. ``test_fraction`` holds that share out as a test split, scored once
+    with the best weights when training finishes (0: none; the other splits are then as without it). ``timeout_s`` is how long a worker (``num_workers`` > 0) may take to
     deliver a batch before the run stops with one line (a stuck worker would hang it). ``rank``/``world_size`` shard both loaders for distributed
     training; ``batch_size`` is per process. ``in_features`` and ``out_features`` state the
     set's shape for the model's config to read (``${data.in_features}``); other values are refused.
@@ -317,25 +331,27 @@ def digits(batch_size: int = 64, val_fraction: float = 0.2, seed: int = 0, num_w
     _check_shape("digits", in_features, out_features, 64, 10)
     raw = _load("digits")
     x, y = raw["x"].float() / 16.0, raw["y"].long()
-    train_idx, val_idx = _split(len(x), val_fraction, seed)
-    return _loaders(x, y, val_idx, train_idx, batch_size, seed, num_workers, timeout_s, train_samples, rank, world_size)
+    train_idx, val_idx, test_idx = _split(len(x), val_fraction, seed, test_fraction)
+    return _loaders(x, y, val_idx, train_idx, batch_size, seed, num_workers, timeout_s, train_samples, rank, world_size,
+                    test_idx)
 
 
 def diabetes(batch_size: int = 32, val_fraction: float = 0.2, seed: int = 0, num_workers: int = 0,
              train_samples: int | None = None, in_features: int = 10, out_features: int = 1,
-             timeout_s: float = TIMEOUT_S, *, rank: int = 0, world_size: int = 1) -> Loaders:
+             timeout_s: float = TIMEOUT_S, test_fraction: float = 0.0, *, rank: int = 0,
+             world_size: int = 1) -> Loaders:
     """Diabetes progression: 10 features and the target, standardised with the training split's statistics.
 
     The metrics are therefore in standardised units: ``val/rmse`` and ``val/mae`` in standard
     deviations of the target (multiply by the ``std`` logged at the start for the original
     units), and ``val/mape`` relative to standardised targets, many near zero, so it reads
     large (4.96 is 496 %) and says little here; ``val/r2`` is the same in either unit.
-    ``in_features`` and ``out_features`` state the shape, as for ``digits``.
+    ``in_features`` and ``out_features`` state the shape, and ``test_fraction`` a test split, as for ``digits``.
     """
     _check_shape("diabetes", in_features, out_features, 10, 1)
     raw = _load("diabetes")
     x, y = raw["x"], raw["y"]
-    train_idx, val_idx = _split(len(x), val_fraction, seed)
+    train_idx, val_idx, test_idx = _split(len(x), val_fraction, seed, test_fraction)
     x_mean, x_std = x[train_idx].mean(0), x[train_idx].std(0)
     y_mean, y_std = y[train_idx].mean(), y[train_idx].std()
     x, y = (x - x_mean) / x_std, ((y - y_mean) / y_std).unsqueeze(-1)
@@ -343,4 +359,5 @@ def diabetes(batch_size: int = 32, val_fraction: float = 0.2, seed: int = 0, num
                            std=round(y_std.item(), 3),
                            note="val/rmse and val/mae are in target standard deviations (times std: original units); "
                                 "val/mape is relative to standardised targets near 0")
-    return _loaders(x, y, val_idx, train_idx, batch_size, seed, num_workers, timeout_s, train_samples, rank, world_size)
+    return _loaders(x, y, val_idx, train_idx, batch_size, seed, num_workers, timeout_s, train_samples, rank, world_size,
+                    test_idx)

@@ -74,6 +74,7 @@ class FitResult:
     status: str = "finished"
     error: str | None = None
     resumable: bool | None = None
+    test: dict[str, float] = field(default_factory=dict)  # ``test/<metric>`` of the best weights (ADR 0034)
 
     @property
     def best_metrics(self) -> dict[str, float]:
@@ -102,6 +103,7 @@ class FitResult:
             "checkpoint/wait_s": self.checkpoint_wait_s,
             "checkpoint/waits": self.checkpoint_waits,
             **best_val,
+            **self.test,
         }
 
 
@@ -149,6 +151,7 @@ class Trainer:
         strategy: Strategy | None = None,
         hooks: Sequence[Any] = (),
         logger: Any = None,
+        test_data: Iterable[Any] | None = None,
     ) -> None:
         if (step is None) == (optimizer is None):
             raise ConfigError("Trainer takes either step= or optimizer= (which makes the supervised step), not both")
@@ -168,6 +171,7 @@ class Trainer:
         self.checkpoints = checkpoints  # one ``Checkpointing`` per fit saves through it
         self.hooks = list(hooks)
         self.log = logger or logs.get_logger()
+        self.test_data = test_data  # scored once with the best weights when training finishes (ADR 0034)
 
     def _emit(self, event: str, *args: Any) -> None:
         emit(self.hooks, event, *args)
@@ -221,6 +225,8 @@ class Trainer:
                 result = self._loop(state, position, checkpointing, precision, train_data, val_data)
                 checkpointing.close()  # the last save is committed (or its failure raised) before fit returns
                 result.checkpoint_wait_s, result.checkpoint_waits = checkpointing.waited_s, checkpointing.waits
+                if self.test_data is not None:  # the best weights, restored by the loop, scored once (ADR 0034)
+                    result.test = self._test(state, precision)
             except BaseException as error:
                 checkpointing.close(error)
                 self._emit("on_exception", state, error)
@@ -262,7 +268,7 @@ class Trainer:
         return {"trainer.max_epochs": self.settings.max_epochs, "trainer.accumulate_steps": self.settings.accumulate_steps,
                 "batches per epoch (data.batch_size)": n_batches, **self.step.plan()}
 
-    def _place(self, model: nn.Module) -> tuple[Precision, nn.Module]:
+    def _place(self, model: nn.Module, *, initial: bool = True) -> tuple[Precision, nn.Module]:
         """Loads ``trainer.init_from``'s weights, moves ``model`` to its device, makes what runs forward (the
         strategy's form, compiled if asked) and starts the throughput meter there.
 
@@ -272,7 +278,7 @@ class Trainer:
         settings = self.settings
         # A new run's first weights, into the plain module before any strategy wraps it; not when a checkpoint
         # will be restored (its weights win, and the source need not be there any more).
-        if settings.init_from is not None and not restores(settings.resume, self.checkpoints):
+        if initial and settings.init_from is not None and not restores(settings.resume, self.checkpoints):
             load_initial_weights(model, settings.init_from, strict=settings.init_strict, log=self.log)
         precision = Precision(self.settings.precision, self.strategy.device(self.settings.device))
         self.log.info("model", parameters=sum(p.numel() for p in model.parameters()),  # what trains, and where
@@ -323,13 +329,34 @@ class Trainer:
                          in_a_row=self.nonfinite.in_a_row + 1)
         self.nonfinite.not_taken(state.step)  # the policy counts it, and may stop the run
 
+    def evaluate(self, model: nn.Module, data: Iterable[Any], *, split: str = "val") -> dict[str, float]:
+        """The objective's metrics of ``model`` as it is over ``data``, as ``<split>/<name>``: the validation
+        pass of ``fit`` on its own (``trainwire evaluate``). The model is placed as ``fit`` places it, its
+        weights as they are (``trainer.init_from`` is for a fit's start)."""
+        precision, module = self._place(model, initial=False)
+        model.eval()
+        return self._measure(module, data, self.strategy.mover(precision.device), precision, split)
+
+    def _test(self, state: TrainState, precision: Precision) -> dict[str, float]:
+        """The test split's metrics of the weights the loop left (the best), logged as one ``test/`` row."""
+        state.model.eval()
+        metrics = self._measure(state.module, self.test_data, self.strategy.mover(precision.device), precision, "test")
+        state.model.train()
+        self.sink.log(metrics, step=state.step, epoch=state.epoch)
+        return metrics
+
+    def _measure(self, module: nn.Module, data: Iterable[Any], move: Any, precision: Precision,
+                 split: str) -> dict[str, float]:
+        """One pass of the objective's ``evaluate`` over ``data`` (the model in eval mode), under no_grad."""
+        with torch.no_grad(), precision.autocast():
+            measured = self.objective.evaluate(module, map(move, read(data, split)), reduce=self.strategy.reduce)
+        return {f"{split}/{key}": value for key, value in measured.items()}
+
     def _validate(self, state: TrainState, val_data, move, precision: Precision) -> dict[str, float]:
         """The objective's metrics over the validation data (eval mode, no_grad), as ``val/<name>``."""
         state.model.eval()
-        with torch.no_grad(), precision.autocast():
-            measured = self.objective.evaluate(state.module, map(move, read(val_data, "val")), reduce=self.strategy.reduce)
+        metrics = self._measure(state.module, val_data, move, precision, "val")
         state.model.train()
-        metrics = {f"val/{key}": value for key, value in measured.items()}
         for key, image in self.objective.images().items():  # generated samples, for image-capable sinks
             self.sink.log_image(f"val/{key}", image, step=state.step, epoch=state.epoch)
         self._emit("on_validation_end", state, dict(metrics))

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from trainwire.checkpointing.format import refusal_reason
+from trainwire.checkpointing.format import load_weights_only
 from trainwire.errors import ConfigError
 from trainwire.models import ACTIVATIONS
 from trainwire.policies.objectives import Objective, Reduce, local
@@ -118,10 +118,9 @@ def load_encoder(encoder: Encoder, path: str | os.PathLike) -> Encoder:
     if not Path(path).is_file():
         raise ConfigError(f"encoder={str(path)!r} is not a file (stage 1 writes <run_dir>/encoder.pt)")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - weights_only refuses with UnpicklingError; a bad archive raises others
-        raise ConfigError(f"encoder={str(path)!r} was refused by torch.load(weights_only=True): "
-                          f"{refusal_reason(error)}") from None
+        payload = load_weights_only(path)
+    except ValueError as error:
+        raise ConfigError(f"encoder={str(path)!r} was refused: {error}") from None
     if not isinstance(payload, dict) or payload.get("format") != ENCODER_FORMAT:
         raise ConfigError(f"encoder={str(path)!r} is not an encoder saved by trainwire ({ENCODER_FORMAT})")
     if payload["arch"] != encoder.arch:

@@ -113,3 +113,54 @@ class PatienceStopper(StoppingPolicy):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.best_value, self.best_epoch, self.bad_epochs = state["best_value"], state["best_epoch"], state["bad_epochs"]
+
+
+class TrialPruning(StoppingPolicy):
+    """Reports each epoch's monitored value to an Optuna trial and stops the run when its pruner says so.
+
+    For a search written with Optuna's Python API (``study.optimize(objective)``), where the
+    objective holds the trial: ``Trainer(..., stopping_policy=TrialPruning(trial, PatienceStopper(...)))``.
+    ``policy`` judges improvement and its own stops (patience, goal) as it does alone; after it,
+    the value goes to ``trial.report(value, epoch)`` and ``trial.should_prune()`` may end the run
+    with ``stop_reason: pruned`` (the best weights kept, the summary written, as for any early stop).
+    The objective then raises ``optuna.TrialPruned`` so that the study records the trial as pruned.
+    Hydra's Optuna sweeper cannot use it: it runs each trial from a config, without its trial.
+    Optuna is not imported here: ``trial`` is anything with ``report`` and ``should_prune``.
+    """
+
+    def __init__(self, trial: Any, policy: StoppingPolicy | None = None) -> None:
+        self.trial, self.policy = trial, policy if policy is not None else PatienceStopper()
+        if self.policy.monitor is None:
+            raise ConfigError("TrialPruning needs a policy that monitors a metric (its monitor is None)")
+        mode = getattr(self.policy, "mode", None)
+        direction = getattr(getattr(getattr(trial, "study", None), "direction", None), "name", None)
+        if (mode, direction) in (("min", "MAXIMIZE"), ("max", "MINIMIZE")):
+            raise ConfigError(f"TrialPruning: the study's direction is {direction.lower()} but {self.policy.monitor} "
+                              f"is judged by mode {mode!r}; make them agree")
+
+    @property  # type: ignore[override]
+    def monitor(self) -> str | None:
+        return self.policy.monitor
+
+    @property  # type: ignore[override]
+    def best_value(self) -> float | None:
+        return self.policy.best_value
+
+    @property  # type: ignore[override]
+    def best_epoch(self) -> int | None:
+        return self.policy.best_epoch
+
+    def update(self, epoch: int, metrics: Mapping[str, float]) -> Verdict:
+        verdict = self.policy.update(epoch, metrics)
+        value = float(metrics[self.policy.monitor])  # type: ignore[index]
+        if math.isfinite(value):  # Optuna's pruners compare finite values
+            self.trial.report(value, epoch)
+        if not verdict.stop and self.trial.should_prune():
+            return Verdict(verdict.improved, stop=True, reason="pruned")
+        return verdict
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.policy.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.policy.load_state_dict(state)

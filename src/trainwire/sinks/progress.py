@@ -90,5 +90,5 @@ def progress_enabled(setting: str, stream: IO[str] | None = None) -> bool:
         stream = stream or sys.stderr
         return installed and bool(getattr(stream, "isatty", lambda: False)())
     if setting == "always" and not installed:
-        raise ConfigError("progress=always needs tqdm, which is not installed (pip install 'trainwire[progress]')")
+        raise ConfigError("progress=always needs tqdm, which is not installed (pip install tqdm; trainwire depends on it)")
     return setting == "always"
