@@ -225,8 +225,7 @@ class Trainer:
                 result = self._loop(state, position, checkpointing, precision, train_data, val_data)
                 checkpointing.close()  # the last save is committed (or its failure raised) before fit returns
                 result.checkpoint_wait_s, result.checkpoint_waits = checkpointing.waited_s, checkpointing.waits
-                if self.test_data is not None:  # the best weights, restored by the loop, scored once (ADR 0034)
-                    result.test = self._test(state, precision)
+                result.test = self._test(state, precision)  # the best weights, restored by the loop (ADR 0034)
             except BaseException as error:
                 checkpointing.close(error)
                 self._emit("on_exception", state, error)
@@ -338,7 +337,10 @@ class Trainer:
         return self._measure(module, data, self.strategy.mover(precision.device), precision, split)
 
     def _test(self, state: TrainState, precision: Precision) -> dict[str, float]:
-        """The test split's metrics of the weights the loop left (the best), logged as one ``test/`` row."""
+        """The test split's metrics of the weights the loop left (the best), logged as one ``test/`` row; none
+        without a test split."""
+        if self.test_data is None:
+            return {}
         state.model.eval()
         metrics = self._measure(state.module, self.test_data, self.strategy.mover(precision.device), precision, "test")
         state.model.train()
