@@ -10,9 +10,8 @@ process's CPU time, which a busy machine disturbs less):
 * store save — ``LocalCheckpointStore.save(state, ["last"])``: temporary file hashed as it is
   written, one fsync, the manifest written twice, rename, two folder fsyncs (ADR 0009);
 * bare load — ``torch.load(path, weights_only=True)``;
-* store load — ``LocalCheckpointStore.load("last")``: the file read once, ``torch.load(weights_only=True)``
-  reading through a reader that hashes the bytes as they land in the tensors (ADR 0036); returned
-  once the hash matches the manifest.
+* store load — ``LocalCheckpointStore.load("last")``: the file hashed on a helper thread while
+  ``torch.load(weights_only=True)`` parses it; returned once the hash matches the manifest.
 
 Also shown, as the parts no checkpoint with these guarantees can skip: ``fsync`` alone (of a
 file just written by ``torch.save``) and sha256 alone (of the serialized bytes, in memory).

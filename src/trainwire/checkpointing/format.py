@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import json
 import os
 import queue
@@ -39,8 +38,6 @@ PERIODIC_FILE = re.compile(r"^epoch-\d{4,}\.pt$")
 _CHUNK = 1 << 20  # bytes read per call when hashing a file
 _BIG = 1 << 20  # a write at least this long is hashed on the helper thread while it goes to disk
 _BATCH = 1 << 20  # torch.save's small writes (headers, small tensors) are gathered up to this
-_SPAN = 4 << 20  # a long read is split into spans: one is hashed on the helper thread while the next is read
-_GAP = 1 << 20  # bytes a load skips between records (headers, alignment) are read for the hash up to this
 
 
 def file_sha256(path: Path) -> str:
@@ -139,81 +136,6 @@ class HashingWriter:
         """Flushes what is gathered and returns the sha256 of everything written."""
         self._write_batch()
         return self.hasher.close()
-
-
-class HashingReader(io.RawIOBase):
-    """The file object ``torch.load`` reads a checkpoint through: each byte goes into a sha256 once, in file order.
-
-    So the file is read once, not once to hash it and again to load it. torch reads the zip's
-    directory at the end first, then the records in order (into the tensors' own memory, through
-    ``readinto``): a read that continues the hashed prefix (after a gap of at most ``_GAP``
-    bytes, read here) extends it, and a long one is hashed on the helper thread span by span
-    while the next span is read. Whatever was not read in order is read and hashed by ``finish``.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self.fd, self.size, self.position = fd, os.fstat(fd).st_size, 0
-        self.hashed = 0  # the digest covers the file's bytes [0, hashed)
-        self.hasher = _Hasher()
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
-        self.position = base + offset
-        return self.position
-
-    def readinto(self, buffer) -> int:
-        view = memoryview(buffer).cast("B")
-        start = self.position
-        if self.hashed < start <= self.hashed + _GAP:
-            self._hash_to(start)
-        done = 0
-        try:
-            while done < len(view):
-                span = view[done:done + _SPAN]
-                count = _pread(self.fd, span, start + done)
-                if not count:
-                    break
-                low, high = start + done, start + done + count
-                if low <= self.hashed < high:  # continues the hashed prefix: hashed while the next span is read
-                    self.hasher.submit(span[self.hashed - low:count])
-                    self.hashed = high
-                done += count
-        finally:
-            self.hasher.wait()  # the caller may reuse ``buffer`` once this returns
-        self.position = start + done
-        return done
-
-    def _hash_to(self, end: int) -> None:
-        buffer = bytearray(min(_SPAN, max(end - self.hashed, 1)))
-        view = memoryview(buffer)
-        while self.hashed < end:
-            count = _pread(self.fd, view[:min(len(view), end - self.hashed)], self.hashed)
-            if not count:
-                break
-            self.hasher.digest.update(view[:count])  # the helper is idle here: ``readinto`` waited for it
-            self.hashed += count
-
-    def finish(self) -> str:
-        """The sha256 of the whole file: what torch did not read in order is read (once more) here."""
-        self._hash_to(self.size)
-        return self.hasher.close()
-
-
-def _pread(fd: int, view: memoryview, offset: int) -> int:
-    """Reads into ``view`` from ``offset`` (one call; fewer bytes at the file's end)."""
-    if hasattr(os, "preadv"):
-        return os.preadv(fd, [view], offset)
-    os.lseek(fd, offset, os.SEEK_SET)
-    return os.readv(fd, [view])
 
 
 def fsync_dir(directory: Path) -> None:
@@ -356,26 +278,32 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     path = Path(path)
     entries = _entries(path)
-    # The file is read once: torch.load parses the bytes the sha256 is taken of (HashingReader).
-    # Nothing is returned, and no verdict of the parse is given, before the digest matches the
-    # manifest: a file that does not match is reported as corrupt whatever the parse made of it.
+    # A helper thread hashes the file while torch.load parses it (hashlib and file reads release
+    # the GIL), so with a free core the check costs little time. Nothing is returned, and no
+    # verdict of the parse is given, before the digest matches the manifest: a file that does not
+    # match is reported as corrupt whatever the parse made of it.
+    hashed: dict[str, Any] = {}
+
+    def hash_file() -> None:
+        try:
+            hashed["digest"] = file_sha256(path)
+        except OSError as error:
+            hashed["error"] = error
+
+    hashing = threading.Thread(target=hash_file, name="trainwire-sha256", daemon=True)
+    hashing.start()
     state: Any = None
     failure: Exception | None = None
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        try:
-            reader = HashingReader(fd)
-            try:
-                state = load_weights_only(reader)
-            except ValueError as error:  # refused (not an archive, or by weights_only): the digest says first
-                failure = error
-            finally:
-                digest = reader.finish()  # the helper thread ends here, whatever torch.load did
-        finally:
-            os.close(fd)
-    except OSError as error:
+        state = load_weights_only(path)
+    except ValueError as error:
+        failure = error
+    finally:
+        hashing.join()
+    if "error" in hashed:
+        error = hashed["error"]
         raise CheckpointError(f"cannot read checkpoint {path}: {error.strerror or error}") from None
-    _match(path, entries, digest)
+    _match(path, entries, hashed["digest"])
     if failure is not None:
         raise CheckpointError(f"checkpoint {path} was refused: {failure}") from None
     if not isinstance(state, dict):
@@ -387,17 +315,14 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return state
 
 
-def load_weights_only(path: str | os.PathLike[str] | io.RawIOBase) -> Any:
+def load_weights_only(path: str | os.PathLike[str]) -> Any:
     """``torch.load(path, weights_only=True)`` onto the CPU; ValueError with the one-line reason when refused.
 
-    ``path`` may also be a seekable binary file (a ``HashingReader``), read from its start.
     A file that is not torch's zip archive (a raw pickle, say) is refused unread: torch's legacy
     reader would print a two-line warning about its pickle protocol before refusing it.
     """
     if not zipfile.is_zipfile(path):
         raise ValueError("it is not a torch.save archive (a raw pickle, or another format), so it is not unpickled")
-    if isinstance(path, io.IOBase):
-        path.seek(0)  # is_zipfile read the archive's end; torch reads from the position it is given
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # weights_only refuses with UnpicklingError; a bad archive raises others
