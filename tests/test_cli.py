@@ -168,7 +168,8 @@ def test_a_read_only_run_folder_is_one_line_before_hydra_starts(tmp_path):
                          "model.hidden='é' (in a shell: \"model.hidden='é'\")"),
     (["optimizer.lr=1e-3,2e-3"], "optimizer.lr=1e-3,2e-3 is a sweep: add -m to run one job for each value; "
                                  "for a list write optimizer.lr=[1e-3,2e-3], for text optimizer.lr='1e-3,2e-3'"),
-], ids=["proc", "unicode", "comma-list"])
+    (["-m", "--cfg", "hydra"], "Only one of --run, --multirun, --cfg, --info and --shell_completion can be specified"),
+], ids=["proc", "unicode", "comma-list", "two-modes"])
 def test_a_run_folder_that_cannot_be_made_and_hydra_syntax_errors_are_one_line_and_exit_2(tmp_path, args, line):
     """Before: a 'cannot lock' line with exit 1 (/proc/x), and Hydra's messages of several lines."""
     done = trainwire("train", *args, "trainer.max_epochs=1", cwd=tmp_path)

@@ -21,6 +21,7 @@ def sweep(tmp_path_factory) -> Path:
     done = trainwire("train", "-m", "optimizer.lr=0.03,0.0003", "model.hidden=[16],[64]", "trainer.max_epochs=2",
                       "data.batch_size=128", "progress=never", "log.level=warning", cwd=cwd)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout == "" and "Launching 4 jobs locally" in done.stderr  # Hydra's lines too: stdout is for data
     (folder,) = cwd.glob("multirun/*/*")
     assert re.fullmatch(r"\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d", folder.relative_to(cwd / "multirun").as_posix())
     readme = (Path(__file__).parents[1] / "README.md").read_text()

@@ -309,7 +309,7 @@ def _prepared(args: list[str]) -> tuple[dict[str, Any], HydraRecord | None]:
     return plain, record
 
 
-def _logs_to_stderr() -> None:
+def logs_to_stderr() -> None:
     """Points the console handlers Hydra gave the root logger (``job_logging``: stdout) at stderr.
 
     The CLI's stdout is for data (``--cfg job``, ``compare``, ``evaluate --json``); a user's own
@@ -398,7 +398,7 @@ def _fit(plain: dict[str, Any], record: HydraRecord | None) -> None:
         level = plain["log"]["level"] if launch.rank == 0 or plain["log"]["level"] in ("warning", "error") else "warning"
         logs.configure(plain["log"]["format"], level, first=plain["stopping"].get("monitor") or "val/loss",
                        run_id=run_dir.name, **context)
-        _logs_to_stderr()
+        logs_to_stderr()
         if record is not None:
             container.hooks.override(providers.Object([*container.hooks(), record]))
         signals.check()
@@ -556,6 +556,10 @@ def _hydra_main(args: list[str]) -> None:
         _SWEEP_SUBDIR[0] = None if given[-1] in ("null", "None", "~") else given[-1]
     ours = ["hydra.output_subdir=null", *([] if any(arg.startswith("hydra.job.name=") for arg in overrides)
                                           else [f"hydra.job.name={JOB_NAME}"])]
+    if not any(arg.startswith(("hydra/hydra_logging=", "hydra.hydra_logging")) for arg in overrides):
+        # Hydra's own lines of a sweep ("Launching 4 jobs locally"): stdout is for data (ADR 0035). Its
+        # launcher configures this logging itself as it starts, so the config is the place to say so.
+        ours.append("hydra.hydra_logging.handlers.console.stream=ext://sys.stderr")
     overrides = [arg for arg in overrides if not arg.startswith("hydra.output_subdir=")]
     # Ours join the user's overrides where they begin: argparse takes the overrides as one run of words,
     # so between or after the flags (``-m``, ``--cfg job``) they would be refused.
@@ -563,7 +567,12 @@ def _hydra_main(args: list[str]) -> None:
     overrides[at:at] = ours
     entry = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="train")(_sweep_job)
     sys.argv = [JOB_NAME, *overrides]  # Hydra parses sys.argv itself; hand it only what follows the subcommand
-    entry()
+    try:
+        entry()
+    except ValueError as error:  # Hydra's own check of its modes, before anything runs (-m with --cfg, say)
+        if not str(error).startswith("Only one of --run, --multirun"):
+            raise
+        raise Usage(str(error)) from None
 
 
 def train(args: list[str]) -> None:
