@@ -86,6 +86,9 @@ def test_plot_and_lr_preview_on_the_command_line(two_runs, tmp_path):
     assert png_size(tmp_path / "lr.png")[0] == (900, 450)
     missing = trainwire("plot", str(tmp_path / "nowhere"), cwd=tmp_path, timeout=300)
     assert missing.returncode == 2 and "no metrics.jsonl" in missing.stderr and "Traceback" not in missing.stderr
+    unwritable = trainwire("plot", str(two_runs[0]), "-o", "/proc/curves.png", cwd=tmp_path, timeout=300)
+    assert (unwritable.returncode, unwritable.stderr.strip().splitlines()) == (1, [  # before: matplotlib's traceback
+        "trainwire: error: plot cannot write /proc/curves.png: No such file or directory"])
     assert run_curves(two_runs[0]).label == "slow"
 
 

@@ -206,3 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"trainwire: error: {command} needs {error.name or 'matplotlib'}, which is not installed "
               "(pip install 'trainwire[plot]')", file=sys.stderr)
         sys.exit(2)
+    except OSError as error:  # writing its output (-o) failed: a folder that is not there, no room, no permission
+        print(f"trainwire: error: {command} cannot write {error.filename or 'its output'}: "
+              f"{error.strerror or error}", file=sys.stderr)
+        sys.exit(1)
