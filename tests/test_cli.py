@@ -169,7 +169,8 @@ def test_a_read_only_run_folder_is_one_line_before_hydra_starts(tmp_path):
     (["optimizer.lr=1e-3,2e-3"], "optimizer.lr=1e-3,2e-3 is a sweep: add -m to run one job for each value; "
                                  "for a list write optimizer.lr=[1e-3,2e-3], for text optimizer.lr='1e-3,2e-3'"),
     (["-m", "--cfg", "hydra"], "Only one of --run, --multirun, --cfg, --info and --shell_completion can be specified"),
-], ids=["proc", "unicode", "comma-list", "two-modes"])
+    (["hpo=optuna"], "hpo=optuna is a search: add -m to run its trials (trainwire train -m hpo=optuna ...)"),
+], ids=["proc", "unicode", "comma-list", "two-modes", "search-without-m"])
 def test_a_run_folder_that_cannot_be_made_and_hydra_syntax_errors_are_one_line_and_exit_2(tmp_path, args, line):
     """Before: a 'cannot lock' line with exit 1 (/proc/x), and Hydra's messages of several lines."""
     done = trainwire("train", *args, "trainer.max_epochs=1", cwd=tmp_path)

@@ -449,6 +449,8 @@ def check_overrides(overrides: list[str], *, sweep: bool = False) -> list[Any]:
             key, _, value = override.partition("=")
             other = "" if key.lstrip("+~") in CHOICE_GROUPS else f"; for a list write {key}=[{value}], for text {key}='{value}'"
             raise ConfigError(f"{override} is a sweep: add -m to run one job for each value{other}")
+        if parsed[-1].key_or_group == "hpo" and not sweep:  # a search preset runs trials, and only a sweep has them
+            raise ConfigError(f"{override} is a search: add -m to run its trials (trainwire train -m {override} ...)")
     return parsed
 
 
