@@ -137,8 +137,12 @@ def start_trainwire(run_dir: Path, *args: str) -> ForkedProcess:
 
     A child of the zygote, with ``subprocess.Popen``'s face: ``pid``, ``poll``, ``wait``, ``communicate``,
     ``send_signal``, ``kill``, ``returncode``, ``stderr``."""
-    return _ZYGOTE.start(["train", f"hydra.run.dir={run_dir}", *args], cwd=str(run_dir.parent), env=clean_env(),
-                         module=False, stdout=False)
+    return start_cli("train", f"hydra.run.dir={run_dir}", *args, cwd=run_dir.parent)
+
+
+def start_cli(*args: str, cwd: Path) -> ForkedProcess:
+    """Starts ``trainwire *args`` in ``cwd`` (a zygote's child, as ``start_trainwire``); stderr is piped."""
+    return _ZYGOTE.start(list(args), cwd=str(cwd), env=clean_env(), module=False, stdout=False)
 
 
 class ForkedProcess:

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import trainwire
+from conftest import start_cli, trainwire
 
 from trainwire.cli.compare import main as compare
 from trainwire.errors import ConfigError
@@ -143,3 +143,27 @@ def test_the_preset_without_the_sweeper_installed_is_refused_in_one_line(monkeyp
                                           r"pip install 'trainwire\[tune\]' && pip install --no-deps "):
         check_sweeper(["trainer.max_epochs=1", "hpo='optuna'"])
     check_sweeper(["trainer.max_epochs=1"])  # no search asked: nothing to check
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_trial_with_its_checkpoint_and_ends_the_study(tmp_path):
+    """As a run does: the trial saves and says so, exit 143, and no later trial starts (issue 23)."""
+    import signal
+    import time
+
+    process = start_cli("train", "-m", *TINY, "trainer.max_epochs=500", "hydra.sweeper.n_trials=3",
+                        "hydra.sweep.dir=study", cwd=tmp_path)
+    metrics = tmp_path / "study" / "0" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.is_file() and sum('"val/loss"' in line for line in metrics.read_text().splitlines()) >= 2):
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-2000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 143, err[-2000:]
+    assert f"trainwire: interrupted by SIGTERM; checkpoint saved in {tmp_path / 'study' / '0' / 'checkpoints'}" in err
+    assert json.loads((tmp_path / "study" / "0" / "summary.json").read_text())["status"] == "interrupted"
+    assert (tmp_path / "study" / "0" / "checkpoints" / "last.pt").is_file()
+    assert not (tmp_path / "study" / "1").exists()  # the study ended with its trial
+    # The trials the sweeper had asked for (a batch of hydra.sweeper.n_jobs) stay RUNNING, as the README says.
+    assert {trial.state.name for trial in the_study(tmp_path / "study").trials} == {"RUNNING"}
