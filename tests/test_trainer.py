@@ -201,6 +201,12 @@ def test_clipping_bounds_the_update(task):
     assert record["train/grad_norm"] > 0.5
     assert record["train/grad_norm_clipped"] == pytest.approx(0.5, rel=1e-4)
     assert change.item() == pytest.approx(0.5, rel=1e-4)
+    # Under the clip the policy leaves the gradients as they are, and the logged norms agree.
+    sink = RecordingSink()
+    make_trainer(gradient_policy=NormClipper(1e6), sink=sink,
+                 settings=TrainerSettings(max_epochs=1, device="cpu", log_every_n_steps=1)).fit(make_model(), big)
+    record = sink.records[0].metrics
+    assert record["train/grad_norm_clipped"] == pytest.approx(record["train/grad_norm"], rel=1e-6) != 0
 
 
 def test_fp16_without_cuda_falls_back_to_32_with_one_warning(task):
@@ -281,6 +287,8 @@ def test_no_host_reads_on_steps_where_nothing_is_logged(task, nonfinite, monitor
     # (for the last, its log and the end of the epoch).
     added = {step: later - count for (step, count), (_, later) in zip(per_batch, per_batch[1:])}
     assert len(added) == len(train) == 12
-    # Logged steps 4, 8, 12 read loss and the two norms (lr is already a float); the epoch's
-    # end reads its mean loss once; every other step reads only what the guard reads.
-    assert added == {k: (3 + per_log if (k + 1) % 4 == 0 else 0) + (per_step if k < 11 else 1) for k in range(12)}
+    # Logged steps 4, 8, 12 read the loss, and the norm when the guard has not read it already (lr is a
+    # float, and the clipped norm is worked out from the norm); the epoch's end reads its mean loss once;
+    # every other step reads only what the guard reads.
+    logged = 1 + (1 - per_step) + per_log
+    assert added == {k: (logged if (k + 1) % 4 == 0 else 0) + (per_step if k < 11 else 1) for k in range(12)}

@@ -370,7 +370,7 @@ class Trainer:
         settings, step, model, module, meter = self.settings, self.step, state.model, state.module, self._meter
         log_every, move, stop, nonfinite = settings.log_every_n_steps, self.strategy.mover(precision.device), \
             checkpointing.stop, self.nonfinite
-        batch_hooks = [hook for hook in self.hooks if getattr(hook, "on_batch_end", None) is not None]
+        batch_ends = [hook.on_batch_end for hook in self.hooks if getattr(hook, "on_batch_end", None) is not None]
         self._emit("on_train_start", state)
         checkpointing.at_start()  # a token stopped before the run stops it before the first step
         model.train()
@@ -383,8 +383,8 @@ class Trainer:
                 result = step.train_step(module, batch, index) if meter.counted else \
                     meter.count(step.train_step, module, batch, index)
                 meter.batch(batch)
-                if batch_hooks:
-                    emit(batch_hooks, "on_batch_end", state, result.loss)
+                for on_batch_end in batch_ends:  # (looked up once: the only event that runs every batch)
+                    on_batch_end(state, result.loss)
                 if not result.counted:
                     continue
                 position.batch = index + 1

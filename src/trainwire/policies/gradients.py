@@ -39,6 +39,20 @@ class GradStats:
         self.read = self.norm.item()
         return math.isfinite(self.read)
 
+    def norm_value(self) -> float:
+        """``norm`` as a float: the one the finite check already read, else one host read now."""
+        if self.read is None:
+            self.read = self.norm.item()
+        return self.read
+
+    def clipped_value(self) -> float:
+        """``clipped_norm`` as a float, worked out on the host from ``norm_value`` when the policy clipped by norm
+        (the same coefficient as ``clip_grad_norm_``, in double precision: no tensor op on a logged step)."""
+        if self._clipped is not None:
+            return self._clipped.item()
+        norm = self.norm_value()
+        return norm if self._max_norm is None else norm * min(1.0, self._max_norm / (norm + 1e-6))
+
     @property
     def clipped_norm(self) -> Tensor:
         if self._clipped is not None:

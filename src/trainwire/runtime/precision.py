@@ -52,6 +52,7 @@ class Precision:
         self.precision = precision
         self.device = device
         self._dtype = _DTYPES.get(precision)
+        self.autocasting = self._dtype is not None  # whether ``autocast`` enters torch.autocast (else a no-op)
         self.scaler = torch.amp.GradScaler(device.type) if precision == "16" else None
 
     @contextlib.contextmanager
