@@ -10,7 +10,6 @@ trains on in the main thread. ``kill`` appends each committed step to ACKS first
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import sys
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+import xxhash
 
 from trainwire import Classification, Trainer, TrainerSettings
 from trainwire.checkpointing.store import LocalCheckpointStore
@@ -59,7 +59,7 @@ def full(directory: Path) -> None:
             return None
         manifest = (directory / "manifest.json").read_bytes()
         entry, last = json.loads(manifest)["files"].get("last.pt"), (directory / "last.pt").read_bytes()
-        if json.loads(manifest).get("pending") or entry is None or hashlib.sha256(last).hexdigest() != entry["sha256"]:
+        if json.loads(manifest).get("pending") or entry is None or xxhash.xxh3_128(last).hexdigest() != entry["xxh3_128"]:
             return None
         return last, manifest
 
@@ -88,7 +88,7 @@ def full(directory: Path) -> None:
     print("manifest unchanged:", committed == json.loads(kept["manifest"])["files"])
     store = LocalCheckpointStore(directory)
     name = store.latest()
-    print("loads:", name, hashlib.sha256(kept["last"]).hexdigest()[:8], store.load(name)["loop"]["step"])
+    print("loads:", name, xxhash.xxh3_128(kept["last"]).hexdigest()[:8], store.load(name)["loop"]["step"])
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The local checkpoint store: atomic files, the sha256 manifest, pruning, refusing bad files."""
+"""The local checkpoint store: atomic files, the digest manifest, pruning, refusing bad files."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import tempfile
 
 import pytest
 import torch
+import xxhash
 from forked_saves import save_in_killed_child
 
 from trainwire.checkpointing.export import load_weights
@@ -39,7 +40,8 @@ def test_save_writes_files_verified_by_the_manifest_and_keeps_the_newest_periodi
     assert sorted(manifest["files"]) == ["best.pt", "epoch-0003.pt", "epoch-0004.pt", "last.pt"]
     assert manifest["pending"] == {}
     for name, entry in manifest["files"].items():
-        assert entry["sha256"] == hashlib.sha256((tmp_path / "ck" / name).read_bytes()).hexdigest()
+        assert entry["xxh3_128"] == xxhash.xxh3_128((tmp_path / "ck" / name).read_bytes()).hexdigest()
+        assert "sha256" not in entry
     assert store.load("last")["i"] == 4 and store.load("best")["i"] == 1 and store.load("epoch-0003")["i"] == 3
     assert store.latest() == "last"
 
@@ -280,10 +282,10 @@ def test_a_first_save_killed_before_its_rename_leaves_a_folder_that_resumes_from
 def _damage(folder, how: str) -> None:
     if how == "no manifest":
         (folder / "manifest.json").unlink()
-    elif how == "every sha256 wrong":
+    elif how == "every digest wrong":
         manifest = json.loads((folder / "manifest.json").read_text())
         for entry in manifest["files"].values():
-            entry["sha256"] = "0" * 64
+            entry["xxh3_128"] = "0" * 32
         (folder / "manifest.json").write_text(json.dumps(manifest))
     else:  # every file truncated
         for path in folder.glob("*.pt"):
@@ -294,7 +296,7 @@ def _damage(folder, how: str) -> None:
 
 @pytest.mark.parametrize(("how", "says"), [
     ("no manifest", "holds best.pt, epoch-0000.pt, epoch-0001.pt, last.pt but no manifest.json"),
-    ("every sha256 wrong", "(last.pt corrupt or truncated: its sha256 does not match manifest.json; epoch-0001.pt"),
+    ("every digest wrong", "(last.pt corrupt or truncated: its digest does not match manifest.json; epoch-0001.pt"),
     ("every file truncated", "best.pt corrupt or truncated"),
 ])
 def test_a_folder_with_checkpoints_none_of_which_verifies_is_refused_not_taken_for_empty(tmp_path, how, says):
@@ -378,7 +380,7 @@ def test_a_raw_pickle_refusal_keeps_its_reason(tmp_path):
     (tmp_path / "last.pt").unlink()
     (tmp_path / "last.pt").write_bytes(pickle.dumps({"x": Payload(str(tmp_path / "pwned"))}, protocol=4))
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    manifest["files"]["last.pt"]["sha256"] = hashlib.sha256((tmp_path / "last.pt").read_bytes()).hexdigest()
+    manifest["files"]["last.pt"]["xxh3_128"] = xxhash.xxh3_128((tmp_path / "last.pt").read_bytes()).hexdigest()
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError) as refused:
         store.load("last")
@@ -490,7 +492,7 @@ def test_a_hostile_manifest_is_one_line_and_the_folder_is_unchanged(tmp_path, da
             for path in tmp_path.iterdir()} == before
 
 
-def test_a_flipped_byte_torch_load_skips_is_still_refused_and_the_manifest_is_the_file_s_sha256(tmp_path):
+def test_a_flipped_byte_torch_load_skips_is_still_refused_and_the_manifest_is_the_file_s_digest(tmp_path):
     """The hash is taken of the bytes torch.load reads as it loads (one read): a byte it never looks at,
     in a record's header padding, must still be covered, and the save's digest is the file's."""
     import zipfile
@@ -500,7 +502,7 @@ def test_a_flipped_byte_torch_load_skips_is_still_refused_and_the_manifest_is_th
     path = tmp_path / "last.pt"
     data = bytearray(path.read_bytes())
     entry = json.loads((tmp_path / "manifest.json").read_text())["files"]["last.pt"]
-    assert entry["sha256"] == hashlib.sha256(data).hexdigest() and entry["size"] == len(data)
+    assert entry["xxh3_128"] == xxhash.xxh3_128(data).hexdigest() and entry["size"] == len(data)
     with zipfile.ZipFile(path) as archive:  # the padding torch puts before a tensor's bytes (its extra field)
         info = next(info for info in archive.infolist() if info.filename.endswith("/data/0"))
     name_length = int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little")
@@ -511,3 +513,29 @@ def test_a_flipped_byte_torch_load_skips_is_still_refused_and_the_manifest_is_th
     assert torch.load(path, weights_only=True)["i"] == 3  # torch itself does not notice
     with pytest.raises(CheckpointError, match=r"last\.pt is corrupt or truncated"):
         store.load("last")
+
+
+def test_a_folder_an_older_version_wrote_with_sha256_still_verifies_and_takes_new_saves(tmp_path):
+    """Manifests written before ADR 0037 list sha256 digests: they verify as they are, a damaged file is still
+    refused, and a new save beside them writes xxh3_128 for its own file and leaves the others' entries alone."""
+    store = LocalCheckpointStore(tmp_path)
+    save(store, 1, "last", "best")
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    for name, entry in manifest["files"].items():  # as the older version wrote it
+        del entry["xxh3_128"]
+        entry["sha256"] = hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    store = LocalCheckpointStore(tmp_path)
+    assert store.latest() == "last" and store.load("last")["i"] == 1
+    assert verify(tmp_path / "best.pt")["sha256"] == manifest["files"]["best.pt"]["sha256"]
+    save(store, 2, "last")
+    after = json.loads((tmp_path / "manifest.json").read_text())["files"]
+    assert set(after["last.pt"]) >= {"xxh3_128", "size"} and "sha256" not in after["last.pt"]
+    assert after["best.pt"] == manifest["files"]["best.pt"]
+    assert store.load("last")["i"] == 2 and store.load("best")["i"] == 1
+    data = bytearray((tmp_path / "best.pt").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (tmp_path / "best.pt").unlink()
+    (tmp_path / "best.pt").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="best.pt is corrupt or truncated: its digest does not match"):
+        store.load("best")

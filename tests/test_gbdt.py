@@ -34,9 +34,9 @@ def test_gbdt_on_diabetes_beats_the_mean_stops_early_and_keeps_the_best_round(tm
     # The model holds the best round's trees, and scores what the summary says.
     assert model.booster.current_iteration() == result.best_epoch + 1
     assert Regression().evaluate(model, loaders.val)["rmse"] == pytest.approx(summary["val/rmse"], rel=1e-6)
-    # best.pt is sha256-manifested and weights_only-loadable, and holds the same trees.
+    # best.pt is digest-manifested and weights_only-loadable, and holds the same trees.
     manifest = json.loads((tmp_path / "checkpoints" / "manifest.json").read_text())
-    assert "best.pt" in json.dumps(manifest) and "sha256" in json.dumps(manifest)
+    assert "best.pt" in json.dumps(manifest) and "xxh3_128" in json.dumps(manifest)
     best = read_checkpoint(tmp_path / "checkpoints" / "best.pt")
     trees = bytes(best["model"]["_extra_state"].numpy()).decode()
     assert trees == model.booster.model_to_string()

@@ -29,7 +29,9 @@ from trainwire.checkpointing.format import (
     PERIODIC_FILE,
     HashingWriter,
     copy_into,
-    file_sha256,
+    entry_digest,
+    file_digest,
+    file_matches,
     fsync_dir,
     read_checkpoint,
     read_manifest,
@@ -163,7 +165,7 @@ class LocalCheckpointStore(CheckpointStore):
         hashed: dict[str, str] | str
         try:
             sharding.write(tensors, folder)
-            hashed = {f"{folder.name}/{path.name}": file_sha256(path) for path in sorted(folder.glob(f"__{rank}_*.distcp"))}
+            hashed = {f"{folder.name}/{path.name}": file_digest(path) for path in sorted(folder.glob(f"__{rank}_*.distcp"))}
         except Exception as error:  # noqa: BLE001 - DCP wraps a rank's OSError in its CheckpointException
             hashed = f"could not write checkpoint shards into {folder}: {error}".splitlines()[0]
         everyone: list[Any] = [hashed]
@@ -177,7 +179,7 @@ class LocalCheckpointStore(CheckpointStore):
                 if failed:
                     raise CheckpointError(failed[0])
                 shards = {name: digest for item in everyone for name, digest in item.items()}
-                shards[f"{folder.name}/.metadata"] = file_sha256(folder / ".metadata")
+                shards[f"{folder.name}/.metadata"] = file_digest(folder / ".metadata")
                 fsync_dir(folder)
                 self._commit(payload, names, meta, shards=shards)
             except OSError as error:
@@ -263,17 +265,16 @@ class LocalCheckpointStore(CheckpointStore):
         self._rejected = {}
 
     def _write_data(self, path: Path, payload: Mapping[str, Any]) -> dict[str, Any]:
-        """Writes ``payload`` to the new file ``path`` with one fsync; its sha256 is taken as the bytes pass."""
+        """Writes ``payload`` to the new file ``path`` with one fsync; its digest is taken as the bytes pass."""
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
         writer = HashingWriter(fd)
         try:
             torch.save(payload, writer)
-            digest = writer.close()
+            fields = writer.close()
             os.fsync(fd)
         finally:
-            writer.hasher.close()
             os.close(fd)
-        return {"sha256": digest, "size": writer.size}
+        return fields
 
     def _settle(self, manifest: dict[str, Any]) -> None:
         """Resolves what a save cut short left under ``pending``, before a new save replaces it.
@@ -287,14 +288,13 @@ class LocalCheckpointStore(CheckpointStore):
             committed = manifest["files"].get(name)
             if not (CHECKPOINT_NAME.match(name.removesuffix(".pt")) and isinstance(entry, dict)):
                 continue
-            if isinstance(committed, dict) and committed.get("sha256") == entry.get("sha256"):
+            if isinstance(committed, dict) and entry_digest(committed) == entry_digest(entry):
                 continue
             try:
-                digest = file_sha256(self.directory / name)
+                if file_matches(self.directory / name, entry):
+                    manifest["files"][name] = entry
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                 continue
-            if digest == entry.get("sha256"):
-                manifest["files"][name] = entry
         manifest["pending"] = {}
 
     def _write_manifest(self, manifest: Mapping[str, Any]) -> None:
@@ -336,29 +336,31 @@ class LocalCheckpointStore(CheckpointStore):
         candidates.sort(key=lambda item: (item[0].get("epoch", -1), item[0].get("batch", -1), item[0].get("step", -1),
                                           item[1] == "last.pt"), reverse=True)
         left = {name: sum(1 for _, other in candidates if other == name) for _, name in candidates}
-        digests: dict[str, str | None] = {}
+        digests: dict[tuple[str, str], str | None] = {}  # (file, algorithm) -> its digest, None when unreadable
         rejected: dict[str, str] = {}
         self._rejected = {}
         for entry, name in candidates:
             path = self.directory / name
-            if name not in digests:
+            algorithm, expected = entry_digest(entry)
+            if (name, algorithm) not in digests:
                 try:
-                    digests[name] = file_sha256(path) if path.is_file() else None
+                    digests[name, algorithm] = file_digest(path, algorithm) if path.is_file() else None
                 except OSError:
-                    digests[name] = None
+                    digests[name, algorithm] = None
+            digest = digests[name, algorithm]
             problem = None
-            if digests[name] is not None and digests[name] == entry.get("sha256"):
+            if digest is not None and digest == expected:
                 problem = shards_problem(self.directory, entry)
                 if problem is None:
                     self._check_sizes(manifest, candidates, found=name)
                     return name[: -len(".pt")]
             left[name] -= 1
-            if not left[name] and digests[name] is None and name not in manifest["files"]:
+            if not left[name] and digest is None and name not in manifest["files"]:
                 continue  # a save killed before its file was renamed into place: nothing of it ever landed
             if not left[name]:
                 rejected[name] = self._reject(manifest, name, f"incomplete: {problem}" if problem else "missing"
-                                              if digests[name] is None else
-                                              f"corrupt or truncated: its sha256 does not match {MANIFEST}")
+                                              if digest is None else
+                                              f"corrupt or truncated: its digest does not match {MANIFEST}")
         unlisted = [name for name in present if name not in left]
         reasons = [f"{name} {reason}" for name, reason in rejected.items()]
         reasons += [f"{name} not in {MANIFEST}" for name in unlisted]

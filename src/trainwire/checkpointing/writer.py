@@ -2,7 +2,7 @@
 
 ``CheckpointWriter.save`` snapshots the captured state (every tensor copied off the live ones:
 to CPU memory, pinned when it comes from a GPU) and hands the copy to one background thread,
-which calls the store's ``save`` (serialise and sha256 in one pass, fsync, rename, manifest
+which calls the store's ``save`` (serialise and hash in one pass, fsync, rename, manifest
 commit: ADR 0009). The copies go into the buffers of the save before (``Snapshots``), so a
 save costs the loop a memory copy, not an allocation and its page faults. At most one save is
 in flight: the next one waits for the rest of it (its buffers are free only then), and that

@@ -4,7 +4,7 @@
 ``forward`` is ``booster.predict``, so the ordinary ``objective=regression`` evaluates it and
 the metrics are those of a neural regressor (``val/rmse``, ``val/mae``, ``val/mape``, ``val/r2``).
 Its state dict carries the booster as its model string in a uint8 tensor (the module's extra
-state), so a checkpoint stays ``weights_only``-loadable and sha256-manifested, and the loop's
+state), so a checkpoint stays ``weights_only``-loadable and digest-manifested, and the loop's
 best-model restore keeps the best iteration.
 
 ``GBDTStep`` is ``step=gbdt``: ``setup`` turns the training data into arrays once,
