@@ -12,6 +12,7 @@ so a checkpoint loads with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -165,6 +166,7 @@ class Position:
         self.stop_reason, self.extended_from = state["stop_reason"], dict(state.get("extended_from") or {})
 
 
+@functools.cache  # importlib.metadata scans the installed distributions: about 2 ms, once a process
 def versions() -> dict[str, str]:
     """The trainwire and torch versions that wrote a checkpoint."""
     from importlib.metadata import PackageNotFoundError, version
@@ -180,7 +182,7 @@ def capture(parts: Mapping[str, Any], plan: Mapping[str, Any], processes: int = 
     """The whole training state: every part's ``state_dict``, with the plan, the number of processes
     that trained it and the versions that wrote it."""
     return {"format": FORMAT, "plan": dict(plan), **{name: part.state_dict() for name, part in parts.items()},
-            "processes": processes, "versions": versions()}
+            "processes": processes, "versions": dict(versions())}
 
 
 def check(checkpoint: Mapping[str, Any], parts: Mapping[str, Any], plan: Mapping[str, Any],

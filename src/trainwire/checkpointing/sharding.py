@@ -37,15 +37,20 @@ def _dtensor() -> type | None:
 def holds_dtensors(value: Any) -> bool:
     """Whether ``value`` (a part's state) holds a DTensor at any depth."""
     kind = _dtensor()
-    if kind is None:
-        return False
+    return kind is not None and _holds(value, kind)
+
+
+_LEAVES = frozenset({int, float, bool, str, bytes, type(None)})  # what a state holds by the thousand (RNG states, history)
+
+
+def _holds(value: Any, kind: type) -> bool:
     if isinstance(value, kind):
         return True
     if isinstance(value, Mapping):
-        return any(holds_dtensors(item) for item in value.values())
-    if isinstance(value, (list, tuple)):
-        return any(holds_dtensors(item) for item in value)
-    return False
+        value = value.values()
+    elif not isinstance(value, (list, tuple)):
+        return False
+    return any(_holds(item, kind) for item in value if type(item) not in _LEAVES)
 
 
 def split(value: Any, key: str) -> tuple[Any, dict[str, Tensor]]:
