@@ -19,7 +19,7 @@ Two measurements:
 1. Whole runs, interleaved (ABBA: trainwire, hand-written, hand-written, trainwire, ...), timed
    end to end by the wall clock: setup, every step, teardown (trainwire's ``fit`` also writes and
    fsyncs ``summary.json``). Their steps/s, and the median of the per-round ratios, give the
-   verdict against the targets: >= 0.95 (tiny), >= 0.99 (compute-bound).
+   verdict against the targets: >= 0.98 (tiny; issue 22), >= 0.99 (compute-bound).
 2. Lockstep: the two loops run on two threads that hand a baton over after every step, so
    step k of one and step k of the other run back to back and meet the same machine. Each
    loop's active time per step is recorded (trainwire through an ``on_batch_end`` hook, the
@@ -110,11 +110,11 @@ class Workload:
 def workloads(quick: bool, compute_threads: int) -> list[Workload]:
     if quick:
         return [
-            Workload("tiny", (32, 64, 10), 64, 50, 4, 1, 0.95),
+            Workload("tiny", (32, 64, 10), 64, 50, 4, 1, 0.98),
             Workload("compute", (512, 1024, 1024, 10), 256, 5, 2, compute_threads, 0.99),
         ]
     return [
-        Workload("tiny", (32, 64, 10), 64, 200, 15, 1, 0.95),  # ~0.5 ms a step on the reference VM
+        Workload("tiny", (32, 64, 10), 64, 200, 15, 1, 0.98),  # ~0.5 ms a step on the reference VM
         Workload("compute", (512, 1024, 1024, 10), 256, 20, 3, compute_threads, 0.99),  # ~30 ms a step
     ]
 
