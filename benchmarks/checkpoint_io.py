@@ -24,10 +24,11 @@ trained by ``Trainer.fit`` on one thread at two cadences: a save every 40 steps 
 than the writer, target ≤ 0.3) and a save every 5 steps (42 steps: faster than the writer can
 finish one, target ≤ 1.0), each with ``last`` at the epoch's end too. Interleaved in each round:
 the run with no store, the run with ``async_checkpoint`` on and off; then a bare ``torch.save`` of
-the same captured state. Each run is timed by its own clock (a hook at every batch's end), from the
-first batch's end to ``fit``'s return, so the start of a run does not count. Stall per checkpoint =
-(that time − the same steps at the median step time of the round's run without a store − that
-run's tail) / saves; its ratio to the bare ``torch.save`` is the figure to keep low (the snapshot copy is the floor).
+the same captured state. Each run is timed by its own clock (a hook at every batch's end): around
+each save, the gap of the step it follows and the next ones up to 10, less as many undisturbed gaps
+(the smaller of the run's own median gap and that of the round's run without a store), and for the
+save at the epoch's end, ``fit``'s tail beyond that of the run without a store. Stall per
+checkpoint = that excess / saves; its ratio to the bare ``torch.save`` is the figure to keep low (the snapshot copy is the floor).
 The machine is shared: rounds are interleaved, medians reported, and the load average printed.
 
     python benchmarks/checkpoint_io.py [--rounds 7] [--mib 96] [--quick] [--stall-rounds 5] [--only io|stall]
@@ -145,13 +146,21 @@ def stall(rounds: int, folder: Path, cadences=CADENCES) -> None:
     rows = []
     for every, steps, target in cadences:
         saves = steps // every + (steps % every != 0)  # the cadence's, and last.pt at the epoch's end
-        # A run's steps are measured by its own clock: the time from the first batch's end to fit's return,
-        # less what the same steps took in the round's run without a store (its median step gap, so a
-        # hiccup of the machine in that run does not count as the saves' gain).
+        # Measured by the run's own clock, around each save: the gap of the step after which it was taken and
+        # the next ones up to 10 (the writer's time beside the loop), less as many undisturbed gaps; the last
+        # save, at the epoch's end, by fit's tail beyond that of the round's run without a store. Undisturbed is
+        # the smaller median gap of the run itself and of that run without a store (a save every few steps
+        # touches every step). The machine's speed drifts by tens of percent between runs here, so a whole
+        # run's time against another's would count the drift as the saves' cost.
+        window = min(every, 11)
         base = [statistics.median(gaps) for gaps, _ in times[every, "none"]]
         for kind in ("async", "sync"):
-            per_round = [(sum(gaps) + tail - len(gaps) * gap - none_tail) / saves
-                         for (gaps, tail), gap, (_, none_tail) in zip(times[every, kind], base, times[every, "none"])]
+            per_round = []
+            for (gaps, tail), gap, (_, none_tail) in zip(times[every, kind], base, times[every, "none"]):
+                usual = min(gap, statistics.median(gaps))
+                near = [gaps[index] for start in range(every - 1, len(gaps), every)
+                        for index in range(start, min(start + window, len(gaps)))]
+                per_round.append((sum(near) - len(near) * usual + tail - none_tail) / saves)
             per = statistics.median(per_round)
             ratio = per / save
             rows.append([f"every {every} steps ({saves} saves in {steps} steps), async_checkpoint="

@@ -298,6 +298,25 @@ def test_non_finite_parameters_are_never_saved(tmp_path):
     assert all(torch.isfinite(v).all() for v in saved["model"].values())
 
 
+@pytest.mark.parametrize(("values", "dtype", "refused"), [
+    ([1.0, float("nan"), 2.0], torch.float32, True),
+    ([float("inf"), float("-inf"), 0.0], torch.float32, True),  # the sum is NaN
+    ([1.0, float("-inf")], torch.bfloat16, True),
+    ([60000.0] * 4, torch.float16, False),  # their sum overflows float16: summed in float32
+    ([3e38, 3e38, -1.0], torch.float32, False),  # their float32 sum overflows: checked element by element
+    ([1e308, 1e308], torch.float64, False),
+])
+def test_the_finite_check_before_a_save_refuses_exactly_the_non_finite(values, dtype, refused):
+    from trainwire.checkpointing.parts import finite
+
+    weights = {"w": torch.tensor(values, dtype=dtype), "steps": torch.tensor([3, 4])}
+    if refused:
+        with pytest.raises(NonFiniteError, match="refusing to save"):
+            finite(weights)
+    else:
+        assert finite(weights) is weights
+
+
 def test_a_non_finite_value_is_never_the_best():
     stopper = PatienceStopper(monitor="val/loss", patience=5)
     stopper.update(0, {"val/loss": 1.0})

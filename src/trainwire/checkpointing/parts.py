@@ -53,8 +53,15 @@ def finite(weights: dict[str, Tensor], strategy: Any = None) -> dict[str, Tensor
     Sharded weights (DTensors) are checked shard by shard, and every process learns the verdict from ``strategy``.
     """
     local = [getattr(value, "to_local", lambda: value)() for value in weights.values()]
-    checks = [value.isfinite().all() for value in local if value.is_floating_point()]
-    diverged = bool(checks) and not bool(torch.stack(checks).all())
+    floats = [value for value in local if value.is_floating_point()]
+    # A sum is finite only if every element is (NaN and inf carry through it), and it needs no temporary as
+    # large as the tensor: 1 ms for 32 MiB here, where isfinite().all() takes 20 and stalled every save. Half
+    # types are summed in float32, so a sum of finite values cannot overflow; one that does anyway (float32
+    # weights near 1e31) is checked element by element before anything is refused.
+    sums = [value.sum(dtype=torch.float32) if value.element_size() < 4 else value.sum() for value in floats]
+    diverged = bool(sums) and not bool(torch.stack([total.float() for total in sums]).isfinite().all())
+    if diverged:
+        diverged = not bool(torch.stack([value.isfinite().all() for value in floats]).all())
     if strategy is not None:
         diverged = strategy.any(diverged)
     if diverged:
