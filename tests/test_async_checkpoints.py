@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import threading
 import time
 
@@ -13,7 +14,7 @@ from conftest import batches, blobs, make_model, make_trainer
 from trainwire import StopToken, TrainerSettings, TrainingInterrupted
 from trainwire.checkpointing.format import read_checkpoint, read_manifest
 from trainwire.checkpointing.store import LocalCheckpointStore
-from trainwire.checkpointing.writer import CheckpointWriter, snapshot
+from trainwire.checkpointing.writer import CheckpointWriter, Snapshots, snapshot
 from trainwire.errors import CheckpointError
 from trainwire.policies.cadence import Cadence, CheckpointPolicy
 from trainwire.testing import RecordingSink, capture_logs
@@ -164,14 +165,14 @@ def test_a_save_copies_into_the_buffers_of_the_save_before_when_the_state_is_ali
     writer, weight = CheckpointWriter(store), torch.zeros(8, 8)
     meta = {"epoch": 0, "batch": 0, "step": 1}
     writer.save({"model": {"w": weight}}, ["last"], meta=meta)
-    first = writer._snapshots._buffers[0][0]
+    first = writer.snapshots._buffers[0][0]
     weight.fill_(1.0)
     writer.save({"model": {"w": weight}}, ["last"], meta=meta)  # waits for the first write, then reuses its buffer
-    assert writer._snapshots._buffers[0][0] is first
+    assert writer.snapshots._buffers[0][0] is first
     writer.wait()
     assert torch.equal(read_checkpoint(tmp_path / "last.pt")["model"]["w"], torch.ones(8, 8))  # the new values
     writer.save({"model": {"w": torch.ones(4)}}, ["last"], meta=meta)  # another shape: a new buffer
-    assert writer._snapshots._buffers[0][0] is not first
+    assert writer.snapshots._buffers[0][0] is not first
     writer.wait()
     assert torch.equal(read_checkpoint(tmp_path / "last.pt")["model"]["w"], torch.ones(4))
 
@@ -225,3 +226,50 @@ def test_a_background_failure_between_saves_is_raised_at_the_very_next_step(tmp_
         make_trainer(settings=settings, checkpoints=LocalCheckpointStore(tmp_path, hook=full_disk), hooks=[WaitForTheFailure()],
                      checkpoint_policy=Cadence(every_n_steps=4)).fit(make_model(), data())
     assert seen[-1] == 4  # raised at step 5, not at the cadence's next save (step 8)
+
+
+def test_prepared_buffers_take_the_first_copy_and_a_tensor_of_another_layout_gets_its_own():
+    shared, moments = torch.randn(64, 32), torch.randn(32)
+    transposed = torch.randn(16, 8).t()  # not contiguous: prepared buffers are, so it is cloned as before
+    state = {"model": {"w": shared, "tied": shared, "t": transposed}, "optimizer": [moments, (torch.tensor(3),)]}
+    snapshots = Snapshots()
+    snapshots.prepare(state)()
+    prepared = [buffer.data_ptr() for buffer, _ in snapshots._buffers]
+    assert all(not buffer.any() for buffer, _ in snapshots._buffers)  # every page touched (zeroed) beforehand
+    copy = snapshots.take(state)
+    assert snapshots.allocated == 1  # only the transposed tensor went to new memory
+    assert copy["model"]["w"].data_ptr() == prepared[0] and copy["model"]["tied"] is copy["model"]["w"]
+    assert copy["optimizer"][0].data_ptr() == prepared[2] and copy["optimizer"][1][0].data_ptr() == prepared[3]
+    assert torch.equal(copy["model"]["w"], shared) and torch.equal(copy["model"]["t"], transposed)
+    assert torch.equal(copy["optimizer"][0], moments) and copy["optimizer"][1][0].item() == 3
+    shared.add_(1.0)  # training goes on: the copy does not move
+    assert not torch.equal(copy["model"]["w"], shared)
+
+
+def test_a_run_prepares_the_buffers_of_its_first_save_after_its_first_step(tmp_path):
+    """The first save copies into memory made beside the loop, as every later save does; nothing else changes."""
+    from trainwire.checkpointing import writer as writer_module
+
+    writers: list[CheckpointWriter] = []
+    made = writer_module.CheckpointWriter.__init__
+
+    def keep(self, *args, **kwargs) -> None:  # a spy: the trainer makes its writer inside fit
+        made(self, *args, **kwargs)
+        writers.append(self)
+
+    asked = AskedCadence(every_n_steps=5)
+    settings = TrainerSettings(max_epochs=1, device="cpu", log_every_n_steps=100)
+    original = writer_module.CheckpointWriter.__init__
+    writer_module.CheckpointWriter.__init__ = keep
+    try:
+        model = make_model()
+        make_trainer(settings=settings, checkpoints=LocalCheckpointStore(tmp_path), checkpoint_policy=asked,
+                     optimizer=functools.partial(torch.optim.AdamW, lr=0.01)).fit(model, data())
+    finally:
+        writer_module.CheckpointWriter.__init__ = original
+    assert asked.asked == [1, 5, 10, 15]  # asked once more: after the first step, where the buffers are prepared
+    # Four saves (steps 5, 10, 15, the epoch's end), each into the buffers prepared after step 1 (weights, AdamW's
+    # moments and steps, RNGs), but for one tensor a save: the epoch's losses, which grow by one a step.
+    assert writers[0].snapshots.allocated == 4
+    saved = read_checkpoint(tmp_path / "last.pt")
+    assert all(torch.equal(saved["model"][key], value) for key, value in model.state_dict().items())

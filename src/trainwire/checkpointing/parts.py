@@ -81,6 +81,10 @@ class ModelPart:
     def state_dict(self) -> dict[str, Tensor]:
         return finite(self.strategy.checkpoint_model_state(self.model), self.strategy)
 
+    def unchecked_state_dict(self) -> dict[str, Tensor]:
+        """The same tensors, not checked: for the layout of a save (``capture(checked=False)``), not for a save."""
+        return self.strategy.checkpoint_model_state(self.model)
+
     def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
         if isinstance(state, ShardedState):
             state.load_model(self.model)
@@ -185,10 +189,14 @@ def versions() -> dict[str, str]:
     return {"trainwire": trainwire, "torch": str(torch.__version__)}  # TorchVersion is not a plain str
 
 
-def capture(parts: Mapping[str, Any], plan: Mapping[str, Any], processes: int = 1) -> dict[str, Any]:
+def capture(parts: Mapping[str, Any], plan: Mapping[str, Any], processes: int = 1, *,
+            checked: bool = True) -> dict[str, Any]:
     """The whole training state: every part's ``state_dict``, with the plan, the number of processes
-    that trained it and the versions that wrote it."""
-    return {"format": FORMAT, "plan": dict(plan), **{name: part.state_dict() for name, part in parts.items()},
+    that trained it and the versions that wrote it. ``checked=False`` skips the model's finite check
+    (and its collective): a state for its layout, never to be saved."""
+    return {"format": FORMAT, "plan": dict(plan),
+            **{name: part.state_dict() if checked or not isinstance(part, ModelPart) else part.unchecked_state_dict()
+               for name, part in parts.items()},
             "processes": processes, "versions": dict(versions())}
 
 

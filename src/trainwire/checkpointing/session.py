@@ -53,9 +53,11 @@ class Checkpointing:
         self.writer = None if store is None else CheckpointWriter(
             store, asynchronous=asynchronous and not strategy.sharded_checkpoints, on_failure=self._failed)
         # The step from which the loop must call ``at_step`` (a stop request aside): the cadence's next
-        # save, or the next step when a save has failed in the background or the processes must agree
-        # on a stop at every step (a collective). 0 until the first ``at_step`` has asked the cadence.
+        # save, or the next step when a save has failed in the background, when the processes must agree
+        # on a stop at every step (a collective), or while the writer's buffers are still to be
+        # prepared. 0 until the first ``at_step`` has asked the cadence.
         self.due: float = 0
+        self.prepared = self.writer is None or not self.writer.asynchronous  # see ``_prepare``
         self.parts: dict[str, Any] = {}  # set by hold, before anything else is asked
         self.plan: dict[str, Any] = {}
         self.position = Position()
@@ -140,7 +142,17 @@ class Checkpointing:
         names = self.cadence.at_step(step) if taken else []
         if names or stopping:
             self._save(names, stopping)
+        elif taken and not self.prepared:
+            self._prepare()
         self._plan(step)
+
+    def _prepare(self) -> None:
+        """After the first step taken (the optimizer's state exists now): the writer makes the buffers of
+        the first save beside the loop, so that save costs a copy, as the later ones do (ADR 0009)."""
+        self.prepared = True
+        layout = capture(self.parts, self.plan, self.strategy.world_size, checked=False)  # every process, as a save
+        if self.strategy.is_rank0 or self.strategy.sharded_checkpoints:
+            self.writer.prepare(layout)
 
     def _plan(self, step: int) -> None:
         """Sets ``due`` after step ``step``: the cadence's next save, or the next step when it must be every step."""
@@ -149,6 +161,8 @@ class Checkpointing:
             self.due = float("inf") if after is None else after
             if self.writer is not None and self.writer.failed:  # (set by the writer's thread just now: ``_failed``)
                 self.due = 0
+            elif not self.prepared:
+                self.due = min(self.due, step + 1)
 
     def _failed(self) -> None:
         """Called by the writer's thread when a background save fails: the loop comes here at its next step."""
@@ -175,6 +189,7 @@ class Checkpointing:
         if stopping and "last" not in names:
             names = ["last", *names]
         if names and writer is not None:
+            self.prepared = True  # the first save made its own buffers
             saved = capture(self.parts, self.plan, self.strategy.world_size)  # every process (FSDP: its shards)
             saved[RECORD] = self.record.position()  # after this step's rows: a resume cuts the record back to here
             if self.strategy.is_rank0 or self.strategy.sharded_checkpoints:  # one writes, or each its shards

@@ -23,8 +23,9 @@ class CheckpointPolicy(ABC):
     def next_step(self, step: int) -> int | None:
         """The first step after ``step`` at which ``at_step`` may name a checkpoint; None: none ever.
 
-        The loop asks ``at_step`` only from that step on, so a step that saves nothing costs it one
-        comparison (issue 22). The default asks at every step; a policy that knows better says so.
+        The loop asks ``at_step`` only from that step on (and once after the first step, when the
+        checkpoint writer prepares its buffers), so a step that saves nothing costs it one comparison
+        (issue 22). The default asks at every step; a policy that knows better says so.
         """
         return step + 1
 
