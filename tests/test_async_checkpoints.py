@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import functools
 import threading
 import time
 
@@ -244,32 +243,3 @@ def test_prepared_buffers_take_the_first_copy_and_a_tensor_of_another_layout_get
     assert torch.equal(copy["optimizer"][0], moments) and copy["optimizer"][1][0].item() == 3
     shared.add_(1.0)  # training goes on: the copy does not move
     assert not torch.equal(copy["model"]["w"], shared)
-
-
-def test_a_run_prepares_the_buffers_of_its_first_save_after_its_first_step(tmp_path):
-    """The first save copies into memory made beside the loop, as every later save does; nothing else changes."""
-    from trainwire.checkpointing import writer as writer_module
-
-    writers: list[CheckpointWriter] = []
-    made = writer_module.CheckpointWriter.__init__
-
-    def keep(self, *args, **kwargs) -> None:  # a spy: the trainer makes its writer inside fit
-        made(self, *args, **kwargs)
-        writers.append(self)
-
-    asked = AskedCadence(every_n_steps=5)
-    settings = TrainerSettings(max_epochs=1, device="cpu", log_every_n_steps=100)
-    original = writer_module.CheckpointWriter.__init__
-    writer_module.CheckpointWriter.__init__ = keep
-    try:
-        model = make_model()
-        make_trainer(settings=settings, checkpoints=LocalCheckpointStore(tmp_path), checkpoint_policy=asked,
-                     optimizer=functools.partial(torch.optim.AdamW, lr=0.01)).fit(model, data())
-    finally:
-        writer_module.CheckpointWriter.__init__ = original
-    assert asked.asked == [1, 5, 10, 15]  # asked once more: after the first step, where the buffers are prepared
-    # Four saves (steps 5, 10, 15, the epoch's end), each into the buffers prepared after step 1 (weights, AdamW's
-    # moments and steps, RNGs), but for one tensor a save: the epoch's losses, which grow by one a step.
-    assert writers[0].snapshots.allocated == 4
-    saved = read_checkpoint(tmp_path / "last.pt")
-    assert all(torch.equal(saved["model"][key], value) for key, value in model.state_dict().items())

@@ -310,3 +310,29 @@ def test_only_the_first_wait_is_said_at_info_the_rest_at_debug(tmp_path):
     waits = [record for record in records if record["event"] == "checkpoint_wait"]
     assert [record["log_level"] for record in waits] == ["info", "debug"]
     assert "summary.json" in waits[0]["note"] and run.face.waits >= 2
+
+
+def test_the_first_save_copies_into_buffers_prepared_after_the_first_step(tmp_path):
+    """As the loop asks it: ``at_step`` only from ``due`` on. After step 1 the writer makes the buffers the
+    first save (step 3) copies into, so no save of the run copies into new memory; the cadence is asked once more."""
+    asked = []
+
+    class Asked(Cadence):
+        def at_step(self, step: int) -> list[str]:
+            asked.append(step)
+            return super().at_step(step)
+
+    run = Run(store_in(tmp_path), cadence=Asked(every_n_epochs=1, every_n_steps=3))
+    run.face.resume(None)
+    run.face.at_start()
+    for step in range(1, 8):
+        run.train(1)
+        if step >= run.face.due:
+            run.face.at_step(step)
+        if step == 6:
+            at_six = run.model.weight.detach().clone()  # step 7 trains on while the save of step 6 is written
+    run.face.close()
+    assert asked == [1, 3, 6]
+    assert run.face.writer.snapshots.allocated == 0  # weights, AdamW's state, RNGs: all into prepared buffers
+    saved = read_checkpoint(tmp_path / "last.pt")
+    assert saved["loop"]["step"] == 6 and torch.equal(saved["model"]["weight"], at_six)

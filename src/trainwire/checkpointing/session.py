@@ -151,7 +151,7 @@ class Checkpointing:
         the first save beside the loop, so that save costs a copy, as the later ones do (ADR 0009)."""
         self.prepared = True
         layout = capture(self.parts, self.plan, self.strategy.world_size, checked=False)  # every process, as a save
-        if self.strategy.is_rank0 or self.strategy.sharded_checkpoints:
+        if self.strategy.is_rank0:  # the one that writes (sharded saves, by every process, are not in the background)
             self.writer.prepare(layout)
 
     def _plan(self, step: int) -> None:
